@@ -1,0 +1,68 @@
+"""The error tree. Every error carries a message for people and, where one exists, the next step.
+
+Library code raises these; only the entry points (``cli``) turn them into ``fatal:`` lines and exit
+codes. Messages must never contain credentials: build them from redacted URLs (``url.redact``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "RelayError",
+    "UrlError",
+    "PolicyError",
+    "TransportError",
+    "AuthError",
+    "ProtocolError",
+    "RemoteError",
+    "PackError",
+    "UnsupportedError",
+    "LocalGitError",
+]
+
+
+class RelayError(Exception):
+    """Base class: ``message`` says what happened, ``hint`` what to do next (may be empty)."""
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UrlError(RelayError):
+    """The inner URL cannot be parsed or names something git would refuse."""
+
+
+class PolicyError(RelayError):
+    """The inner transport is forbidden (GIT_ALLOW_PROTOCOL, protocol.<name>.allow, ext::, ...)."""
+
+
+class TransportError(RelayError):
+    """The connection to the remote could not be made or broke."""
+
+
+class AuthError(TransportError):
+    """The remote refused our credentials."""
+
+
+class ProtocolError(RelayError):
+    """The remote said something the git protocol does not allow."""
+
+
+class RemoteError(RelayError):
+    """The remote reported an error of its own (an ``ERR`` line or side-band channel 3)."""
+
+
+class PackError(RelayError):
+    """Producing or storing a pack failed (index-pack, pack-objects, size limits)."""
+
+
+class UnsupportedError(RelayError):
+    """A request the engine cannot honour; never silently ignored."""
+
+
+class LocalGitError(RelayError):
+    """A local git plumbing command failed."""

@@ -1,0 +1,133 @@
+"""The fetch half of the pack-relay engine: upload-pack's pack straight into ``git index-pack``.
+
+One round: wants (deduplicated), haves (local tips, then a bounded date-ordered walk), ``done``.
+The side-band is demultiplexed as it arrives: channel 1 goes to the stdin of
+``git index-pack --stdin --fix-thin --keep`` in the chunks it came in, channel 2 to stderr. Python
+holds one pkt-line at a time. index-pack names the pack (``keep\\t<hash>``); the ``.keep`` it
+wrote is handed to git with ``lock`` so no gc can remove the pack before git has moved its refs.
+
+On any failure index-pack is stopped and the temporary pack it was writing is removed, so the
+local repository gains neither refs nor a half-written pack.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+from .errors import LocalGitError, PackError
+from .gitcmd import Git
+from .protocol import Advertisement, fetch_request, read_fetch_preamble
+from .transport.base import Service
+from .ui import Reporter
+
+__all__ = ["FetchResult", "fetch_pack", "local_haves", "MAX_WALK_HAVES"]
+
+# A bound on the haves walk: enough to find a common ancestor behind a few hundred local commits
+# without a request that grows with history (the request is small: 50 bytes a have).
+MAX_WALK_HAVES = 1024
+
+
+@dataclass
+class FetchResult:
+    keep: str | None
+    connectivity_ok: bool
+    bytes: int
+    seconds: float
+
+
+def local_haves(git: Git, limit: int = MAX_WALK_HAVES) -> list[str]:
+    """Tips of every local ref first, then commits behind them, newest first."""
+    if not git.in_repo:
+        return []
+    tips_out = git.run(["for-each-ref", "--format=%(objectname)"]).decode().split()
+    tips = list(dict.fromkeys(tips_out))
+    if not tips:
+        return []
+    walk = git.run(["rev-list", f"--max-count={limit}", "--date-order", "--all"]).decode().split()
+    return list(dict.fromkeys(tips + walk))
+
+
+def _tmp_packs(pack_dir: str) -> set[str]:
+    try:
+        return {n for n in os.listdir(pack_dir) if n.startswith("tmp_")}
+    except FileNotFoundError:
+        return set()
+
+
+def fetch_pack(
+    service: Service,
+    adv: Advertisement,
+    git: Git,
+    reporter: Reporter,
+    wants: list[str],
+    haves: list[str],
+    *,
+    include_tag: bool,
+    check_connectivity: bool,
+    host_label: str,
+) -> FetchResult:
+    """Fetch ``wants`` into the local object store; raise on any failure, leaving nothing behind."""
+    started = time.monotonic()
+    wants = list(dict.fromkeys(wants))
+    pack_dir = git.git_path("objects/pack")
+    os.makedirs(pack_dir, exist_ok=True)
+    before = _tmp_packs(pack_dir)
+    config = git.config()
+    args = ["index-pack", "--stdin", "--fix-thin", f"--keep=fetch-pack {os.getpid()} on {host_label}"]
+    if reporter.progress:
+        args.append("-v")
+    if check_connectivity:
+        args.append("--check-self-contained-and-connected")
+    fsck_key = "fetch.fsckobjects" if config.get("fetch.fsckobjects") is not None else "transfer.fsckobjects"
+    if config.get_bool(fsck_key):
+        args.append("--strict")
+    request = fetch_request(adv, wants, haves, progress=reporter.progress, include_tag=include_tag)
+    reporter.trace(f"fetch: {len(wants)} wants, {len(haves)} haves, protocol v{adv.version}")
+    index = git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+    assert index.stdin is not None and index.stdout is not None
+    received = 0
+    try:
+        reader = service.request([request])
+        read_fetch_preamble(reader, adv)
+        sink = index.stdin
+        for channel, data in reader.sideband():
+            if channel == 1:
+                try:
+                    sink.write(data)
+                except BrokenPipeError:
+                    raise PackError("git index-pack stopped reading the pack", "see its message above") from None
+                received += len(data)
+            else:
+                reporter.sideband(data)
+        reporter.flush_sideband()
+        service.wait_sent()
+        sink.close()
+        out = index.stdout.read().decode()
+        rc = index.wait()
+    except BaseException:
+        reporter.flush_sideband()
+        index.kill()
+        index.wait()
+        _remove_new_tmp(pack_dir, before)
+        raise
+    if rc not in (0, 1) or (rc == 1 and not check_connectivity):
+        _remove_new_tmp(pack_dir, before)
+        raise PackError(f"git index-pack failed (exit code {rc}): the pack from the remote was not stored", "nothing was changed locally; try the fetch again")
+    kind, _, pack_hash = out.strip().partition("\t")
+    if kind not in ("keep", "pack") or len(pack_hash) < 40:
+        raise LocalGitError(f"unexpected output from git index-pack: {out.strip()[:100]!r}")
+    keep = os.path.join(pack_dir, f"pack-{pack_hash}.keep") if kind == "keep" else None
+    elapsed = time.monotonic() - started
+    reporter.trace(f"fetch: {received} pack bytes in {elapsed:.2f}s")
+    return FetchResult(keep=keep, connectivity_ok=check_connectivity and rc == 0, bytes=received, seconds=elapsed)
+
+
+def _remove_new_tmp(pack_dir: str, before: set[str]) -> None:
+    for name in _tmp_packs(pack_dir) - before:
+        try:
+            os.unlink(os.path.join(pack_dir, name))
+        except OSError:
+            pass

@@ -1,0 +1,192 @@
+"""The one seam for local git plumbing and every other child process the relay starts.
+
+Children never inherit the helper's stdout (it belongs to git's protocol): ``run`` captures it and
+``popen`` requires the caller to say where it goes. Library code gets a ``Git`` object as a
+parameter; tests build one over a temporary repository.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import IO, Any, Iterable, Mapping, Sequence
+
+from .errors import LocalGitError
+
+__all__ = ["Git", "LOCAL_REPO_ENV", "scrubbed_env", "Config"]
+
+# git's local_repo_env (environment.c): variables that describe *this* repository. A git process
+# started for the *remote* side (a local upload-pack/receive-pack) must not see them, or it would
+# read or write the wrong object store (reference/remote-helper-protocol.md, pitfall 6).
+LOCAL_REPO_ENV = (
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_CONFIG",
+    "GIT_CONFIG_PARAMETERS",
+    "GIT_CONFIG_COUNT",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_IMPLICIT_WORK_TREE",
+    "GIT_GRAFT_FILE",
+    "GIT_INDEX_FILE",
+    "GIT_NO_REPLACE_OBJECTS",
+    "GIT_REPLACE_REF_BASE",
+    "GIT_PREFIX",
+    "GIT_SUPER_PREFIX",
+    "GIT_SHALLOW_FILE",
+    "GIT_COMMON_DIR",
+)
+
+
+def scrubbed_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` without the variables that point at the local repository."""
+    out = {k: v for k, v in env.items() if k not in LOCAL_REPO_ENV}
+    for key in list(out):
+        if key.startswith("GIT_CONFIG_KEY_") or key.startswith("GIT_CONFIG_VALUE_"):
+            del out[key]
+    return out
+
+
+class Config:
+    """A snapshot of ``git config --list`` as a multimap with lower-cased section/variable names."""
+
+    def __init__(self, values: Mapping[str, list[str]]) -> None:
+        self.values = dict(values)
+
+    @classmethod
+    def parse_z(cls, data: bytes) -> "Config":
+        values: dict[str, list[str]] = {}
+        for entry in data.split(b"\0"):
+            if not entry:
+                continue
+            key_b, sep, value_b = entry.partition(b"\n")
+            key = key_b.decode("utf-8", "replace")
+            # A key with no '=' in the file means "true" (git prints no newline for it).
+            values.setdefault(key, []).append(value_b.decode("utf-8", "replace") if sep else "true")
+        return cls(values)
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        vals = self.values.get(key.lower() if key.count(".") < 2 else _norm(key))
+        return vals[-1] if vals else default
+
+    def get_all(self, key: str) -> list[str]:
+        return list(self.values.get(key.lower() if key.count(".") < 2 else _norm(key), []))
+
+    def get_bool(self, key: str, default: bool = False) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        v = value.strip().lower()
+        if v in ("true", "yes", "on", "1", ""):
+            return True
+        if v in ("false", "no", "off", "0"):
+            return False
+        try:
+            return int(v) != 0
+        except ValueError:
+            raise LocalGitError(f"bad boolean config value '{value}' for '{key}'") from None
+
+    def get_size(self, key: str) -> int | None:
+        """An integer with git's optional k/m/g suffix."""
+        value = self.get(key)
+        if value is None or not value.strip():
+            return None
+        v = value.strip().lower()
+        scale = {"k": 1024, "m": 1024**2, "g": 1024**3}.get(v[-1], 1)
+        digits = v[:-1] if scale != 1 else v
+        try:
+            return int(digits) * scale
+        except ValueError:
+            raise LocalGitError(f"bad size config value '{value}' for '{key}'", "use a number with optional k, m or g") from None
+
+
+def _norm(key: str) -> str:
+    """section.Sub.Section.var -> section.Sub.Section.var with section and var lower-cased."""
+    first, _, rest = key.partition(".")
+    middle, _, last = rest.rpartition(".")
+    return f"{first.lower()}.{middle}.{last.lower()}"
+
+
+class Git:
+    """Runs local git with a fixed environment (which carries git's ``GIT_DIR`` when set)."""
+
+    def __init__(self, env: Mapping[str, str], cwd: str | None = None) -> None:
+        self.env = dict(env)
+        self.cwd = cwd
+        self._config: Config | None = None
+
+    @property
+    def in_repo(self) -> bool:
+        return "GIT_DIR" in self.env
+
+    def config(self) -> Config:
+        if self._config is None:
+            proc = subprocess.run(
+                ["git", "config", "--list", "-z"],
+                env=self.env,
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            # Outside a repository or with no config at all git exits non-zero with nothing to say.
+            self._config = Config.parse_z(proc.stdout if proc.returncode == 0 else b"")
+        return self._config
+
+    def run(self, args: Sequence[str], input: bytes | None = None, ok_codes: Iterable[int] = (0,)) -> bytes:
+        """Run ``git <args>``, return stdout; raise ``LocalGitError`` with git's stderr on failure."""
+        proc = subprocess.run(
+            ["git", *args],
+            env=self.env,
+            cwd=self.cwd,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        if proc.returncode not in tuple(ok_codes):
+            err = proc.stderr.decode("utf-8", "replace").strip()
+            raise LocalGitError(f"git {args[0]} failed: {err or 'exit code %d' % proc.returncode}")
+        return proc.stdout
+
+    def returncode(self, args: Sequence[str]) -> int:
+        return subprocess.run(
+            ["git", *args],
+            env=self.env,
+            cwd=self.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ).returncode
+
+    def popen(self, args: Sequence[str], *, stdin: Any, stdout: Any, stderr: Any = None, env: Mapping[str, str] | None = None) -> "subprocess.Popen[bytes]":
+        """Start ``git <args>``; stdout must be given explicitly (never the helper's own)."""
+        return subprocess.Popen(
+            ["git", *args],
+            env=dict(env) if env is not None else self.env,
+            cwd=self.cwd,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+    def existing(self, oids: Iterable[str]) -> set[str]:
+        """The subset of ``oids`` present in the local object store."""
+        wanted = list(dict.fromkeys(oids))
+        if not wanted:
+            return set()
+        out = self.run(["cat-file", "--batch-check=%(objectname)"], input="\n".join(wanted).encode() + b"\n")
+        present: set[str] = set()
+        for line, oid in zip(out.decode().splitlines(), wanted):
+            if not line.endswith(" missing"):
+                present.add(oid)
+        return present
+
+    def git_path(self, path: str) -> str:
+        out = self.run(["rev-parse", "--git-path", path]).decode().strip()
+        return out if os.path.isabs(out) else os.path.join(self.cwd or os.getcwd(), out)
+
+
+def child_stdio() -> IO[bytes]:
+    """What a child gets instead of our stdout when its output is not wanted."""
+    return open(os.devnull, "wb")

@@ -1,0 +1,352 @@
+"""The remote-helper command loop (gitremote-helpers(7)) for ``relay::<url>``.
+
+stdout carries protocol replies only, flushed after each; every message for people goes to the
+``Reporter`` (stderr). One ``_do_<command>`` method per command. Fetch and push go through the
+pack-relay engine; ``connect``/``stateless-connect`` pass the raw stream to git's own
+fetch-pack when a request needs what the engine does not do (shallow, partial clone, refetch)
+or the user set ``relay.mode=passthrough``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import BinaryIO, Mapping
+
+from .errors import RelayError, UnsupportedError
+from .fetch import fetch_pack, local_haves
+from .gitcmd import Git
+from .pktline import FLUSH
+from .protocol import Advertisement, ls_refs_request, read_advertisement, read_ls_refs
+from .transport import Context, Remote, Service
+from .ui import Reporter
+from .url import InnerUrl, check_allowed, parse
+
+__all__ = ["Helper", "c_unquote", "c_quote"]
+
+_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92, '"': 34}
+
+# Options that only git's own fetch-pack implements; the engine routes them to passthrough.
+_PASSTHROUGH_OPTIONS = ("depth", "deepen-since", "deepen-not", "deepen-relative", "filter", "refetch", "from-promisor", "update-shallow")
+
+
+def c_unquote(value: str) -> str:
+    """Undo git's ``quote_c_style`` (used for option values with special characters)."""
+    if len(value) < 2 or not (value.startswith('"') and value.endswith('"')):
+        return value
+    body = value[1:-1].encode("utf-8", "surrogateescape")
+    out = bytearray()
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == 92 and i + 1 < len(body):
+            nxt = chr(body[i + 1])
+            if nxt in _ESCAPES:
+                out.append(_ESCAPES[nxt])
+                i += 2
+                continue
+            if nxt in "0123":
+                out.append(int(body[i + 1:i + 4], 8))
+                i += 4
+                continue
+        out.append(ch)
+        i += 1
+    return out.decode("utf-8", "replace")
+
+
+def c_quote(text: str) -> str:
+    """git's ``quote_c_style`` when needed (status reasons with newlines or quotes)."""
+    if not any(c in text for c in '"\\\n\t\r') and all(0x20 <= ord(c) < 0x7F for c in text):
+        return text
+    out = ['"']
+    for b in text.encode():
+        c = chr(b)
+        if c in '"\\':
+            out.append("\\" + c)
+        elif c == "\n":
+            out.append("\\n")
+        elif c == "\t":
+            out.append("\\t")
+        elif 0x20 <= b < 0x7F:
+            out.append(c)
+        else:
+            out.append("\\%03o" % b)
+    out.append('"')
+    return "".join(out)
+
+
+class Helper:
+    """One helper process: ``run()`` reads commands from ``stdin`` until EOF or a blank line."""
+
+    def __init__(self, remote_name: str, address: str, env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO, stderr: BinaryIO, cwd: str | None = None) -> None:
+        self.env = dict(env)
+        self.stdin = stdin
+        self.stdout = stdout
+        self.git = Git(self.env, cwd=cwd)
+        self.config = self.git.config()
+        self.url: InnerUrl = parse(address)
+        check_allowed(self.url.scheme, self.env, self.config.values)
+        trace = self.env.get("GIT_RELAY_TRACE", "") not in ("", "0", "false")
+        self.reporter = Reporter(stderr, trace=trace)
+        name = None if remote_name.startswith("relay::") or remote_name == address else remote_name
+        self.ctx = Context(env=self.env, git=self.git, config=self.config, remote_name=name, trace=self.reporter.trace)
+        self.remote = Remote(self.url, self.ctx)
+        self.options: dict[str, str] = {}
+        self.passthrough_opts: dict[str, str] = {}
+        self.followtags = False
+        self.cloning = False
+        self.check_connectivity = False
+        self.upload: tuple[Service, Advertisement] | None = None
+        self.upload_fresh = False  # v0 stateful: the open connection still awaits its one request
+        self.push_state: object | None = None
+        self.mode = (self.env.get("GIT_RELAY_MODE") or self.config.get("relay.mode") or "relay").lower()
+        if self.mode not in ("relay", "passthrough"):
+            raise RelayError(f"bad relay.mode '{self.mode}'", "use 'relay' (the default) or 'passthrough'")
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def _reply(self, text: str) -> None:
+        self.stdout.write(text.encode())
+        self.stdout.flush()
+
+    def _readline(self) -> str | None:
+        line = self.stdin.readline()
+        if not line:
+            return None
+        return line.decode("utf-8", "surrogateescape").rstrip("\n")
+
+    @property
+    def stateless(self) -> bool:
+        return self.url.scheme in ("http", "https")
+
+    def run(self) -> int:
+        """Serve commands until git is done; return the exit status."""
+        status = 0
+        while True:
+            line = self._readline()
+            if line is None or line == "":
+                break
+            cmd, _, arg = line.partition(" ")
+            self.reporter.trace(f"< {line if cmd != 'option' else line[:200]}")
+            if cmd == "capabilities":
+                self._do_capabilities()
+            elif cmd == "option":
+                self._do_option(arg)
+            elif cmd == "list":
+                self._do_list(arg == "for-push")
+            elif cmd == "fetch":
+                self._do_fetch(line)
+            elif cmd == "push":
+                status |= self._do_push(line)
+            elif cmd == "connect" or cmd == "stateless-connect":
+                rc = self._do_connect(arg) if cmd == "connect" else self._do_stateless_connect(arg)
+                if rc is not None:
+                    return rc
+            else:
+                raise UnsupportedError(f"unknown command '{cmd}' from git", "this git is newer than git-remote-relay understands")
+        self.close()
+        return status
+
+    def close(self) -> None:
+        if self.upload is not None:
+            service, adv = self.upload
+            if self.upload_fresh and adv.version == 0 and not service.stateless:
+                try:
+                    service.request([FLUSH.wire])  # tell a waiting v0 upload-pack we want nothing
+                    service.wait_sent()
+                except RelayError:
+                    pass
+            service.close()
+            self.upload = None
+
+    # -- commands -------------------------------------------------------------------------------
+    def _do_capabilities(self) -> None:
+        caps = ["fetch", "push", "option", "check-connectivity"]
+        caps.append("stateless-connect" if self.stateless else "connect")
+        self._reply("".join(c + "\n" for c in caps) + "\n")
+
+    def _do_option(self, arg: str) -> None:
+        name, _, raw = arg.partition(" ")
+        value = c_unquote(raw)
+        reply = "ok"
+        if name == "progress":
+            self.reporter.progress = value == "true"
+        elif name == "verbosity":
+            try:
+                self.reporter.verbosity = int(value)
+            except ValueError:
+                reply = "error bad verbosity"
+        elif name == "followtags":
+            self.followtags = value == "true"
+        elif name == "cloning":
+            self.cloning = value == "true"
+        elif name == "check-connectivity":
+            self.check_connectivity = value == "true"
+        elif name == "family":
+            if value not in ("ipv4", "ipv6", "all"):
+                reply = "error family must be ipv4 or ipv6"
+            else:
+                self.ctx.family = None if value == "all" else value
+        elif name in _PASSTHROUGH_OPTIONS or name == "updateshallow":
+            # "depth 0" and "deepen-relative false" are git resetting them for a tag backfill.
+            if (name == "depth" and value == "0") or value == "false":
+                self.passthrough_opts.pop(name, None)
+            else:
+                self.passthrough_opts[name] = value
+        elif name == "rejectshallow":
+            pass  # the engine refuses shallow remotes anyway; passthrough passes the option on
+        elif name in ("dry-run", "atomic", "push-option", "cas", "force-if-includes", "pushcert"):
+            reply = self._push_option(name, value)
+        elif name == "servpath":
+            self.options[name] = value
+        else:
+            reply = "unsupported"
+        self.options[name] = value
+        self._reply(reply + "\n")
+
+    def _push_option(self, name: str, value: str) -> str:
+        from .push import PushOptions
+
+        if self.push_state is None:
+            self.push_state = PushOptions()
+        assert isinstance(self.push_state, PushOptions)
+        return self.push_state.set(name, value)
+
+    def _open_upload(self) -> tuple[Service, Advertisement]:
+        if self.upload is not None:
+            adv = self.upload[1]
+            # HTTP posts each request anew; a v2 stream serves many; a v0 stream serves one fetch.
+            if self.stateless or adv.version == 2 or self.upload_fresh:
+                return self.upload
+        self.close()
+        service = self.remote.open("upload-pack")
+        try:
+            adv = read_advertisement(service.reader)
+        except BaseException:
+            service.close()
+            raise
+        self.upload = (service, adv)
+        self.upload_fresh = True
+        return self.upload
+
+    def _do_list(self, for_push: bool) -> None:
+        if for_push:
+            from .push import list_for_push
+
+            self._reply(list_for_push(self))
+            return
+        service, adv = self._open_upload()
+        if adv.version == 2:
+            reader = service.request([ls_refs_request(adv)])
+            read_ls_refs(reader, adv)
+        lines: list[str] = []
+        head = adv.symrefs.get("HEAD")
+        if head:
+            lines.append(f"@{head} HEAD")
+        elif "HEAD" in adv.refs:
+            lines.append(f"{adv.refs['HEAD']} HEAD")
+        for name, oid in adv.refs.items():
+            if name == "HEAD":
+                continue
+            lines.append(f"{oid} {name}")
+            if name in adv.peeled:
+                lines.append(f"{adv.peeled[name]} {name}^{{}}")
+        self.reporter.trace(f"list: {len(adv.refs)} refs, protocol v{adv.version}")
+        self._reply("".join(x + "\n" for x in lines) + "\n")
+
+    def _check_engine_can_fetch(self) -> None:
+        if self.passthrough_opts:
+            names = ", ".join(sorted(self.passthrough_opts))
+            raise UnsupportedError(
+                f"this fetch asks for {names}, which needs git's own fetch over protocol v2, and the remote does not offer it",
+                "use plain git for this fetch, or a server that speaks protocol v2",
+            )
+
+    def _do_fetch(self, first: str) -> None:
+        wants: list[str] = []
+        line: str | None = first
+        while line:
+            parts = line.split(" ")
+            if len(parts) < 3 or parts[0] != "fetch":
+                raise RelayError(f"unexpected line in a fetch batch: {line[:100]!r}")
+            wants.append(parts[1])
+            line = self._readline()
+        self._check_engine_can_fetch()
+        service, adv = self._open_upload()
+        haves = [] if self.cloning else local_haves(self.git)
+        host = self.url.host or "localhost"
+        self.upload_fresh = False
+        result = fetch_pack(
+            service,
+            adv,
+            self.git,
+            self.reporter,
+            wants,
+            haves,
+            include_tag=self.followtags,
+            check_connectivity=self.check_connectivity,
+            host_label=host,
+        )
+        if adv.version == 0 and not self.stateless:
+            self.close()  # a v0 stream served its one fetch; a later batch opens a new one
+        out = ""
+        if result.keep:
+            out += f"lock {result.keep}\n"
+        if result.connectivity_ok:
+            out += "connectivity-ok\n"
+        self._reply(out + "\n")
+
+    def _do_push(self, first: str) -> int:
+        from .push import PushOptions, run_push_batch
+
+        lines = [first]
+        while True:
+            line = self._readline()
+            if not line:
+                break
+            lines.append(line)
+        opts = self.push_state if isinstance(self.push_state, PushOptions) else PushOptions()
+        self.push_state = None
+        reply, ok = run_push_batch(self, lines, opts)
+        self._reply(reply)
+        return 0 if ok else 1
+
+    def _local_shallow(self) -> bool:
+        git_dir = self.env.get("GIT_DIR")
+        return bool(git_dir) and os.path.exists(os.path.join(self.git.cwd or "", git_dir or "", "shallow"))
+
+    def _wants_passthrough(self, service: str) -> bool:
+        if self.mode == "passthrough" or service == "git-upload-archive":
+            return True
+        return service == "git-upload-pack" and (bool(self.passthrough_opts) or self._local_shallow())
+
+    def _do_connect(self, service: str) -> int | None:
+        from .passthrough import connect
+
+        if service not in ("git-upload-pack", "git-receive-pack", "git-upload-archive"):
+            raise UnsupportedError(f"unknown service '{service}'")
+        if not self._wants_passthrough(service):
+            self._reply("fallback\n")
+            return None
+        self.close()
+        self.reporter.trace(f"connect: passthrough for {service}")
+        self._reply("\n")
+        return connect(self.remote, service[len("git-"):], self.stdin, self.stdout)
+
+    def _do_stateless_connect(self, service: str) -> int | None:
+        from .passthrough import stateless_connect
+
+        if service != "git-upload-pack" or not self._wants_passthrough(service):
+            self._reply("fallback\n")
+            return None
+        service_obj, adv = self._open_upload()
+        if adv.version != 2:
+            self._check_engine_can_fetch()  # raises: the options need v2
+            self._reply("fallback\n")
+            return None
+        self.upload = None
+        self.reporter.trace("stateless-connect: passthrough")
+        self._reply("\n")
+        try:
+            stateless_connect(service_obj, adv, self.stdin, self.stdout)
+        finally:
+            service_obj.close()
+        return 0

@@ -1,0 +1,122 @@
+"""``connect`` and ``stateless-connect``: hand the raw service stream to git's own fetch-pack.
+
+Used for what the engine does not implement (shallow clones, partial clones, refetch, a shallow
+local repository) and for ``relay.mode=passthrough``. No byte is decoded on the way: for a child
+process transport the child gets the helper's own stdin/stdout; for git:// and HTTP the bytes are
+copied.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import subprocess
+from typing import BinaryIO
+
+from .errors import ProtocolError, TransportError
+from .pktline import DELIM, FLUSH, RESPONSE_END, PktReader, Special, pkt, pkt_text
+from .protocol import Advertisement
+from .transport import Remote, Service
+from .url import InnerUrl
+
+__all__ = ["connect", "stateless_connect"]
+
+_CHUNK = 1 << 16
+
+
+def connect(remote: Remote, service: str, stdin: BinaryIO, stdout: BinaryIO) -> int:
+    """Run ``service`` with the helper's stdio as its stream; return its exit status."""
+    url: InnerUrl = remote.url
+    want_v2 = service == "upload-pack" and remote.fetch_v2
+    if url.scheme == "git":
+        from .transport.daemon import DEFAULT_PORT, _connect
+
+        sock = _connect(url.host, url.port or DEFAULT_PORT, remote.ctx.family, 30.0)
+        host_field = url.host if ":" not in url.host else f"[{url.host}]"
+        if url.port:
+            host_field += f":{url.port}"
+        request = f"git-{service} {url.path}\0host={host_field}\0".encode() + (b"\0version=2\0" if want_v2 else b"")
+        sock.sendall(pkt(request))
+        _copy_both(sock, stdin, stdout)
+        return 0
+    from .transport.process import service_command
+
+    argv, env, _label = service_command(url, service, remote.ctx, want_v2)
+    remote.ctx.trace(f"passthrough: {argv[0]} ... ({service})")
+    stdout.flush()
+    proc = subprocess.Popen(argv, env=env, cwd=remote.ctx.git.cwd, stdin=stdin.fileno(), stdout=stdout.fileno(), stderr=None)
+    return proc.wait()
+
+
+def _copy_both(sock: socket.socket, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """Copy stdin -> socket and socket -> stdout until the socket closes."""
+    in_fd, out_fd = stdin.fileno(), stdout.fileno()
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ, "sock")
+    sel.register(in_fd, selectors.EVENT_READ, "stdin")
+    try:
+        while True:
+            for key, _ in sel.select():
+                if key.data == "sock":
+                    data = sock.recv(_CHUNK)
+                    if not data:
+                        return
+                    _write_all(out_fd, data)
+                else:
+                    data = os.read(in_fd, _CHUNK)
+                    if not data:
+                        sel.unregister(in_fd)
+                        sock.shutdown(socket.SHUT_WR)
+                    else:
+                        sock.sendall(data)
+    finally:
+        sel.close()
+        sock.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def stateless_connect(service: Service, adv: Advertisement, stdin: BinaryIO, stdout: BinaryIO) -> None:
+    """git's v2 stateless relay over HTTP (gitremote-helpers ``stateless-connect``).
+
+    The caller has opened upload-pack, checked that it speaks v2 and written the blank line. We
+    send the capability advertisement, then relay each request (pkt-lines up to a flush) as one
+    POST and its reply verbatim, each followed by a response-end packet, until git closes stdin.
+    """
+    out = [pkt_text("version 2")]
+    for key, value in adv.caps.items():
+        out.append(pkt_text(key if value is None else f"{key}={value}"))
+    out.append(FLUSH.wire)
+    stdout.write(b"".join(out))
+    stdout.flush()
+    request_reader = PktReader(stdin.read, "git")
+    while True:
+        body: list[bytes] = []
+        try:
+            item = request_reader.read_pkt()
+        except TransportError:  # git closed stdin: the conversation is over
+            return
+        while True:
+            if isinstance(item, Special):
+                body.append(item.wire)
+                if item is FLUSH:
+                    break
+                if item is not DELIM:
+                    raise ProtocolError(f"protocol error: unexpected {item.name} packet from git")
+            else:
+                body.append(pkt(item))
+            item = request_reader.read_pkt()
+        service.request(b"".join(body))
+        read = getattr(service, "raw_read")
+        while True:
+            data = read(_CHUNK)
+            if not data:
+                break
+            stdout.write(data)
+        stdout.write(RESPONSE_END.wire)
+        stdout.flush()

@@ -1,0 +1,157 @@
+"""pkt-line and side-band framing (gitprotocol-common, gitprotocol-v2). Pure: works on callables.
+
+A pkt-line is four hex digits of length (including themselves) and a payload; ``0000`` is a
+flush, ``0001`` a delimiter and ``0002`` a response end (v2 stateless). Payloads are at most
+65516 bytes; side-band-64k puts a one-byte channel in front (1 = data, 2 = progress, 3 = error).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator
+
+from .errors import ProtocolError, RemoteError, TransportError
+
+__all__ = [
+    "FLUSH",
+    "DELIM",
+    "RESPONSE_END",
+    "MAX_PAYLOAD",
+    "pkt",
+    "pkt_text",
+    "PktReader",
+    "Special",
+]
+
+FLUSH_PKT = b"0000"
+DELIM_PKT = b"0001"
+RESPONSE_END_PKT = b"0002"
+MAX_PAYLOAD = 65516
+# Side-band data payloads are one byte shorter (the channel byte).
+MAX_SIDEBAND_DATA = MAX_PAYLOAD - 1
+
+
+class Special:
+    """A control packet (flush, delim, response-end); compared by identity."""
+
+    def __init__(self, name: str, wire: bytes) -> None:
+        self.name = name
+        self.wire = wire
+
+    def __repr__(self) -> str:
+        return f"<{self.name}>"
+
+
+FLUSH = Special("flush", FLUSH_PKT)
+DELIM = Special("delim", DELIM_PKT)
+RESPONSE_END = Special("response-end", RESPONSE_END_PKT)
+_SPECIALS = {0: FLUSH, 1: DELIM, 2: RESPONSE_END}
+
+
+def pkt(payload: bytes) -> bytes:
+    """Frame one payload."""
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError("pkt-line payload too long")
+    return b"%04x" % (len(payload) + 4) + payload
+
+
+def pkt_text(line: str) -> bytes:
+    """Frame one text line, adding the LF git expects."""
+    return pkt(line.encode() + b"\n")
+
+
+def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
+    data = read(n)
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        more = read(n - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+class PktReader:
+    """Reads pkt-lines from ``read(n)``; raises ``TransportError`` on a cut-off stream."""
+
+    def __init__(self, read: Callable[[int], bytes], what: str = "remote") -> None:
+        self._read = read
+        self._what = what
+        self._pushed: list[bytes | Special] = []
+
+    def read_pkt(self) -> bytes | Special:
+        """The next payload (bytes) or control packet."""
+        if self._pushed:
+            return self._pushed.pop()
+        head = _read_exact(self._read, 4)
+        if len(head) < 4:
+            raise TransportError(
+                f"the {self._what} hung up unexpectedly",
+                "the connection closed in the middle of a reply; check the server and try again",
+            )
+        try:
+            size = int(head, 16)
+        except ValueError:
+            raise ProtocolError(f"protocol error: bad line length {head!r} from the {self._what}") from None
+        if size < 4:
+            return _SPECIALS.get(size) or self._bad(head)
+        payload = _read_exact(self._read, size - 4)
+        if len(payload) < size - 4:
+            raise TransportError(
+                f"the {self._what} hung up unexpectedly (truncated packet)",
+                "the connection closed in the middle of a reply; check the server and try again",
+            )
+        return payload
+
+    def _bad(self, head: bytes) -> Special:
+        raise ProtocolError(f"protocol error: bad line length {head!r} from the {self._what}")
+
+    def unread(self, item: bytes | Special) -> None:
+        self._pushed.append(item)
+
+    def read_line(self) -> str | Special:
+        """A text payload without its trailing LF; ``ERR`` lines become ``RemoteError``."""
+        item = self.read_pkt()
+        if isinstance(item, Special):
+            return item
+        text = item.decode("utf-8", "replace")
+        if text.endswith("\n"):
+            text = text[:-1]
+        if text.startswith("ERR "):
+            raise RemoteError(f"remote error: {text[4:]}")
+        return text
+
+    def read_lines_until_flush(self) -> list[str]:
+        lines: list[str] = []
+        while True:
+            item = self.read_line()
+            if item is FLUSH:
+                return lines
+            if isinstance(item, Special):
+                raise ProtocolError(f"protocol error: unexpected {item.name} packet from the {self._what}")
+            lines.append(item)
+
+    def sideband(self) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(channel, payload)`` until a flush. Channel 3 raises ``RemoteError``."""
+        while True:
+            item = self.read_pkt()
+            if item is FLUSH:
+                return
+            if isinstance(item, Special):
+                raise ProtocolError(f"protocol error: unexpected {item.name} packet in side-band data")
+            if not item:
+                continue
+            channel = item[0]
+            if channel == 3:
+                text = item[1:].decode("utf-8", "replace").strip()
+                raise RemoteError(f"remote error: {text}")
+            if channel not in (1, 2):
+                raise ProtocolError(f"protocol error: bad side-band channel {channel}")
+            yield channel, item[1:]
+
+
+def frame_lines(lines: Iterable[str]) -> bytes:
+    return b"".join(pkt_text(line) for line in lines)

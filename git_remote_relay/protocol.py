@@ -1,0 +1,215 @@
+"""Ref advertisements (v0 and v2 ``ls-refs``) and fetch requests. Pure: works on a ``PktReader``.
+
+Only what the relay needs of gitprotocol-pack / gitprotocol-v2: refs with HEAD's symref and peeled
+tags, capabilities, the object format (sha1 only), and the request lines of a one-round fetch
+(all haves, then ``done``), which every upload-pack answers with a single pack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import __version__
+from .errors import ProtocolError, UnsupportedError
+from .pktline import DELIM, FLUSH, PktReader, Special, pkt_text
+
+__all__ = ["Advertisement", "read_advertisement", "ls_refs_request", "read_ls_refs", "fetch_request", "ZERO_OID", "AGENT"]
+
+ZERO_OID = "0" * 40
+AGENT = f"git-remote-relay/{__version__}"
+
+
+@dataclass
+class Advertisement:
+    """What a server said about itself. ``refs`` keeps the server's order."""
+
+    version: int
+    caps: dict[str, str | None] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)
+    peeled: dict[str, str] = field(default_factory=dict)
+    symrefs: dict[str, str] = field(default_factory=dict)
+    extra_haves: list[str] = field(default_factory=list)  # receive-pack's ".have" lines
+
+    def has(self, cap: str) -> bool:
+        return cap in self.caps
+
+    def check_object_format(self) -> None:
+        fmt = self.caps.get("object-format") or "sha1"
+        if fmt != "sha1":
+            raise UnsupportedError(
+                f"the remote repository uses the {fmt} object format",
+                "git-remote-relay supports sha1 repositories only; use plain git for this one",
+            )
+
+
+def _parse_caps(text: str) -> dict[str, str | None]:
+    caps: dict[str, str | None] = {}
+    for word in text.split():
+        key, sep, value = word.partition("=")
+        if key == "symref" and sep:
+            # several symref= entries may appear; keep them all in one string
+            caps[key] = f"{caps[key]} {value}" if caps.get(key) else value
+        else:
+            caps[key] = value if sep else None
+    return caps
+
+
+def _check_oid(oid: str, line: str) -> str:
+    if len(oid) != 40 or any(c not in "0123456789abcdef" for c in oid):
+        raise ProtocolError(f"protocol error: bad object id in '{line[:120]}'")
+    return oid
+
+
+def read_advertisement(reader: PktReader) -> Advertisement:
+    """Read a v0 ref advertisement or a v2 capability advertisement, up to its flush."""
+    first = reader.read_line()
+    if first is FLUSH:
+        return Advertisement(version=0)  # an empty v0 advertisement (nothing at all)
+    if isinstance(first, Special):
+        raise ProtocolError(f"protocol error: unexpected {first.name} packet at the start of the advertisement")
+    if first == "version 2":
+        adv = Advertisement(version=2)
+        for line in reader.read_lines_until_flush():
+            key, sep, value = line.partition("=")
+            adv.caps[key] = value if sep else None
+        adv.check_object_format()
+        return adv
+    if first == "version 1":
+        first = reader.read_line()
+        if first is FLUSH:
+            return Advertisement(version=0)
+        if isinstance(first, Special):
+            raise ProtocolError("protocol error: bad v1 advertisement")
+    adv = Advertisement(version=0)
+    refline, nul, capstext = first.partition("\0")
+    if not nul:
+        raise ProtocolError(f"protocol error: expected capabilities in the first line, got '{first[:120]}'")
+    adv.caps = _parse_caps(capstext)
+    lines = [refline, *reader.read_lines_until_flush()]
+    for line in lines:
+        oid, _, name = line.partition(" ")
+        if name == "capabilities^{}":
+            continue
+        _check_oid(oid, line)
+        if name == ".have":
+            adv.extra_haves.append(oid)
+        elif name.endswith("^{}"):
+            adv.peeled[name[:-3]] = oid
+        elif name.startswith("shallow") and oid == "shallow":
+            continue
+        else:
+            adv.refs[name] = oid
+    for pair in (adv.caps.get("symref") or "").split():
+        src, _, dst = pair.partition(":")
+        if src and dst:
+            adv.symrefs[src] = dst
+    adv.check_object_format()
+    return adv
+
+
+def _common_args(adv: Advertisement) -> list[str]:
+    args = []
+    if adv.has("agent"):
+        args.append(f"agent={AGENT}")
+    if adv.has("object-format"):
+        args.append("object-format=sha1")
+    return args
+
+
+def ls_refs_request(adv: Advertisement) -> bytes:
+    if "ls-refs" not in adv.caps:
+        raise ProtocolError("protocol error: the server speaks v2 but offers no ls-refs")
+    lines = ["command=ls-refs", *_common_args(adv)]
+    return b"".join(pkt_text(x) for x in lines) + DELIM.wire + pkt_text("peel") + pkt_text("symrefs") + FLUSH.wire
+
+
+def read_ls_refs(reader: PktReader, adv: Advertisement) -> None:
+    """Fill ``adv.refs``/``peeled``/``symrefs`` from an ls-refs reply."""
+    for line in reader.read_lines_until_flush():
+        words = line.split(" ")
+        if len(words) < 2:
+            raise ProtocolError(f"protocol error: bad ls-refs line '{line[:120]}'")
+        oid, name = words[0], words[1]
+        if oid == "unborn":
+            continue
+        _check_oid(oid, line)
+        adv.refs[name] = oid
+        for attr in words[2:]:
+            key, _, value = attr.partition(":")
+            if key == "symref-target":
+                adv.symrefs[name] = value
+            elif key == "peeled":
+                adv.peeled[name] = _check_oid(value, line)
+
+
+def fetch_request(adv: Advertisement, wants: list[str], haves: list[str], *, progress: bool, include_tag: bool) -> bytes:
+    """A complete one-round fetch request (v2 ``command=fetch`` or v0 wants/haves/done)."""
+    if not wants:
+        raise ValueError("nothing to fetch")
+    out: list[bytes] = []
+    if adv.version == 2:
+        out += [pkt_text(x) for x in ["command=fetch", *_common_args(adv)]]
+        out.append(DELIM.wire)
+        opts = ["thin-pack", "ofs-delta"]
+        if not progress:
+            opts.append("no-progress")
+        if include_tag:
+            opts.append("include-tag")
+        out += [pkt_text(x) for x in opts]
+        out += [pkt_text(f"want {w}") for w in wants]
+        out += [pkt_text(f"have {h}") for h in haves]
+        out.append(pkt_text("done"))
+        out.append(FLUSH.wire)
+        return b"".join(out)
+    if not adv.has("side-band-64k"):
+        raise UnsupportedError("the remote does not offer side-band-64k", "this server is too old for relay::; use plain git")
+    caps = ["side-band-64k"]
+    for cap in ("thin-pack", "ofs-delta"):
+        if adv.has(cap):
+            caps.append(cap)
+    if not progress and adv.has("no-progress"):
+        caps.append("no-progress")
+    if include_tag and adv.has("include-tag"):
+        caps.append("include-tag")
+    if adv.has("agent"):
+        caps.append(f"agent={AGENT}")
+    if adv.has("object-format"):
+        caps.append("object-format=sha1")
+    out.append(pkt_text(f"want {wants[0]} {' '.join(caps)}"))
+    out += [pkt_text(f"want {w}") for w in wants[1:]]
+    out.append(FLUSH.wire)
+    out += [pkt_text(f"have {h}") for h in haves]
+    out.append(pkt_text("done"))
+    return b"".join(out)
+
+
+def read_fetch_preamble(reader: PktReader, adv: Advertisement) -> None:
+    """Consume the reply up to the start of the side-band pack data."""
+    if adv.version == 2:
+        while True:
+            header = reader.read_line()
+            if header == "packfile":
+                return
+            if header == "shallow-info":
+                lines = []
+                while True:
+                    item = reader.read_line()
+                    if item is DELIM:
+                        break
+                    if isinstance(item, Special):
+                        raise ProtocolError("protocol error: shallow-info not followed by a pack")
+                    lines.append(item)
+                if any(x.startswith("shallow ") for x in lines):
+                    raise UnsupportedError(
+                        "the remote repository is shallow",
+                        "fetching from a shallow repository needs git's own fetch: set relay.mode=passthrough (ssh, file, git://) or use plain git",
+                    )
+                continue
+            if header in ("acknowledgments", "wanted-refs", "packfile-uris"):
+                raise ProtocolError(f"protocol error: unexpected '{header}' section in the fetch reply")
+            raise ProtocolError(f"protocol error: expected 'packfile', got {header!r}")
+    line = reader.read_line()
+    while isinstance(line, str) and (line.startswith("shallow ") or line.startswith("unshallow ")):
+        raise UnsupportedError("the remote repository is shallow", "use relay.mode=passthrough or plain git")
+    if not isinstance(line, str) or not (line == "NAK" or line.startswith("ACK ")):
+        raise ProtocolError(f"protocol error: expected ACK/NAK, got {line!r}")

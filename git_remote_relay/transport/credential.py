@@ -1,0 +1,69 @@
+"""``git credential fill|approve|reject`` over pipes (never the helper's stdout)."""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+
+from ..gitcmd import Git
+
+__all__ = ["Credential", "fill", "approve", "reject"]
+
+
+@dataclass
+class Credential:
+    protocol: str
+    host: str
+    path: str = ""
+    username: str | None = None
+    password: str | None = None
+
+    def _describe(self) -> bytes:
+        lines = [f"protocol={self.protocol}", f"host={self.host}"]
+        if self.path:
+            lines.append(f"path={self.path}")
+        if self.username is not None:
+            lines.append(f"username={self.username}")
+        if self.password is not None:
+            lines.append(f"password={self.password}")
+        return ("\n".join(lines) + "\n\n").encode()
+
+    def __repr__(self) -> str:  # never show the password, even in a traceback
+        return f"Credential(protocol={self.protocol!r}, host={self.host!r}, username={self.username!r})"
+
+
+def _run(git: Git, action: str, cred: Credential) -> bytes:
+    proc = subprocess.run(
+        ["git", "credential", action],
+        env=git.env,
+        cwd=git.cwd,
+        input=cred._describe(),
+        stdout=subprocess.PIPE,
+        stderr=None,  # prompts and helper errors are the user's
+    )
+    if proc.returncode != 0 and action == "fill":
+        return b""
+    return proc.stdout
+
+
+def fill(git: Git, cred: Credential) -> Credential | None:
+    """Ask git's credential helpers (and, if allowed, the terminal); None when none is had."""
+    out = _run(git, "fill", cred)
+    got = Credential(cred.protocol, cred.host, cred.path, cred.username, None)
+    for line in out.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition("=")
+        if key == "username":
+            got.username = value
+        elif key == "password":
+            got.password = value
+    if got.username is None or got.password is None:
+        return None
+    return got
+
+
+def approve(git: Git, cred: Credential) -> None:
+    _run(git, "approve", cred)
+
+
+def reject(git: Git, cred: Credential) -> None:
+    _run(git, "reject", cred)

@@ -1,0 +1,66 @@
+"""git:// (git daemon): one TCP connection, opened by ``git-<service> <path>\\0host=<host>\\0``."""
+
+from __future__ import annotations
+
+import socket
+
+from ..errors import TransportError
+from ..pktline import pkt
+from ..url import InnerUrl
+from .base import NOT_FOUND_HINT, Context, StreamService
+
+__all__ = ["open_daemon_service", "DEFAULT_PORT"]
+
+DEFAULT_PORT = 9418
+
+
+def _connect(host: str, port: int, family: str | None, timeout: float) -> socket.socket:
+    fam = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(family or "", socket.AF_UNSPEC)
+    try:
+        infos = socket.getaddrinfo(host, port, fam, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise TransportError(f"unable to look up {host} ({exc.strerror})") from exc
+    last: OSError | None = None
+    for af, kind, proto, _name, addr in infos:
+        sock = socket.socket(af, kind, proto)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(addr)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    raise TransportError(f"unable to connect to {host}:{port}: {last.strerror if last else 'no address'}", NOT_FOUND_HINT)
+
+
+def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool) -> StreamService:
+    port = url.port or DEFAULT_PORT
+    sock = _connect(url.host, port, ctx.family, timeout=30.0)
+    host_field = url.host if ":" not in url.host else f"[{url.host}]"
+    if url.port:
+        host_field += f":{url.port}"
+    request = f"git-{service} {url.path}\0host={host_field}\0".encode()
+    if want_v2:
+        request += b"\0version=2\0"
+    ctx.trace(f"git:// request: git-{service} {url.path} host={host_field}{' version=2' if want_v2 else ''}")
+    try:
+        sock.sendall(pkt(request))
+    except OSError as exc:
+        sock.close()
+        raise TransportError(f"unable to send the request to {url.redacted}: {exc.strerror}") from exc
+    reader = sock.makefile("rb", buffering=1 << 18)
+
+    def close_write() -> None:
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close() -> None:
+        reader.close()
+        sock.close()
+
+    return StreamService(reader.read, sock.sendall, close_write, close, f"remote end ({url.redacted})")

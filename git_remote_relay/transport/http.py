@@ -1,0 +1,247 @@
+"""Smart HTTP (``git http-backend`` and every forge): GET the advertisement, POST each request.
+
+Connection settings come from git config through dulwich's urllib3 pool manager (``http.proxy``,
+``http.sslVerify``, ``http.sslCAInfo``, ``http.extraHeader``, ``http.userAgent``, with
+``http.<url>.*`` matching). Credentials: the URL's own, else ``git credential fill`` after a 401,
+``approve`` after success, ``reject`` after a refusal. Request bodies up to 1 MiB carry a
+Content-Length; larger ones are streamed with ``Transfer-Encoding: chunked`` and are never held in
+memory, so they cannot be replayed: authentication is settled before they start (``probe``).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from urllib.parse import urlsplit
+
+from ..errors import AuthError, ProtocolError, TransportError, UnsupportedError
+from ..pktline import FLUSH, PktReader
+from ..url import InnerUrl, redact
+from . import credential
+from .base import NOT_FOUND_HINT, Context, Service
+
+if TYPE_CHECKING:
+    import urllib3
+
+__all__ = ["HttpTransport", "HttpService", "TooLargeError", "SMALL_BODY"]
+
+SMALL_BODY = 1 << 20  # git's default http.postBuffer: below it a body is sent whole
+
+
+class TooLargeError(TransportError):
+    """The server refused a request body for its size (413, or a 408/504 on a big upload)."""
+
+
+def _dulwich_config(ctx: Context) -> Any:
+    from dulwich.config import ConfigDict
+
+    conf = ConfigDict()
+    for key, values in ctx.config.values.items():
+        if not key.startswith("http."):
+            continue
+        middle, _, name = key[5:].rpartition(".")
+        section = (b"http", middle.encode()) if middle else (b"http",)
+        conf.set(section, name.encode(), values[-1].encode())
+    return conf
+
+
+class HttpTransport:
+    """One repository URL over smart HTTP, shared by the services opened on it."""
+
+    def __init__(self, url: InnerUrl, ctx: Context) -> None:
+        from dulwich.client import default_urllib3_manager
+
+        self.url = url
+        self.ctx = ctx
+        self.base = url.http_base
+        self.pool: "urllib3.PoolManager" = default_urllib3_manager(_dulwich_config(ctx), base_url=self.base)
+        self.cred: credential.Credential | None = None
+        self.cred_from_helper = False
+        self.approved = False
+        if url.user is not None:
+            split = urlsplit(self.base)
+            self.cred = credential.Credential(split.scheme, split.netloc, username=url.user, password=url.password)
+
+    # -- authentication -------------------------------------------------------------------------
+    def _auth_headers(self) -> dict[str, str]:
+        if self.cred is None or self.cred.password is None:
+            return {}
+        token = base64.b64encode(f"{self.cred.username}:{self.cred.password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    def _ask_credentials(self) -> bool:
+        split = urlsplit(self.base)
+        want = credential.Credential(split.scheme, split.netloc, path=split.path.lstrip("/"), username=self.cred.username if self.cred else None)
+        if not self.ctx.config.get_bool("credential.usehttppath"):
+            want.path = ""
+        got = credential.fill(self.ctx.git, want)
+        if got is None:
+            return False
+        self.cred, self.cred_from_helper = got, True
+        return True
+
+    def _refused(self) -> AuthError:
+        if self.cred is not None and self.cred_from_helper:
+            credential.reject(self.ctx.git, self.cred)
+        return AuthError(f"Authentication failed for '{redact(self.base)}/'", "check the user name and password (or token) your credential helper gives")
+
+    def settled(self) -> None:
+        """Tell the credential helpers that the credentials worked (once)."""
+        if self.cred is not None and self.cred_from_helper and not self.approved:
+            credential.approve(self.ctx.git, self.cred)
+            self.approved = True
+
+    # -- requests -------------------------------------------------------------------------------
+    def send(self, method: str, url: str, headers: dict[str, str], body: bytes | Iterable[bytes] | None = None) -> "urllib3.BaseHTTPResponse":
+        """Send one request; retry a 401 once with credentials when the body can be replayed."""
+        import urllib3
+
+        replayable = body is None or isinstance(body, bytes)
+        for attempt in range(2):
+            all_headers = {"User-Agent": "git/2.39 git-remote-relay", "Pragma": "no-cache", **headers, **self._auth_headers()}
+            self.ctx.trace(f"http: {method} {redact(url)}")
+            try:
+                resp = self.pool.urlopen(
+                    method,
+                    url,
+                    headers=all_headers,
+                    body=body,
+                    chunked=body is not None and not isinstance(body, bytes),
+                    preload_content=False,
+                    redirect=method == "GET",
+                    retries=urllib3.Retry(total=0, redirect=10) if method == "GET" else False,
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                if isinstance(exc.__cause__, TransportError):
+                    raise exc.__cause__ from exc
+                raise TransportError(f"unable to access '{redact(url)}': {redact(str(exc))}") from exc
+            self.ctx.trace(f"http: {resp.status}")
+            if resp.status != 401:
+                return resp
+            resp.drain_conn()
+            resp.release_conn()
+            need = self.cred is None or self.cred.password is None
+            if attempt == 0 and replayable and need and not self.cred_from_helper:
+                if self._ask_credentials():
+                    continue
+                raise AuthError(
+                    f"Authentication failed for '{redact(self.base)}/': no credentials",
+                    "configure a credential helper (git config credential.helper ...) or set GIT_ASKPASS",
+                )
+            raise self._refused()
+        raise AssertionError("unreachable")
+
+    def check_status(self, resp: "urllib3.BaseHTTPResponse", url: str, big_body: bool = False) -> None:
+        if resp.status == 200:
+            return
+        resp.drain_conn()
+        where = redact(url)
+        if resp.status == 404:
+            raise TransportError(f"repository '{redact(self.base)}/' not found", NOT_FOUND_HINT)
+        if resp.status == 403:
+            raise AuthError(f"access to '{where}' forbidden (HTTP 403)", "check that your account may read (or push to) this repository")
+        if resp.status == 413 or (big_body and resp.status in (408, 504)):
+            raise TooLargeError(f"the server refused the request for its size (HTTP {resp.status}) at '{where}'")
+        raise TransportError(f"unexpected HTTP status {resp.status} from '{where}'")
+
+    def open(self, service: str, want_v2: bool) -> "HttpService":
+        url = f"{self.base}/info/refs?service=git-{service}"
+        headers = {"Accept": "*/*"}
+        if want_v2:
+            headers["Git-Protocol"] = "version=2"
+        resp = self.send("GET", url, headers)
+        self.check_status(resp, url)
+        final = getattr(resp, "url", None) or url
+        suffix = f"/info/refs?service=git-{service}"
+        if final != url and final.endswith(suffix):
+            self.base = final[: -len(suffix)]
+            self.ctx.trace(f"http: redirected to {redact(self.base)}")
+        ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
+        if ctype != f"application/x-git-{service}-advertisement":
+            resp.drain_conn()
+            raise UnsupportedError(
+                f"'{redact(self.base)}/' is not a smart HTTP git server (dumb HTTP)",
+                "relay:: needs smart HTTP; fetch this URL with plain git instead",
+            )
+        self.settled()
+        return HttpService(self, service, resp, want_v2)
+
+
+def _chunks(body: Iterable[bytes]) -> Iterator[bytes]:
+    for chunk in body:
+        if chunk:
+            yield chunk
+
+
+class HttpService(Service):
+    """A service over smart HTTP: ``reader`` starts after the ``# service=`` header."""
+
+    stateless = True
+
+    def __init__(self, transport: HttpTransport, service: str, resp: "urllib3.BaseHTTPResponse", want_v2: bool) -> None:
+        self.transport = transport
+        self.service = service
+        self.want_v2 = want_v2
+        self._responses = [resp]
+        self.label = f"remote end ({redact(transport.base)})"
+        self.reader = PktReader(resp.read, self.label)
+        self.bytes_sent = 0
+        first = self.reader.read_pkt()
+        if first == f"# service=git-{service}\n".encode():
+            if self.reader.read_pkt() is not FLUSH:
+                raise ProtocolError("protocol error: no flush after the service header")
+        elif isinstance(first, bytes) and first.startswith(b"# service="):
+            raise ProtocolError(f"protocol error: the server answered for another service: {first!r}")
+        else:
+            self.reader.unread(first)
+
+    def request(self, body: Iterable[bytes]) -> PktReader:
+        url = f"{self.transport.base}/git-{self.service}"
+        headers = {
+            "Content-Type": f"application/x-git-{self.service}-request",
+            "Accept": f"application/x-git-{self.service}-result",
+        }
+        if self.want_v2:
+            headers["Git-Protocol"] = "version=2"
+        data: bytes | Iterable[bytes]
+        if isinstance(body, (bytes, list, tuple)):
+            data = b"".join(body) if not isinstance(body, bytes) else body
+            big = len(data) > SMALL_BODY
+            if big:
+                data = [data]
+        else:
+            data, big = self._counted(_chunks(body)), True
+        if isinstance(data, bytes):
+            self.bytes_sent += len(data)
+        resp = self.transport.send("POST", url, headers, data)
+        self.transport.check_status(resp, url, big_body=big)
+        ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
+        if ctype != f"application/x-git-{self.service}-result":
+            resp.drain_conn()
+            raise ProtocolError(f"protocol error: unexpected Content-Type '{ctype}' from '{redact(url)}'")
+        self._responses.append(resp)
+        self.raw_read = resp.read  # for stateless-connect, which relays the reply undecoded
+        self.reader = PktReader(resp.read, self.label)
+        return self.reader
+
+    def _counted(self, body: Iterator[bytes]) -> Iterator[bytes]:
+        for chunk in body:
+            self.bytes_sent += len(chunk)
+            yield chunk
+
+    def probe(self) -> None:
+        """An empty request (a flush) that settles authentication before a streamed upload."""
+        reader = self.request(b"0000")
+        del reader
+        self.transport.settled()
+
+    def wait_sent(self) -> None:
+        return None
+
+    def close(self) -> None:
+        for resp in self._responses:
+            try:
+                resp.release_conn()
+            except Exception:  # noqa: BLE001 - closing a pool connection must not mask the real error
+                pass
+        self._responses.clear()

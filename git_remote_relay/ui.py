@@ -1,0 +1,84 @@
+"""Everything the relay says to people: stderr only, with git's look.
+
+``Reporter`` owns the stderr stream (injected, so tests can capture it). Remote side-band text is
+shown as git's ``sideband.c`` shows it: each ``\\r``/``\\n``-terminated piece prefixed ``remote: ``
+and followed by ``ESC[K`` on a terminal. Traces (``GIT_RELAY_TRACE=1``) are redacted.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+import time
+from typing import BinaryIO
+
+from .url import redact
+
+__all__ = ["Reporter", "peak_rss"]
+
+
+def peak_rss() -> tuple[int, int]:
+    """(this process, its waited-for children) peak resident set size in bytes (Linux: KiB units)."""
+    scale = 1 if sys.platform == "darwin" else 1024
+    return (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
+        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale,
+    )
+
+
+class Reporter:
+    def __init__(self, stream: BinaryIO, *, verbosity: int = 1, progress: bool = False, trace: bool = False, tty: bool | None = None) -> None:
+        self.stream = stream
+        self.verbosity = verbosity
+        self.progress = progress
+        self.tracing = trace
+        if tty is None:
+            try:
+                tty = os.isatty(stream.fileno()) and os.environ.get("TERM") != "dumb"
+            except (OSError, ValueError, AttributeError):
+                tty = False
+        self._suffix = b"\033[K" if tty else b"        "
+        self._partial = b""
+        self.started = time.monotonic()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed stderr must not turn a good transfer into a failure
+
+    def say(self, text: str) -> None:
+        """A line for people at the default verbosity (suppressed by -q)."""
+        if self.verbosity >= 1:
+            self._write(text.encode() + b"\n")
+
+    def warn(self, text: str) -> None:
+        self._write(b"warning: " + redact(text).encode() + b"\n")
+
+    def error(self, text: str) -> None:
+        self._write(redact(text).encode() + b"\n")
+
+    def trace(self, text: str) -> None:
+        if self.tracing:
+            self._write(b"relay: " + redact(text).encode("utf-8", "replace") + b"\n")
+
+    def sideband(self, data: bytes) -> None:
+        """Show side-band channel-2 text from the remote."""
+        data = self._partial + data
+        start = 0
+        for i, ch in enumerate(data):
+            if ch in (10, 13):
+                piece = data[start:i]
+                if piece:
+                    self._write(b"remote: " + piece + self._suffix + bytes((ch,)))
+                else:
+                    self._write(bytes((ch,)))
+                start = i + 1
+        self._partial = data[start:]
+
+    def flush_sideband(self) -> None:
+        if self._partial:
+            self._write(b"remote: " + self._partial + self._suffix + b"\n")
+            self._partial = b""

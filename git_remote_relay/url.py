@@ -1,0 +1,260 @@
+"""The inner URL of ``relay::<inner>``: git's grammar, git's policy, and redaction. Pure.
+
+The grammar follows git's ``connect.c`` (``parse_connect_url``, ``host_end``,
+``get_host_and_port``) and ``transport.c`` (``url_is_local_not_ssh``, ``is_transport_allowed``):
+
+* ``scheme://[user[:password]@]host[:port]/path`` for ssh (also ``git+ssh``/``ssh+git``), git,
+  http, https and file;
+* scp-like ``[user@]host:path`` whenever a colon comes before the first slash, with the bracket
+  forms ``[host:port]:path``, ``user@[::1]:path`` and ``[user@::1]:path``;
+* anything else is a local path.
+
+Security: a host, user, port or path that starts with ``-`` would be read by ssh as an option
+(CVE-2017-1000117), so it is refused here, before any argv is built. ``<helper>::<address>``
+inner URLs (``ext::`` runs arbitrary commands, ``fd::`` reads arbitrary descriptors) are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Mapping
+from urllib.parse import unquote
+
+from .errors import PolicyError, UrlError
+
+__all__ = ["InnerUrl", "parse", "redact", "check_allowed", "split_relay_address"]
+
+_SCHEMES = {
+    "ssh": "ssh",
+    "git+ssh": "ssh",
+    "ssh+git": "ssh",
+    "git": "git",
+    "http": "http",
+    "https": "https",
+    "file": "file",
+}
+_SCHEME_CHARS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+# Protocols git itself treats as safe by default (transport.c: get_protocol_config).
+_ALWAYS_ALLOWED = frozenset({"http", "https", "git", "ssh", "file"})
+_NEVER_ALLOWED = frozenset({"ext"})
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]*@")
+
+
+@dataclass(frozen=True)
+class InnerUrl:
+    """A parsed inner URL. ``scheme`` is the transport: ssh, git, http, https or file.
+
+    ``raw`` is the address as the user wrote it; it may hold a password, so only ``redacted``
+    ever reaches a message. ``scp_like`` records the ``host:path`` form (no port possible).
+    """
+
+    raw: str
+    scheme: str
+    path: str
+    host: str = ""
+    port: int | None = None
+    user: str | None = None
+    password: str | None = None
+    scp_like: bool = False
+
+    @property
+    def redacted(self) -> str:
+        """The address with any user and password removed, safe for messages and traces."""
+        return redact(self.raw)
+
+    @property
+    def is_local(self) -> bool:
+        return self.scheme == "file"
+
+    @property
+    def http_base(self) -> str:
+        """For http(s): the repository URL without credentials and without a trailing slash."""
+        if self.scheme not in ("http", "https"):
+            raise ValueError("not an http URL")
+        without = _USERINFO.sub(lambda m: m.group("scheme"), self.raw, count=1)
+        return without.rstrip("/")
+
+
+def redact(text: str) -> str:
+    """Remove ``user:password@`` from every URL in ``text`` (like git's anonymized URLs)."""
+    return _USERINFO.sub(lambda m: m.group("scheme"), text)
+
+
+def split_relay_address(argv1: str, argv2: str | None) -> str:
+    """The inner address from the helper's argv (git passes it as argv[2]; see protocol A.1)."""
+    if argv2:
+        return argv2
+    if argv1.startswith("relay::"):
+        return argv1[len("relay::"):]
+    raise UrlError(
+        f"no URL for remote '{argv1}'",
+        "set one with: git remote set-url <name> relay::<url>",
+    )
+
+
+def _check_text(address: str) -> None:
+    if not address:
+        raise UrlError("empty URL after 'relay::'", "write it as relay::<url>, e.g. relay::https://host/repo.git")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in address):
+        # git refuses these too: a newline could forge a credential-helper or protocol line.
+        raise UrlError(f"URL contains a control character: {redact(address)!r}")
+
+
+def _dash(what: str, value: str | None, address: str) -> None:
+    if value and value.startswith("-"):
+        raise UrlError(
+            f"strange {what} '{value}' blocked in URL '{redact(address)}'",
+            "a value starting with '-' would be read as an ssh option (CVE-2017-1000117)",
+        )
+
+
+def _split_port(hostport: str, address: str) -> tuple[str, int | None]:
+    """``host[:port]`` or ``[v6]:port`` -> (host, port)."""
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end < 0:
+            raise UrlError(f"unbalanced '[' in host of '{redact(address)}'")
+        host, rest = hostport[1:end], hostport[end + 1:]
+        if rest and not rest.startswith(":"):
+            raise UrlError(f"junk after ']' in host of '{redact(address)}'")
+        port_text = rest[1:] if rest else ""
+    elif hostport.count(":") == 1:
+        host, port_text = hostport.split(":")
+    else:
+        host, port_text = hostport, ""
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UrlError(f"strange port '{port_text}' blocked in URL '{redact(address)}'")
+    return host, int(port_text)
+
+
+def _parse_url_form(address: str, scheme_text: str, rest: str) -> InnerUrl:
+    scheme = _SCHEMES.get(scheme_text.lower())
+    if scheme is None:
+        raise UrlError(
+            f"unsupported transport '{scheme_text}' in '{redact(address)}'",
+            "relay:: works with ssh://, git://, http://, https://, file://, host:path and local paths",
+        )
+    if scheme == "file":
+        path = unquote(rest)
+        if path.startswith("localhost/"):
+            path = path[len("localhost"):]
+        if not path.startswith("/"):
+            raise UrlError(f"file URL must be absolute: '{redact(address)}'")
+        return InnerUrl(raw=address, scheme="file", path=path)
+    slash = rest.find("/")
+    authority, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    user = password = None
+    if "@" in authority:
+        userinfo, authority = authority.rsplit("@", 1)
+        user, sep, pw = userinfo.partition(":")
+        user = unquote(user)
+        password = unquote(pw) if sep else None
+    host, port = _split_port(authority, address)
+    if not host:
+        raise UrlError(f"no host in URL '{redact(address)}'")
+    if scheme in ("http", "https"):
+        return InnerUrl(raw=address, scheme=scheme, path=path, host=host, port=port, user=user, password=password)
+    path = unquote(path)
+    if path.startswith("/~"):
+        path = path[1:]  # git: "ssh://host/~user/repo" names "~user/repo"
+    if password is not None and scheme == "ssh":
+        raise UrlError(
+            f"a password in an ssh URL is not supported: '{redact(address)}'",
+            "use an ssh key or agent; ssh asks for passwords itself",
+        )
+    _dash("hostname", host, address)
+    _dash("user", user, address)
+    _dash("pathname", path, address)
+    return InnerUrl(raw=address, scheme=scheme, path=path, host=host, port=port, user=user)
+
+
+def _parse_scp_form(address: str) -> InnerUrl:
+    # host_end(): brackets may wrap the host ("[host:port]:path", "user@[::1]:path", "[user@::1]:path").
+    at_bracket = address.find("@[")
+    start = at_bracket + 1 if at_bracket >= 0 else 0
+    if address[start:start + 1] == "[":
+        close = address.find("]", start)
+        if close < 0:
+            raise UrlError(f"unbalanced '[' in '{redact(address)}'")
+        inside = address[start + 1:close]
+        after = address[close + 1:]
+        if not after.startswith(":"):
+            raise UrlError(f"expected ':' after ']' in '{redact(address)}'")
+        userhost = address[:start] + inside
+        path = after[1:]
+    else:
+        userhost, _, path = address.partition(":")
+    user = None
+    if "@" in userhost:
+        user, userhost = userhost.rsplit("@", 1)
+    host, port = userhost, None
+    if at_bracket < 0 and address.startswith("["):
+        # "[host:port]:path": get_host_and_port() takes a trailing numeric port.
+        h, _, p = host.rpartition(":")
+        if h and p.isdigit() and "::" not in host:
+            host, port = h, int(p)
+            if not 0 < port < 65536:
+                raise UrlError(f"strange port '{p}' blocked in '{redact(address)}'")
+    if not host:
+        raise UrlError(f"no host in '{redact(address)}'")
+    if not path:
+        raise UrlError(f"no repository path in '{redact(address)}'", "write it as host:path/to/repo.git")
+    _dash("hostname", host, address)
+    _dash("user", user, address)
+    _dash("pathname", path, address)
+    return InnerUrl(raw=address, scheme="ssh", path=path, host=host, port=port, user=user, scp_like=True)
+
+
+def parse(address: str) -> InnerUrl:
+    """Parse an inner address the way git would, refusing what git would refuse."""
+    _check_text(address)
+    m = _SCHEME_CHARS.match(address)
+    if m and address[m.end():].startswith("::"):
+        helper = m.group(0)
+        raise PolicyError(
+            f"relay cannot wrap another remote helper ('{helper}::'): '{redact(address)}'",
+            "ext:: and fd:: run commands or read descriptors; use a URL git connects to directly",
+        )
+    if m and address[m.end():].startswith("://"):
+        return _parse_url_form(address, m.group(0), address[m.end() + 3:])
+    colon = address.find(":")
+    slash = address.find("/")
+    if colon < 0 or (0 <= slash < colon):
+        if address.startswith("-"):
+            raise UrlError(f"strange pathname '{address}' blocked")
+        return InnerUrl(raw=address, scheme="file", path=address)
+    return _parse_scp_form(address)
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.strip().lower() in ("", "1", "true", "yes", "on")
+
+
+def check_allowed(scheme: str, env: Mapping[str, str], config: Mapping[str, list[str]]) -> None:
+    """Apply git's transport policy to the inner scheme (git itself checks only ``relay``).
+
+    ``config`` maps lower-cased git config keys to their values (last one wins).
+    """
+    allow_list = env.get("GIT_ALLOW_PROTOCOL")
+    if allow_list is not None:
+        if scheme in allow_list.split(":"):
+            return
+        raise PolicyError(
+            f"transport '{scheme}' not allowed by GIT_ALLOW_PROTOCOL",
+            "add it to GIT_ALLOW_PROTOCOL if you trust this URL",
+        )
+    values = config.get(f"protocol.{scheme}.allow") or config.get("protocol.allow")
+    policy = values[-1].lower() if values else None
+    if policy is None:
+        policy = "always" if scheme in _ALWAYS_ALLOWED else "never" if scheme in _NEVER_ALLOWED else "user"
+    if policy == "always":
+        return
+    if policy == "user" and _truthy(env.get("GIT_PROTOCOL_FROM_USER", "1")):
+        return
+    raise PolicyError(
+        f"transport '{scheme}' not allowed (protocol.{scheme}.allow={policy})",
+        f"set protocol.{scheme}.allow=always if you trust this URL",
+    )
