@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from .errors import LocalGitError, PackError
+from .errors import LocalGitError, PackError, TransportError
 from .gitcmd import Git
 from .protocol import Advertisement, fetch_request, read_fetch_preamble
 from .transport.base import Service
@@ -107,6 +107,15 @@ def fetch_pack(
         sink.close()
         out = index.stdout.read().decode()
         rc = index.wait()
+    except TransportError as exc:
+        reporter.flush_sideband()
+        index.kill()
+        index.wait()
+        _remove_new_tmp(pack_dir, before)
+        raise TransportError(
+            f"{exc.message} after {received} bytes of the pack",
+            "nothing was stored and no ref was changed; try the fetch again",
+        ) from exc
     except BaseException:
         reporter.flush_sideband()
         index.kill()

@@ -81,12 +81,19 @@ class PktReader:
         self._read = read
         self._what = what
         self._pushed: list[bytes | Special] = []
+        self.started = False
 
     def read_pkt(self) -> bytes | Special:
         """The next payload (bytes) or control packet."""
         if self._pushed:
             return self._pushed.pop()
         head = _read_exact(self._read, 4)
+        if not head and not self.started:
+            raise TransportError(
+                f"could not read from the {self._what}",
+                "Please make sure you have the correct access rights and the repository exists.",
+            )
+        self.started = True
         if len(head) < 4:
             raise TransportError(
                 f"the {self._what} hung up unexpectedly",

@@ -191,10 +191,10 @@ def _parse_scp_form(address: str) -> InnerUrl:
     if "@" in userhost:
         user, userhost = userhost.rsplit("@", 1)
     host, port = userhost, None
-    if at_bracket < 0 and address.startswith("["):
+    if address[start:start + 1] == "[" and host.count(":") == 1:
         # "[host:port]:path": get_host_and_port() takes a trailing numeric port.
-        h, _, p = host.rpartition(":")
-        if h and p.isdigit() and "::" not in host:
+        h, _, p = host.partition(":")
+        if h and p.isdigit():
             host, port = h, int(p)
             if not 0 < port < 65536:
                 raise UrlError(f"strange port '{p}' blocked in '{redact(address)}'")

@@ -11,8 +11,8 @@ memory, so they cannot be replayed: authentication is settled before they start 
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from urllib.parse import urljoin, urlsplit
 
 from ..errors import AuthError, ProtocolError, TransportError, UnsupportedError
 from ..pktline import FLUSH, PktReader
@@ -151,7 +151,8 @@ class HttpTransport:
             headers["Git-Protocol"] = "version=2"
         resp = self.send("GET", url, headers)
         self.check_status(resp, url)
-        final = getattr(resp, "url", None) or url
+        history = resp.retries.history if resp.retries is not None else ()
+        final = urljoin(url, history[-1].redirect_location) if history and history[-1].redirect_location else url
         suffix = f"/info/refs?service=git-{service}"
         if final != url and final.endswith(suffix):
             self.base = final[: -len(suffix)]
@@ -165,6 +166,19 @@ class HttpTransport:
             )
         self.settled()
         return HttpService(self, service, resp, want_v2)
+
+
+def _safe_read(resp: "urllib3.BaseHTTPResponse", label: str) -> Callable[[int], bytes]:
+    """``resp.read`` with urllib3's errors (a cut chunked body, a reset) as ``TransportError``."""
+    import urllib3
+
+    def read(n: int) -> bytes:
+        try:
+            return resp.read(n)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise TransportError(f"the {label} hung up unexpectedly ({type(exc).__name__})") from exc
+
+    return read
 
 
 def _chunks(body: Iterable[bytes]) -> Iterator[bytes]:
@@ -184,7 +198,7 @@ class HttpService(Service):
         self.want_v2 = want_v2
         self._responses = [resp]
         self.label = f"remote end ({redact(transport.base)})"
-        self.reader = PktReader(resp.read, self.label)
+        self.reader = PktReader(_safe_read(resp, self.label), self.label)
         self.bytes_sent = 0
         first = self.reader.read_pkt()
         if first == f"# service=git-{service}\n".encode():
@@ -220,8 +234,8 @@ class HttpService(Service):
             resp.drain_conn()
             raise ProtocolError(f"protocol error: unexpected Content-Type '{ctype}' from '{redact(url)}'")
         self._responses.append(resp)
-        self.raw_read = resp.read  # for stateless-connect, which relays the reply undecoded
-        self.reader = PktReader(resp.read, self.label)
+        self.raw_read = _safe_read(resp, self.label)  # for stateless-connect: relayed undecoded
+        self.reader = PktReader(self.raw_read, self.label)
         return self.reader
 
     def _counted(self, body: Iterator[bytes]) -> Iterator[bytes]:

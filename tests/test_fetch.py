@@ -1,0 +1,175 @@
+"""Clone, fetch and ls-remote through relay:: against real servers, compared with native git."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import HTTP_PASSWORD, HTTP_USER, TRANSPORTS, fsck, git, make_source, objects, refs
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    return make_source(tmp_path / "source")
+
+
+def clone_pair(tmp_path: Path, url: str, *extra: str) -> tuple[Path, Path, str]:
+    """Clone ``url`` natively and through relay:: with the same arguments."""
+    native, relayed = tmp_path / "native", tmp_path / "relayed"
+    git("clone", *extra, url, str(native))
+    res = git("clone", *extra, "relay::" + url, str(relayed))
+    return native, relayed, res.stderr
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_clone_matches_native(transport: str, source: Path, make_remote, tmp_path: Path) -> None:
+    remote = make_remote(transport, source=source)
+    native, relayed, _ = clone_pair(tmp_path, remote.url)
+    assert refs(relayed) == {k: v for k, v in refs(native).items()}
+    assert objects(relayed) == objects(native)
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=relayed).stdout.strip() == "main"
+    assert git("config", "remote.origin.url", cwd=relayed).stdout.strip() == remote.relay_url
+    assert (relayed / "file2.txt").read_text() == (source / "file2.txt").read_text()
+    fsck(relayed)
+    assert not list((relayed / ".git" / "objects" / "pack").glob("*.keep")), "git removes the lock after the clone"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_bare_clone_and_ls_remote(transport: str, source: Path, make_remote, tmp_path: Path) -> None:
+    remote = make_remote(transport, source=source)
+    native, relayed, _ = clone_pair(tmp_path, remote.url, "--bare")
+    assert refs(relayed) == refs(native)
+    assert objects(relayed) == objects(native)
+    fsck(relayed)
+    ours = git("ls-remote", remote.relay_url, cwd=tmp_path).stdout
+    theirs = git("ls-remote", remote.url, cwd=tmp_path).stdout
+    assert ours == theirs
+    assert "refs/tags/v1^{}" in ours
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_fetch_new_commits_and_follow_tags(transport: str, source: Path, make_remote, tmp_path: Path) -> None:
+    remote = make_remote(transport, source=source)
+    work = tmp_path / "work"
+    git("clone", "-q", remote.relay_url, str(work))
+    (source / "new.txt").write_text("new\n")
+    git("add", ".", cwd=source)
+    git("commit", "-q", "-m", "new", cwd=source)
+    git("tag", "-a", "v2", "-m", "release 2", cwd=source)
+    git("push", "-q", str(remote.path), "main", "v2", cwd=source)
+    res = git("fetch", cwd=work)
+    assert "v2" in res.stderr
+    assert refs(work)["refs/remotes/origin/main"] == refs(source)["refs/heads/main"]
+    assert refs(work)["refs/tags/v2"] == refs(source)["refs/tags/v2"]
+    fsck(work)
+    # nothing new: a fetch that changes nothing
+    before = refs(work)
+    git("fetch", cwd=work)
+    assert refs(work) == before
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_non_default_head_is_checked_out(transport: str, source: Path, make_remote, tmp_path: Path) -> None:
+    remote = make_remote(transport, source=source)
+    git("symbolic-ref", "HEAD", "refs/heads/topic", cwd=remote.path)
+    work = tmp_path / "work"
+    git("clone", "-q", remote.relay_url, str(work))
+    assert git("rev-parse", "--abbrev-ref", "HEAD", cwd=work).stdout.strip() == "topic"
+    assert (work / "topic.txt").exists()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_clone_empty_repository(transport: str, make_remote, tmp_path: Path) -> None:
+    remote = make_remote(transport)
+    work = tmp_path / "work"
+    res = git("clone", remote.relay_url, str(work))
+    assert "empty repository" in res.stderr
+    assert refs(work) == {}
+    # and pushing into it with native git afterwards works from that clone
+    assert git("rev-parse", "--git-dir", cwd=work).stdout.strip() == ".git"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_shallow_clone_is_really_shallow(transport: str, source: Path, make_remote, tmp_path: Path) -> None:
+    remote = make_remote(transport, source=source)
+    work = tmp_path / "work"
+    git("clone", "-q", "--depth", "1", remote.relay_url, str(work))
+    assert (work / ".git" / "shallow").exists()
+    assert git("rev-list", "--count", "HEAD", cwd=work).stdout.strip() == "1"
+    # and deepening it later goes through the same passthrough
+    git("fetch", "-q", "--unshallow", cwd=work)
+    assert git("rev-list", "--count", "HEAD", cwd=work).stdout.strip() == "3"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_partial_clone_omits_blobs(transport: str, source: Path, make_remote, tmp_path: Path) -> None:
+    remote = make_remote(transport, source=source)
+    work = tmp_path / "work"
+    git("clone", "-q", "--no-checkout", "--filter=blob:none", remote.relay_url, str(work))
+    missing = git("rev-list", "--objects", "--all", "--missing=print", cwd=work).stdout
+    assert any(line.startswith("?") for line in missing.splitlines()), "blobs should be left on the server"
+    git("checkout", "-q", "main", cwd=work)  # lazy fetch of the blobs through relay:: again
+    assert (work / "file2.txt").read_text() == (source / "file2.txt").read_text()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_missing_repository_is_a_clear_error(transport: str, make_remote, tmp_path: Path) -> None:
+    remote = make_remote(transport)
+    url = remote.url.replace(remote.path.name, "does-not-exist.git")
+    work = tmp_path / "work"
+    res = git("clone", "relay::" + url, str(work), check=False)
+    assert res.returncode != 0
+    assert "fatal:" in res.stderr
+    assert not work.exists(), "a failed clone leaves no directory behind"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_server_dying_mid_pack_leaves_nothing(transport: str, tmp_path: Path, make_remote) -> None:
+    src = make_source(tmp_path / "src", big=400_000)
+    remote = make_remote(transport, name=f"truncate-{transport}", source=src)
+    work = tmp_path / "work"
+    git("init", "-q", str(work))
+    git("remote", "add", "origin", remote.relay_url, cwd=work)
+    res = git("fetch", "origin", cwd=work, check=False)
+    assert res.returncode != 0, res.stderr
+    assert "fatal:" in res.stderr or "error:" in res.stderr
+    assert refs(work) == {}, "no ref may appear after a failed fetch"
+    packdir = work / ".git" / "objects" / "pack"
+    assert not [p.name for p in packdir.iterdir() if p.name.startswith("tmp_")], "no half-written pack"
+    assert not list(packdir.glob("*.pack"))
+    fsck(work)
+
+
+def test_http_basic_auth_with_credential_helper(source: Path, make_remote, tmp_path: Path, http_server: int) -> None:
+    remote = make_remote("http", source=source)
+    url = remote.url.replace("/git/", "/auth/")
+    store = tmp_path / "creds"
+    store.write_text(f"http://{HTTP_USER}:{HTTP_PASSWORD}@127.0.0.1:{http_server}\n")
+    store.chmod(0o600)
+    work = tmp_path / "work"
+    env = dict(os.environ, GIT_RELAY_TRACE="1")
+    res = git("-c", f"credential.helper=store --file={store}", "clone", "relay::" + url, str(work), env=env)
+    assert refs(work)["refs/remotes/origin/main"] == refs(source)["refs/heads/main"]
+    assert HTTP_PASSWORD not in res.stderr + res.stdout
+    # without credentials: a clear authentication error, nothing cloned, no password prompt hang
+    bad = git("clone", "relay::" + url, str(tmp_path / "nocreds"), check=False)
+    assert bad.returncode != 0
+    assert "Authentication failed" in bad.stderr
+    # wrong password in the URL: refused, and the password is never echoed
+    wrong = url.replace("http://", f"http://{HTTP_USER}:wrong-Secret-9@")
+    bad = git("clone", "relay::" + wrong, str(tmp_path / "wrong"), check=False, env=env)
+    assert bad.returncode != 0
+    assert "wrong-Secret-9" not in bad.stderr
+    assert "Authentication failed" in bad.stderr
+
+
+def test_progress_is_shown_and_quiet_is_quiet(source: Path, make_remote, tmp_path: Path) -> None:
+    remote = make_remote("file", source=source)
+    loud = git("clone", "--progress", remote.relay_url, str(tmp_path / "a"))
+    assert "Receiving objects" in loud.stderr or "Indexing objects" in loud.stderr
+    quiet = git("clone", "-q", remote.relay_url, str(tmp_path / "b"))
+    assert quiet.stderr == ""
