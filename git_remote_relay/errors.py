@@ -12,6 +12,7 @@ __all__ = [
     "PolicyError",
     "TransportError",
     "AuthError",
+    "TooLargeError",
     "ProtocolError",
     "RemoteError",
     "PackError",
@@ -46,6 +47,10 @@ class TransportError(RelayError):
 
 class AuthError(TransportError):
     """The remote refused our credentials."""
+
+
+class TooLargeError(TransportError):
+    """The server refused a request body for its size (HTTP 413, or a 408/504 on a big upload)."""
 
 
 class ProtocolError(RelayError):

@@ -96,6 +96,7 @@ class Helper:
         self.cloning = False
         self.check_connectivity = False
         self.upload: tuple[Service, Advertisement] | None = None
+        self.receive: tuple[Service, Advertisement] | None = None  # from `list for-push`
         self.upload_fresh = False  # v0 stateful: the open connection still awaits its one request
         self.push_state: object | None = None
         self.mode = (self.env.get("GIT_RELAY_MODE") or self.config.get("relay.mode") or "relay").lower()
@@ -156,6 +157,16 @@ class Helper:
                     pass
             service.close()
             self.upload = None
+        if self.receive is not None:
+            service = self.receive[0]
+            if not service.stateless:
+                try:
+                    service.request([FLUSH.wire])  # receive-pack ends quietly on a flush
+                    service.wait_sent()
+                except RelayError:
+                    pass
+            service.close()
+            self.receive = None
 
     # -- commands -------------------------------------------------------------------------------
     def _do_capabilities(self) -> None:

@@ -87,7 +87,7 @@ class PktReader:
         """The next payload (bytes) or control packet."""
         if self._pushed:
             return self._pushed.pop()
-        head = _read_exact(self._read, 4)
+        head = self._read_safely(4)
         if not head and not self.started:
             raise TransportError(
                 f"could not read from the {self._what}",
@@ -105,13 +105,19 @@ class PktReader:
             raise ProtocolError(f"protocol error: bad line length {head!r} from the {self._what}") from None
         if size < 4:
             return _SPECIALS.get(size) or self._bad(head)
-        payload = _read_exact(self._read, size - 4)
+        payload = self._read_safely(size - 4)
         if len(payload) < size - 4:
             raise TransportError(
                 f"the {self._what} hung up unexpectedly (truncated packet)",
                 "the connection closed in the middle of a reply; check the server and try again",
             )
         return payload
+
+    def _read_safely(self, n: int) -> bytes:
+        try:
+            return _read_exact(self._read, n)
+        except OSError as exc:  # a reset connection is a transport failure, not a crash
+            raise TransportError(f"the connection to the {self._what} broke ({exc.strerror or exc})") from exc
 
     def _bad(self, head: bytes) -> Special:
         raise ProtocolError(f"protocol error: bad line length {head!r} from the {self._what}")

@@ -14,7 +14,7 @@ import base64
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import AuthError, ProtocolError, TransportError, UnsupportedError
+from ..errors import AuthError, ProtocolError, TooLargeError, TransportError, UnsupportedError
 from ..pktline import FLUSH, PktReader
 from ..url import InnerUrl, redact
 from . import credential
@@ -23,13 +23,9 @@ from .base import NOT_FOUND_HINT, Context, Service
 if TYPE_CHECKING:
     import urllib3
 
-__all__ = ["HttpTransport", "HttpService", "TooLargeError", "SMALL_BODY"]
+__all__ = ["HttpTransport", "HttpService", "SMALL_BODY"]
 
 SMALL_BODY = 1 << 20  # git's default http.postBuffer: below it a body is sent whole
-
-
-class TooLargeError(TransportError):
-    """The server refused a request body for its size (413, or a 408/504 on a big upload)."""
 
 
 def _dulwich_config(ctx: Context) -> Any:

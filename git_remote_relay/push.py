@@ -1,0 +1,492 @@
+"""The push half of the pack-relay engine: per-ref decisions, a streamed pack, honest status.
+
+Decisions are made locally and up front, as git's ``set_ref_status_for_push`` makes them, with
+the reason words git's transport-helper understands (``fetch first``, ``non-fast forward``,
+``needs force``, ``already exists``, ``stale info``). Negotiation is free: every advertised remote
+tip (and ``.have``) that exists locally is excluded from the pack, so a second branch sends only
+its new objects. ``git pack-objects --stdout --thin --revs`` streams straight into receive-pack.
+Each ref is reported ``ok`` only when receive-pack's report-status said ``ok`` for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+from .errors import PackError, ProtocolError, RelayError, TooLargeError
+from .pktline import FLUSH, PktReader, Special, pkt, pkt_text
+from .protocol import AGENT, ZERO_OID, Advertisement, read_advertisement
+from .transport.base import Service
+from .ui import peak_rss
+
+if TYPE_CHECKING:
+    from .helper import Helper
+
+__all__ = ["PushOptions", "RefUpdate", "list_for_push", "run_push_batch", "PackTooLarge", "decide"]
+
+_CHUNK = 1 << 16
+_SIZE_REFUSALS = ("exceeds maximum allowed size", "pack exceeds", "too large", "request entity too large")
+
+
+class PackTooLarge(PackError):
+    """The pack grew past a limit (ours or the server's)."""
+
+    def __init__(self, message: str, hint: str = "", sent: int = 0, ours: bool = False) -> None:
+        super().__init__(message, hint)
+        self.sent = sent
+        self.ours = ours
+
+
+@dataclass
+class PushOptions:
+    dry_run: bool = False
+    atomic: bool = False
+    push_options: list[str] = field(default_factory=list)
+    cas: dict[str, str] = field(default_factory=dict)
+    force_if_includes: bool = False
+
+    def set(self, name: str, value: str) -> str:
+        """Record ``option <name> <value>``; return the reply for git."""
+        if name == "dry-run":
+            self.dry_run = value == "true"
+        elif name == "atomic":
+            self.atomic = value == "true"
+        elif name == "push-option":
+            self.push_options.append(value)
+        elif name == "cas":
+            ref, sep, oid = value.rpartition(":")
+            if not sep or len(oid) != 40:
+                return "error bad cas value"
+            self.cas[ref] = oid
+        elif name == "force-if-includes":
+            # git has already checked the reflog condition before the push lines reach us
+            self.force_if_includes = value == "true"
+        elif name == "pushcert":
+            if value in ("true", "if-asked"):
+                return "unsupported"
+        else:
+            return "unsupported"
+        return "ok"
+
+
+@dataclass
+class RefUpdate:
+    src: str
+    dst: str
+    force: bool
+    new: str = ZERO_OID
+    old: str = ZERO_OID
+    error: str | None = None  # set when decided locally (or reported by the server)
+    ok: bool = False
+    note: str = ""
+
+    @property
+    def delete(self) -> bool:
+        return not self.src
+
+
+def _receive(helper: "Helper") -> tuple[Service, Advertisement]:
+    state = helper.receive
+    if state is None:
+        service = helper.remote.open("receive-pack")
+        try:
+            adv = read_advertisement(service.reader)
+        except BaseException:
+            service.close()
+            raise
+        state = (service, adv)
+        helper.receive = state
+    return state
+
+
+def list_for_push(helper: "Helper") -> str:
+    _service, adv = _receive(helper)
+    lines = [f"{oid} {name}" for name, oid in adv.refs.items()]
+    return "".join(x + "\n" for x in lines) + "\n"
+
+
+def _resolve(helper: "Helper", updates: list[RefUpdate]) -> None:
+    srcs = [u.src for u in updates if not u.delete]
+    if not srcs:
+        return
+    out = helper.git.run(["cat-file", "--batch-check=%(objectname) %(objecttype)"], input="".join(s + "\n" for s in srcs).encode())
+    it = iter(out.decode().splitlines())
+    for u in updates:
+        if u.delete:
+            continue
+        line = next(it, "")
+        oid = line.split(" ", 1)[0]
+        if line.endswith(" missing") or len(oid) != 40:
+            u.error = f"src refspec {u.src} does not match any"
+        else:
+            u.new = oid
+
+
+def decide(helper: "Helper", updates: list[RefUpdate], adv: Advertisement, opts: PushOptions) -> None:
+    """git's per-ref rules, applied before anything is sent."""
+    git = helper.git
+    olds = [adv.refs.get(u.dst, ZERO_OID) for u in updates]
+    present = git.existing([o for o in olds if o != ZERO_OID])
+    for u, old in zip(updates, olds):
+        u.old = old
+        if u.error:
+            continue
+        forced = u.force
+        if u.dst in opts.cas:
+            expected = opts.cas[u.dst]
+            if expected != old:
+                u.error = "stale info"
+                continue
+            forced = True  # a matching lease is permission to overwrite
+        if u.delete:
+            if old == ZERO_OID:
+                u.error = "no match"  # nothing to delete on the remote
+            elif not adv.has("delete-refs"):
+                u.error = "the remote does not support deleting refs"
+            continue
+        if u.new == old:
+            u.error = "up to date"
+            continue
+        if old == ZERO_OID or forced:
+            continue
+        if old not in present:
+            u.error = "fetch first"
+            continue
+        if u.dst.startswith("refs/tags/"):
+            u.error = "already exists"
+            continue
+        types = git.run(["cat-file", "--batch-check=%(objecttype)"], input=f"{old}\n{u.new}\n".encode()).decode().split()
+        if types != ["commit", "commit"]:
+            u.error = "needs force"
+            continue
+        if git.returncode(["merge-base", "--is-ancestor", old, u.new]) != 0:
+            u.error = "non-fast forward"
+
+
+class _PackStream:
+    """pack-objects' stdout as chunks, with a byte limit and the object count from the header."""
+
+    def __init__(self, proc: "subprocess.Popen[bytes]", limit: int | None, limit_source: str) -> None:
+        self.proc = proc
+        self.limit = limit
+        self.limit_source = limit_source
+        self.sent = 0
+        self.objects: int | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        assert self.proc.stdout is not None
+        read = self.proc.stdout.read1 if hasattr(self.proc.stdout, "read1") else self.proc.stdout.read
+        while True:
+            chunk = read(_CHUNK)
+            if not chunk:
+                break
+            if self.objects is None and self.sent == 0 and len(chunk) >= 12 and chunk[:4] == b"PACK":
+                self.objects = int.from_bytes(chunk[8:12], "big")
+            self.sent += len(chunk)
+            if self.limit is not None and self.sent > self.limit:
+                self.proc.kill()
+                raise PackTooLarge(
+                    f"the pack is larger than {self.limit_source} ({self.limit} bytes); nothing was pushed",
+                    "raise the limit, or push fewer commits at a time",
+                    sent=self.sent,
+                    ours=True,
+                )
+            yield chunk
+        if self.proc.wait() != 0:
+            raise PackError(f"git pack-objects failed (exit code {self.proc.returncode}); nothing was pushed")
+
+
+def _commands(updates: list[RefUpdate], adv: Advertisement, opts: PushOptions, progress: bool) -> bytes:
+    caps = ["report-status", "side-band-64k"] if adv.has("side-band-64k") else ["report-status"]
+    if opts.atomic:
+        caps.append("atomic")
+    if opts.push_options:
+        caps.append("push-options")
+    if not progress and adv.has("quiet"):
+        caps.append("quiet")
+    if adv.has("agent"):
+        caps.append(f"agent={AGENT}")
+    if adv.has("object-format"):
+        caps.append("object-format=sha1")
+    out = []
+    for i, u in enumerate(updates):
+        line = f"{u.old} {u.new} {u.dst}"
+        if i == 0:
+            out.append(pkt(line.encode() + b"\0" + " ".join(caps).encode()))
+        else:
+            out.append(pkt_text(line))
+    out.append(FLUSH.wire)
+    if opts.push_options:
+        out += [pkt_text(o) for o in opts.push_options]
+        out.append(FLUSH.wire)
+    return b"".join(out)
+
+
+def _size_refusal(text: str) -> bool:
+    lowered = text.lower()
+    return any(word in lowered for word in _SIZE_REFUSALS)
+
+
+def _stop(stream: "_PackStream | None") -> None:
+    if stream is not None and stream.proc.poll() is None:
+        stream.proc.kill()
+    if stream is not None:
+        stream.proc.wait()
+
+
+def _read_report(reader: PktReader, sideband: bool, helper: "Helper", remote_text: bytearray) -> tuple[str, dict[str, str | None]]:
+    """(unpack status, {ref: None for ok | reason}); the remote's messages go to ``remote_text``."""
+    if sideband:
+        buffered = bytearray()
+        for channel, data in reader.sideband():
+            if channel == 1:
+                buffered += data
+            else:
+                helper.reporter.sideband(data)
+                remote_text += data
+                del remote_text[:-4096]
+        helper.reporter.flush_sideband()
+        pos = 0
+
+        def read(n: int) -> bytes:
+            nonlocal pos
+            chunk = bytes(buffered[pos:pos + n])
+            pos += len(chunk)
+            return chunk
+
+        inner = PktReader(read, "remote report")
+    else:
+        inner = reader
+    first = inner.read_line()
+    if not isinstance(first, str) or not first.startswith("unpack "):
+        raise ProtocolError(f"protocol error: expected 'unpack' status, got {first!r}")
+    statuses: dict[str, str | None] = {}
+    while True:
+        line = inner.read_line()
+        if line is FLUSH:
+            break
+        if isinstance(line, Special):
+            raise ProtocolError("protocol error: bad report-status")
+        word, _, rest = line.partition(" ")
+        if word == "ok":
+            statuses[rest] = None
+        elif word == "ng":
+            ref, _, why = rest.partition(" ")
+            statuses[ref] = why or "rejected"
+        else:
+            raise ProtocolError(f"protocol error: bad report-status line '{line[:100]}'")
+    return first[len("unpack "):], statuses
+
+
+def _haves(helper: "Helper", adv: Advertisement) -> list[str]:
+    candidates = list(dict.fromkeys([*adv.refs.values(), *adv.extra_haves]))
+    present = helper.git.existing(candidates)
+    return [oid for oid in candidates if oid in present]
+
+
+def _max_pack_bytes(helper: "Helper") -> int | None:
+    env = helper.env.get("GIT_RELAY_MAX_PACK_BYTES")
+    if env:
+        from .gitcmd import Config
+
+        return Config({"x.y": [env]}).get_size("x.y")
+    return helper.config.get_size("relay.maxpackbytes")
+
+
+def send_updates(helper: "Helper", service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, limit: int | None = None, limit_source: str = "relay.maxPackBytes") -> tuple[int, int | None]:
+    """Send commands (and the pack) for ``updates`` and fill in their results.
+
+    Returns (pack bytes sent, objects). Raises ``PackTooLarge`` when a limit stopped the pack.
+    """
+    progress = helper.reporter.progress
+    need_pack = any(not u.delete for u in updates)
+    header = _commands(updates, adv, opts, progress)
+    stream: _PackStream | None = None
+    body: list[bytes] | Iterator[bytes]
+    if need_pack:
+        args = ["pack-objects", "--all-progress-implied", "--revs", "--stdout", "--thin"]
+        if adv.has("ofs-delta"):
+            args.append("--delta-base-offset")
+        args.append("--progress" if progress else "-q")
+        if helper.git.run(["rev-parse", "--is-shallow-repository"]).strip() == b"true":
+            args.append("--shallow")
+        proc = helper.git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+        assert proc.stdin is not None
+        revs = [u.new for u in updates if not u.delete] + ["^" + h for h in _haves(helper, adv)]
+        try:
+            proc.stdin.write("".join(r + "\n" for r in revs).encode())
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        stream = _PackStream(proc, limit, limit_source)
+
+        def gen() -> Iterator[bytes]:
+            yield header
+            yield from stream  # type: ignore[misc]
+
+        body = gen()
+    else:
+        body = [header]
+    said = bytearray()
+    try:
+        reader = service.request(body)
+        unpack, statuses = _read_report(reader, adv.has("side-band-64k"), helper, said)
+    except TooLargeError as exc:
+        _stop(stream)
+        raise PackTooLarge(exc.message, sent=stream.sent if stream else 0) from exc
+    except RelayError as exc:
+        _stop(stream)
+        try:
+            service.wait_sent()
+        except PackTooLarge:
+            raise  # our own limit stopped the pack: that is the real story
+        except RelayError:
+            pass
+        if stream is not None and _size_refusal(said.decode("utf-8", "replace")):
+            # e.g. git:// resets the connection after receive.maxInputSize stops the pack
+            raise PackTooLarge(f"the server refused the pack for its size ({exc.message})", sent=stream.sent) from exc
+        raise exc
+    try:
+        service.wait_sent()
+    except PackTooLarge:
+        _stop(stream)
+        raise  # our own limit cut the pack; the server's complaint about it is a consequence
+    except RelayError:
+        if unpack == "ok":
+            raise
+        # the server stopped reading the pack and said why in its report: that is the story
+    _stop(stream)
+    sent = stream.sent if stream else 0
+    for u in updates:
+        if u.dst in statuses:
+            why = statuses[u.dst]
+            if why is None:
+                u.ok = True
+            else:
+                u.error = why
+        else:
+            u.error = f"no report from the server (unpack {unpack})" if unpack != "ok" else "the server did not report on this ref"
+    if unpack != "ok" and _size_refusal(unpack + " " + said.decode("utf-8", "replace")):
+        raise PackTooLarge(f"the server refused the pack for its size: {unpack}", sent=sent)
+    return sent, stream.objects if stream else None
+
+
+def _recheck_moved(helper: "Helper", updates: list[RefUpdate]) -> None:
+    """A ref the server refused but that already holds what we pushed is reported as pushed."""
+    suspects = [u for u in updates if u.error and not u.ok and not u.delete and u.new != ZERO_OID]
+    if not suspects:
+        return
+    try:
+        with helper.remote.open("receive-pack") as service:
+            adv = read_advertisement(service.reader)
+            if not service.stateless:
+                service.request([FLUSH.wire])
+                service.wait_sent()
+    except RelayError:
+        return
+    for u in suspects:
+        if adv.refs.get(u.dst) == u.new:
+            helper.reporter.warn(f"{u.dst}: the server refused the update ({u.error}) but already holds {u.new[:12]}; nothing to do")
+            u.error, u.ok = None, True
+
+
+def parse_push_lines(lines: list[str]) -> list[RefUpdate]:
+    updates = []
+    for line in lines:
+        if not line.startswith("push "):
+            raise RelayError(f"unexpected line in a push batch: {line[:100]!r}")
+        spec = line[5:]
+        force = spec.startswith("+")
+        if force:
+            spec = spec[1:]
+        src, sep, dst = spec.partition(":")
+        if not sep or not dst:
+            raise RelayError(f"bad push line from git: {line[:100]!r}")
+        updates.append(RefUpdate(src=src, dst=dst, force=force))
+    return updates
+
+
+def run_push_batch(helper: "Helper", lines: list[str], opts: PushOptions) -> tuple[str, bool]:
+    """Push one batch; return (the reply for git, whether every ref succeeded)."""
+    started = time.monotonic()
+    updates = parse_push_lines(lines)
+    service, adv = _receive(helper)
+    adv.check_object_format()
+    _resolve(helper, updates)
+    decide(helper, updates, adv, opts)
+    if opts.atomic and any(u.error for u in updates):
+        for u in updates:
+            if not u.error:
+                u.error = "atomic push failed"
+    todo = [u for u in updates if not u.error]
+    sent, objects = 0, None
+    try:
+        if todo and not opts.dry_run:
+            from .batch import push_maybe_split
+
+            sent, objects = push_maybe_split(helper, service, adv, todo, opts, _max_pack_bytes(helper))
+            _recheck_moved(helper, todo)
+        elif todo:
+            for u in todo:
+                u.ok = True
+    finally:
+        if not service.stateless and (not todo or opts.dry_run):
+            try:
+                service.request([FLUSH.wire])  # a receive-pack that gets no command ends quietly
+                service.wait_sent()
+            except RelayError:
+                pass
+        service.close()
+        helper.receive = None
+    reply = []
+    for u in updates:
+        if u.ok:
+            reply.append(f"ok {u.dst}")
+        else:
+            from .helper import c_quote
+
+            reply.append(f"error {u.dst} {c_quote(u.error or 'rejected')}")
+    _report(helper, updates, sent, objects, started, opts)
+    return "".join(x + "\n" for x in reply) + "\n", all(u.ok or u.error == "up to date" for u in updates)
+
+
+def _report(helper: "Helper", updates: list[RefUpdate], sent: int, objects: int | None, started: float, opts: PushOptions) -> None:
+    elapsed = time.monotonic() - started
+    own, children = peak_rss()
+    rate = sent / elapsed / 2**20 if elapsed > 0 else 0.0
+    if not opts.dry_run and sent:
+        helper.reporter.say(
+            f"relay: sent {objects if objects is not None else '?'} objects, {_human(sent)} in {elapsed:.1f}s "
+            f"({rate:.1f} MiB/s); peak RSS {_human(own)} helper, {_human(children)} children"
+        )
+    path = helper.env.get("GIT_RELAY_STATS_FILE") or helper.config.get("relay.statsfile")
+    if not path:
+        return
+    record = {
+        "command": "push",
+        "remote": helper.url.redacted,
+        "dry_run": opts.dry_run,
+        "refs": [{"ref": u.dst, "old": u.old, "new": u.new, "result": "ok" if u.ok else u.error} for u in updates],
+        "bytes": sent,
+        "objects": objects,
+        "elapsed": round(elapsed, 3),
+        "peak_rss_helper": own,
+        "peak_rss_children": children,
+    }
+    try:
+        with open(os.path.expanduser(path), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        helper.reporter.warn(f"could not write relay.statsFile '{path}': {exc.strerror}")
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"

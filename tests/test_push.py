@@ -1,0 +1,232 @@
+"""git push relay::<url> against real servers: every push form, rejections, limits and splitting."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import TRANSPORTS, fsck, git, make_source, objects, refs
+
+pytestmark = pytest.mark.integration
+
+
+def push(work: Path, *args: str, check: bool = True, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return git("push", *args, cwd=work, check=check, env=env)
+
+
+def stats(path: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def commit(work: Path, name: str, data: bytes | None = None) -> str:
+    (work / name).write_bytes(data if data is not None else f"{name}\n".encode())
+    git("add", name, cwd=work)
+    git("commit", "-q", "-m", name, cwd=work)
+    return git("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    return make_source(tmp_path / "work")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_push_forms_match_native(transport: str, work: Path, make_remote, tmp_path: Path) -> None:
+    ours, theirs = make_remote(transport), make_remote("file")
+    for remote, url in ((ours, ours.relay_url), (theirs, theirs.url)):
+        push(work, url, "main", "topic", "--follow-tags")  # create, several refs, annotated tag followed
+        push(work, url, "HEAD:refs/heads/from-head")  # HEAD as the source
+        oid = git("rev-parse", "main~1", cwd=work).stdout.strip()
+        push(work, url, f"{oid}:refs/heads/from-oid")  # raw object id as the source
+        push(work, url, "--tags")
+        push(work, url, ":refs/heads/from-oid")  # delete
+    assert refs(ours.path) == refs(theirs.path)
+    assert objects(ours.path) == objects(theirs.path)
+    fsck(ours.path)
+    # fast-forward, then forced non-fast-forward
+    commit(work, "ff.txt")
+    push(work, ours.relay_url, "main")
+    assert refs(ours.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    git("reset", "-q", "--hard", "HEAD~2", cwd=work)
+    commit(work, "rewritten.txt")
+    res = push(work, ours.relay_url, "main", check=False)
+    assert res.returncode != 0 and "non-fast-forward" in res.stderr
+    res = push(work, ours.relay_url, "+main")
+    assert "forced update" in res.stderr
+    assert refs(ours.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    fsck(ours.path)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_second_branch_sends_only_new_objects_and_noop_sends_nothing(transport: str, tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work", big=300_000)
+    remote = make_remote(transport)
+    statfile = tmp_path / "stats.jsonl"
+    env = dict(os.environ, GIT_RELAY_STATS_FILE=str(statfile))
+    push(work, remote.relay_url, "main", env=env)
+    first = stats(statfile)[-1]
+    assert first["bytes"] > 300_000
+    git("checkout", "-q", "-b", "second", cwd=work)
+    commit(work, "small.txt")
+    push(work, remote.relay_url, "second", env=env)
+    second = stats(statfile)[-1]
+    assert second["refs"] == [{"ref": "refs/heads/second", "old": "0" * 40, "new": refs(work)["refs/heads/second"], "result": "ok"}]
+    assert second["bytes"] < 2_000, "only the new commit, tree and blob may be sent"
+    assert second["objects"] == 3
+    # a push with nothing new: git finds nothing to do, no pack, no stats record
+    res = push(work, remote.relay_url, "second", env=env)
+    assert "Everything up-to-date" in res.stderr
+    assert len(stats(statfile)) == 2
+    # a new branch name for a commit the remote has: no new objects at all
+    push(work, remote.relay_url, "second:refs/heads/alias", env=env)
+    assert stats(statfile)[-1]["objects"] == 0
+
+
+@pytest.mark.parametrize("transport", ["file", "ssh", "git", "http"])
+def test_rejections_are_reported_like_git(transport: str, work: Path, make_remote) -> None:
+    remote = make_remote(transport)
+    push(work, remote.relay_url, "main", "topic")
+    hook = remote.path / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\nwhile read old new ref; do case $ref in refs/heads/blocked) echo 'policy: blocked is read-only' >&2; exit 1;; esac; done\nexit 0\n")
+    hook.chmod(0o755)
+    git("checkout", "-q", "-b", "blocked", cwd=work)
+    commit(work, "b.txt")
+    res = push(work, remote.relay_url, "blocked", check=False)
+    assert res.returncode != 0
+    assert "remote: policy: blocked is read-only" in res.stderr
+    assert "pre-receive hook declined" in res.stderr
+    assert "refs/heads/blocked" not in refs(remote.path)
+    # lease: the remote moved since our idea of it
+    git("checkout", "-q", "main", cwd=work)
+    old_main = refs(work)["refs/heads/main"]
+    commit(work, "lease.txt")
+    wrong = git("rev-parse", "main~2", cwd=work).stdout.strip()
+    res = push(work, remote.relay_url, f"--force-with-lease=main:{wrong}", "main", check=False)
+    assert res.returncode != 0 and "stale info" in res.stderr
+    assert refs(remote.path)["refs/heads/main"] == old_main
+    res = push(work, remote.relay_url, f"--force-with-lease=main:{old_main}", "main")
+    assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    # server-side policies
+    git("config", "receive.denyNonFastForwards", "true", cwd=remote.path)
+    git("config", "receive.denyDeletes", "true", cwd=remote.path)
+    git("reset", "-q", "--hard", "HEAD~1", cwd=work)
+    res = push(work, remote.relay_url, "+main", check=False)
+    assert res.returncode != 0
+    assert "[remote rejected]" in res.stderr
+    res = push(work, remote.relay_url, ":topic", check=False)
+    assert res.returncode != 0 and "[remote rejected]" in res.stderr
+    assert "refs/heads/topic" in refs(remote.path)
+
+
+@pytest.mark.parametrize("transport", ["file", "ssh", "http"])
+def test_atomic_dry_run_and_push_options(transport: str, work: Path, make_remote) -> None:
+    remote = make_remote(transport)
+    push(work, remote.relay_url, "main", "topic")
+    before = refs(remote.path)
+    commit(work, "one.txt")  # main fast-forwards
+    git("checkout", "-q", "topic", cwd=work)
+    git("reset", "-q", "--hard", "HEAD~1", cwd=work)
+    commit(work, "diverge.txt")  # topic does not
+    res = push(work, remote.relay_url, "--atomic", "main", "topic", check=False)
+    assert res.returncode != 0
+    assert refs(remote.path) == before, "an atomic push with one bad ref changes nothing"
+    res = push(work, remote.relay_url, "--dry-run", "main")
+    assert "main -> main" in res.stderr
+    assert refs(remote.path) == before, "a dry run changes nothing"
+    git("config", "receive.advertisePushOptions", "true", cwd=remote.path)
+    hook = remote.path / "hooks" / "post-receive"
+    hook.write_text('#!/bin/sh\necho "option: $GIT_PUSH_OPTION_COUNT $GIT_PUSH_OPTION_0"\n')
+    hook.chmod(0o755)
+    res = push(work, remote.relay_url, "-o", "ci.skip=yes please", "main")
+    assert "remote: option: 1 ci.skip=yes please" in res.stderr
+    res = push(work, remote.relay_url, "--atomic", "+topic")
+    assert refs(remote.path)["refs/heads/topic"] == refs(work)["refs/heads/topic"]
+
+
+@pytest.mark.parametrize("transport", ["file", "git", "http"])
+def test_target_with_fsck_objects(transport: str, work: Path, make_remote) -> None:
+    remote = make_remote(transport)
+    git("config", "receive.fsckObjects", "true", cwd=remote.path)
+    push(work, remote.relay_url, "main", "topic", "--tags")
+    assert refs(remote.path)["refs/heads/topic"] == refs(work)["refs/heads/topic"]
+    fsck(remote.path)
+
+
+@pytest.mark.parametrize("transport", ["file", "git", "http"])
+def test_max_pack_bytes_aborts_before_any_ref_moves(transport: str, tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work", big=200_000)
+    remote = make_remote(transport)
+    res = git("-c", "relay.maxPackBytes=50k", "push", remote.relay_url, "main", cwd=work, check=False)
+    assert res.returncode != 0
+    assert "relay.maxPackBytes" in res.stderr
+    assert refs(remote.path) == {}
+    git("-c", "relay.maxPackBytes=10m", "push", remote.relay_url, "main", cwd=work)
+    assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+
+
+@pytest.mark.parametrize("transport", ["file", "ssh"])
+def test_connection_cut_mid_push_leaves_remote_unchanged(transport: str, tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work", big=300_000)
+    remote = make_remote(transport)
+    wrapper = tmp_path / "cut-receive-pack"
+    wrapper.write_text("#!/bin/sh\nhead -c 40000 | git-receive-pack \"$@\"\n")
+    wrapper.chmod(0o755)
+    git("remote", "add", "target", remote.relay_url, cwd=work)
+    git("config", "remote.target.receivepack", str(wrapper), cwd=work)
+    res = push(work, "target", "main", "topic", check=False)
+    assert res.returncode != 0
+    assert "fatal:" in res.stderr or "error:" in res.stderr
+    assert refs(remote.path) == {}
+    fsck(remote.path)
+    # nothing is recorded as pushed locally either
+    assert "refs/remotes/target/main" not in refs(work)
+
+
+def _big_history(work: Path, n: int, size: int) -> None:
+    for i in range(n):
+        commit(work, f"chunk{i}.bin", os.urandom(size))
+
+
+# Not git://: when receive.maxInputSize stops a pack, git daemon's socket is reset before the
+# reason reaches us, so the refusal looks like a broken connection (README: set relay.maxPushBytes).
+@pytest.mark.parametrize("transport", ["file", "ssh", "http"])
+def test_push_bigger_than_target_limit_is_split_and_resumes(transport: str, tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    _big_history(work, 8, 90_000)  # ~720 KB of incompressible data, 3x the target's limit
+    remote = make_remote(transport)
+    git("config", "receive.maxInputSize", "250k", cwd=remote.path)
+    native = push(work, remote.url, "main", check=False)
+    assert native.returncode != 0, "plain git must fail against this target"
+    # interrupted half way: the target declines the third step
+    hook = remote.path / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\nn=$(cat {tmp_path}/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > {tmp_path}/count\n[ $n -ge 3 ] && exit 1\nexit 0\n")
+    hook.chmod(0o755)
+    statfile = tmp_path / "stats.jsonl"
+    env = dict(os.environ, GIT_RELAY_STATS_FILE=str(statfile))
+    first = push(work, remote.relay_url, "main", check=False, env=env)
+    assert first.returncode != 0
+    assert "refs/heads/main" not in refs(remote.path), "the user's ref moves only at the end"
+    assert "refs/relay/split/heads/main" in refs(remote.path), "progress is kept on the target"
+    hook.unlink()
+    second = push(work, remote.relay_url, "main", env=env)
+    assert "step" in second.stderr
+    assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    assert "refs/relay/split/heads/main" not in refs(remote.path), "the helper ref is removed"
+    fsck(remote.path)
+    assert objects(remote.path) >= set(git("rev-list", "--objects", "main", cwd=work).stdout.split()[::2]) - {""}
+    resumed = stats(statfile)[-1]
+    assert resumed["bytes"] < 600_000, "the resumed run does not send the finished steps again"
+
+
+def test_max_push_bytes_splits_on_purpose(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    _big_history(work, 4, 60_000)
+    remote = make_remote("file")
+    res = git("-c", "relay.maxPushBytes=100k", "push", remote.relay_url, "main", cwd=work)
+    assert "step 1/" in res.stderr
+    assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    assert not [r for r in refs(remote.path) if r.startswith("refs/relay/")]
+    fsck(remote.path)
