@@ -36,6 +36,7 @@ class FetchResult:
     connectivity_ok: bool
     bytes: int
     seconds: float
+    objects: int | None = None
 
 
 def local_haves(git: Git, limit: int = MAX_WALK_HAVES) -> list[str]:
@@ -89,12 +90,15 @@ def fetch_pack(
     index = git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
     assert index.stdin is not None and index.stdout is not None
     received = 0
+    objects: int | None = None
     try:
         reader = service.request([request])
         read_fetch_preamble(reader, adv)
         sink = index.stdin
         for channel, data in reader.sideband():
             if channel == 1:
+                if received == 0 and len(data) >= 12 and data[:4] == b"PACK":
+                    objects = int.from_bytes(data[8:12], "big")
                 try:
                     sink.write(data)
                 except BrokenPipeError:
@@ -131,7 +135,7 @@ def fetch_pack(
     keep = os.path.join(pack_dir, f"pack-{pack_hash}.keep") if kind == "keep" else None
     elapsed = time.monotonic() - started
     reporter.trace(f"fetch: {received} pack bytes in {elapsed:.2f}s")
-    return FetchResult(keep=keep, connectivity_ok=check_connectivity and rc == 0, bytes=received, seconds=elapsed)
+    return FetchResult(keep=keep, connectivity_ok=check_connectivity and rc == 0, bytes=received, seconds=elapsed, objects=objects)
 
 
 def _remove_new_tmp(pack_dir: str, before: set[str]) -> None:

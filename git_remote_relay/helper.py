@@ -10,8 +10,10 @@ or the user set ``relay.mode=passthrough``.
 from __future__ import annotations
 
 import os
+import time
 from typing import BinaryIO, Mapping
 
+from . import stats
 from .errors import RelayError, UnsupportedError
 from .fetch import fetch_pack, local_haves
 from .gitcmd import Git
@@ -272,13 +274,16 @@ class Helper:
             )
 
     def _do_fetch(self, first: str) -> None:
+        started = time.monotonic()
         wants: list[str] = []
+        names: list[tuple[str, str]] = []
         line: str | None = first
         while line:
             parts = line.split(" ")
             if len(parts) < 3 or parts[0] != "fetch":
                 raise RelayError(f"unexpected line in a fetch batch: {line[:100]!r}")
             wants.append(parts[1])
+            names.append((parts[2], parts[1]))
             line = self._readline()
         self._check_engine_can_fetch()
         service, adv = self._open_upload()
@@ -298,6 +303,7 @@ class Helper:
         )
         if adv.version == 0 and not self.stateless:
             self.close()  # a v0 stream served its one fetch; a later batch opens a new one
+        stats.record(self, "fetch", [{"ref": n, "new": oid} for n, oid in names], result.bytes, result.objects, started)
         out = ""
         if result.keep:
             out += f"lock {result.keep}\n"

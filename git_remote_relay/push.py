@@ -10,8 +10,6 @@ Each ref is reported ``ok`` only when receive-pack's report-status said ``ok`` f
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -21,7 +19,7 @@ from .errors import PackError, ProtocolError, RelayError, TooLargeError
 from .pktline import FLUSH, PktReader, Special, pkt, pkt_text
 from .protocol import AGENT, ZERO_OID, Advertisement, read_advertisement
 from .transport.base import Service
-from .ui import peak_rss
+from . import stats
 
 if TYPE_CHECKING:
     from .helper import Helper
@@ -450,43 +448,13 @@ def run_push_batch(helper: "Helper", lines: list[str], opts: PushOptions) -> tup
             from .helper import c_quote
 
             reply.append(f"error {u.dst} {c_quote(u.error or 'rejected')}")
-    _report(helper, updates, sent, objects, started, opts)
-    return "".join(x + "\n" for x in reply) + "\n", all(u.ok or u.error == "up to date" for u in updates)
-
-
-def _report(helper: "Helper", updates: list[RefUpdate], sent: int, objects: int | None, started: float, opts: PushOptions) -> None:
-    elapsed = time.monotonic() - started
-    own, children = peak_rss()
-    rate = sent / elapsed / 2**20 if elapsed > 0 else 0.0
-    if not opts.dry_run and sent:
-        helper.reporter.say(
-            f"relay: sent {objects if objects is not None else '?'} objects, {_human(sent)} in {elapsed:.1f}s "
-            f"({rate:.1f} MiB/s); peak RSS {_human(own)} helper, {_human(children)} children"
+    if not opts.dry_run:
+        stats.record(
+            helper,
+            "push",
+            [{"ref": u.dst, "old": u.old, "new": u.new, "result": "ok" if u.ok else u.error} for u in updates],
+            sent,
+            objects,
+            started,
         )
-    path = helper.env.get("GIT_RELAY_STATS_FILE") or helper.config.get("relay.statsfile")
-    if not path:
-        return
-    record = {
-        "command": "push",
-        "remote": helper.url.redacted,
-        "dry_run": opts.dry_run,
-        "refs": [{"ref": u.dst, "old": u.old, "new": u.new, "result": "ok" if u.ok else u.error} for u in updates],
-        "bytes": sent,
-        "objects": objects,
-        "elapsed": round(elapsed, 3),
-        "peak_rss_helper": own,
-        "peak_rss_children": children,
-    }
-    try:
-        with open(os.path.expanduser(path), "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-    except OSError as exc:
-        helper.reporter.warn(f"could not write relay.statsFile '{path}': {exc.strerror}")
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{n} B"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
+    return "".join(x + "\n" for x in reply) + "\n", all(u.ok or u.error == "up to date" for u in updates)

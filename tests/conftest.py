@@ -12,24 +12,22 @@ Under ``CI=true`` a server that cannot start fails the tests that need it instea
 
 from __future__ import annotations
 
-import getpass
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
+import servers
+from servers import HTTP_PASSWORD, HTTP_USER, Sshd  # noqa: F401 - re-exported for the tests
+
 HERE = Path(__file__).resolve().parent
 BIN_DIR = str(Path(sys.executable).parent)
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-HTTP_USER, HTTP_PASSWORD = "alice", "s3cr3t-Pa55word"
 
 # The hook upload-pack runs instead of pack-objects (protected config): repositories whose path
 # contains "truncate" get their pack cut after some bytes and their upload-pack killed, which is
@@ -51,42 +49,10 @@ exec "$@"
 """
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, log: Path | None = None, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    text = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
-    stop(proc)
-    unavailable(f"{what} did not start on port {port}: {text}")
-
-
 def unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"test server unavailable under CI: {reason}")
     pytest.skip(reason)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """End a process we started, by its PID only."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def git(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
@@ -144,106 +110,29 @@ def server_root(workspace: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def git_daemon(workspace: Path, server_root: Path) -> Iterator[int]:
-    port = free_port()
-    log = workspace / "daemon.log"
-    proc = subprocess.Popen(
-        ["git", "daemon", "--export-all", "--enable=receive-pack", "--informative-errors", "--reuseaddr",
-         f"--base-path={server_root}", "--listen=127.0.0.1", f"--port={port}", str(server_root)],
-        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-    )
-    wait_port(port, proc, "git daemon", log)
-    yield port
-    stop(proc)
-
-
-LIGHTTPD_CONF = """
-server.document-root = "{root}"
-server.bind = "127.0.0.1"
-server.port = {port}
-server.pid-file = "{base}/lighttpd.pid"
-server.errorlog = "{base}/lighttpd.log"
-server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_file")
-auth.backend = "plain"
-auth.backend.plain.userfile = "{base}/htpasswd"
-alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/")
-$HTTP["url"] =~ "^/(git|auth)/" {{
-  cgi.assign = ("" => "")
-  setenv.set-environment = ("GIT_PROJECT_ROOT" => "{root}", "GIT_HTTP_EXPORT_ALL" => "1",
-                            "GIT_CONFIG_GLOBAL" => "{gitconfig}", "GIT_CONFIG_NOSYSTEM" => "1", "HOME" => "{home}")
-}}
-$HTTP["url"] =~ "^/auth/" {{
-  auth.require = ("" => ("method" => "basic", "realm" => "relay", "require" => "valid-user"))
-}}
-"""
+    try:
+        with servers.git_daemon(server_root, workspace) as port:
+            yield port
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
 
 
 @pytest.fixture(scope="session")
 def http_server(workspace: Path, server_root: Path) -> Iterator[int]:
-    lighttpd = shutil.which("lighttpd") or ("/usr/sbin/lighttpd" if os.path.exists("/usr/sbin/lighttpd") else None)
-    if not lighttpd:
-        unavailable("lighttpd is not installed (run ./install.sh --dev)")
-    backend = subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip() + "/git-http-backend"
-    port = free_port()
-    base = workspace / "http"
-    base.mkdir(exist_ok=True)
-    (base / "htpasswd").write_text(f"{HTTP_USER}:{HTTP_PASSWORD}\n")
-    conf = base / "lighttpd.conf"
-    conf.write_text(LIGHTTPD_CONF.format(root=server_root, port=port, base=base, backend=backend,
-                                         gitconfig=os.environ["GIT_CONFIG_GLOBAL"], home=os.environ["HOME"]))
-    proc = subprocess.Popen([lighttpd, "-D", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=(base / "stderr.log").open("wb"))
-    wait_port(port, proc, "lighttpd", base / "stderr.log")
-    yield port
-    stop(proc)
-
-
-@dataclass
-class Sshd:
-    port: int
-    user: str
-    log: Path
-    ssh_command: str
-    key: Path
-    known_hosts: Path
-    config: Path = field(default_factory=Path)
-
-    def auth_count(self) -> int:
-        return self.log.read_text(errors="replace").count("Accepted publickey")
+    try:
+        with servers.http_server(server_root, workspace / "http", os.environ["GIT_CONFIG_GLOBAL"], os.environ["HOME"]) as port:
+            yield port
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
 
 
 @pytest.fixture(scope="session")
 def sshd(workspace: Path) -> Iterator[Sshd]:
-    sshd_bin = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
-    if not sshd_bin or not shutil.which("ssh-keygen"):
-        unavailable("OpenSSH server is not installed (run ./install.sh --dev)")
-    base = workspace / "ssh"
-    base.mkdir(exist_ok=True)
-    base.chmod(0o700)
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True)
-    (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
-    (base / "authorized_keys").chmod(0o600)
-    port = free_port()
-    user = getpass.getuser()
-    if os.geteuid() == 0:
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
-    config = base / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\nPidFile {base / 'sshd.pid'}\n"
-        f"AuthorizedKeysFile {base / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel VERBOSE\n"
-        "AcceptEnv GIT_PROTOCOL\nPrintMotd no\nMaxStartups 100:30:200\n"
-        f"SetEnv GIT_CONFIG_GLOBAL={os.environ['GIT_CONFIG_GLOBAL']} GIT_CONFIG_NOSYSTEM=1\n"
-    )
-    log = base / "sshd.log"
-    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-    wait_port(port, proc, "sshd", log)
-    known = base / "known_hosts"
-    known.write_text(f"[127.0.0.1]:{port} " + (base / "host_key.pub").read_text().split(" ", 2)[0] + " "
-                     + (base / "host_key.pub").read_text().split(" ", 2)[1] + "\n")
-    command = (f"ssh -F /dev/null -i {base / 'client_key'} -o IdentitiesOnly=yes -o BatchMode=yes "
-               f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes -o LogLevel=ERROR")
-    yield Sshd(port=port, user=user, log=log, ssh_command=command, key=base / "client_key", known_hosts=known, config=config)
-    stop(proc)
+    try:
+        with servers.sshd(workspace / "ssh", os.environ["GIT_CONFIG_GLOBAL"]) as server:
+            yield server
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
 
 
 TRANSPORTS = ["path", "file", "ssh", "scp", "git", "http"]

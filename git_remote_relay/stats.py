@@ -1,0 +1,56 @@
+"""One summary line on stderr and one JSON record per run, measured once, at the very end."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from .ui import peak_rss
+
+if TYPE_CHECKING:
+    from .helper import Helper
+
+__all__ = ["record", "human"]
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def record(helper: "Helper", command: str, refs: list[dict[str, Any]], nbytes: int, objects: int | None, started: float) -> None:
+    """Say what moved (default verbosity) and append a JSON line to ``relay.statsFile``."""
+    elapsed = time.monotonic() - started
+    own, children = peak_rss()
+    rate = nbytes / elapsed / 2**20 if elapsed > 0 else 0.0
+    if nbytes:
+        verb = "sent" if command == "push" else "received"
+        helper.reporter.say(
+            f"relay: {verb} {objects if objects is not None else 'a pack of'} objects, {human(nbytes)} in {elapsed:.1f}s "
+            f"({rate:.1f} MiB/s); peak RSS {human(own)} helper, {human(children)} largest child"
+            if objects is not None
+            else f"relay: {verb} {human(nbytes)} in {elapsed:.1f}s ({rate:.1f} MiB/s); peak RSS {human(own)} helper, {human(children)} largest child"
+        )
+    path = helper.env.get("GIT_RELAY_STATS_FILE") or helper.config.get("relay.statsfile")
+    if not path:
+        return
+    entry = {
+        "command": command,
+        "remote": helper.url.redacted,
+        "refs": refs,
+        "bytes": nbytes,
+        "objects": objects,
+        "elapsed": round(elapsed, 3),
+        "peak_rss_helper": own,
+        "peak_rss_children": children,
+    }
+    try:
+        with open(os.path.expanduser(path), "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry) + "\n")
+    except OSError as exc:
+        helper.reporter.warn(f"could not write relay.statsFile '{path}': {exc.strerror}")

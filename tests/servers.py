@@ -1,0 +1,173 @@
+"""Real git servers on loopback for the tests and the benchmarks, as context managers.
+
+Each yields what a client needs and stops, by PID, only the process it started. A server that
+cannot start raises ``ServerUnavailable`` with the reason (its log's tail).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+HTTP_USER, HTTP_PASSWORD = "alice", "s3cr3t-Pa55word"
+
+
+class ServerUnavailable(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def stop(proc: "subprocess.Popen[bytes]") -> None:
+    """End a process we started, by its PID only."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_port(port: int, proc: "subprocess.Popen[bytes]", what: str, log: Path | None = None, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    text = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+    stop(proc)
+    raise ServerUnavailable(f"{what} did not start on port {port}: {text}")
+
+
+def _sbin(name: str) -> str | None:
+    return shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/sbin/{name}") if os.path.exists(p)), None)
+
+
+@contextlib.contextmanager
+def git_daemon(root: Path, base: Path) -> Iterator[int]:
+    """``git daemon`` exporting every repository under ``root``, receive-pack enabled."""
+    port = free_port()
+    log = base / "daemon.log"
+    proc = subprocess.Popen(
+        ["git", "daemon", "--export-all", "--enable=receive-pack", "--informative-errors", "--reuseaddr",
+         f"--base-path={root}", "--listen=127.0.0.1", f"--port={port}", str(root)],
+        stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+    )
+    try:
+        wait_port(port, proc, "git daemon", log)
+        yield port
+    finally:
+        stop(proc)
+
+
+LIGHTTPD_CONF = """
+server.document-root = "{root}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.pid-file = "{base}/lighttpd.pid"
+server.errorlog = "{base}/lighttpd.log"
+server.max-request-size = 0
+server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_file")
+auth.backend = "plain"
+auth.backend.plain.userfile = "{base}/htpasswd"
+alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/")
+$HTTP["url"] =~ "^/(git|auth)/" {{
+  cgi.assign = ("" => "")
+  setenv.set-environment = ("GIT_PROJECT_ROOT" => "{root}", "GIT_HTTP_EXPORT_ALL" => "1",
+                            "GIT_CONFIG_GLOBAL" => "{gitconfig}", "GIT_CONFIG_NOSYSTEM" => "1", "HOME" => "{home}")
+}}
+$HTTP["url"] =~ "^/auth/" {{
+  auth.require = ("" => ("method" => "basic", "realm" => "relay", "require" => "valid-user"))
+}}
+"""
+
+
+@contextlib.contextmanager
+def http_server(root: Path, base: Path, gitconfig: str, home: str) -> Iterator[int]:
+    """lighttpd running ``git http-backend`` (chunked request bodies accepted): /git/ open, /auth/ basic auth."""
+    lighttpd = _sbin("lighttpd")
+    if not lighttpd:
+        raise ServerUnavailable("lighttpd is not installed (run ./install.sh --dev)")
+    backend = subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip() + "/git-http-backend"
+    port = free_port()
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "htpasswd").write_text(f"{HTTP_USER}:{HTTP_PASSWORD}\n")
+    conf = base / "lighttpd.conf"
+    conf.write_text(LIGHTTPD_CONF.format(root=root, port=port, base=base, backend=backend, gitconfig=gitconfig, home=home))
+    proc = subprocess.Popen([lighttpd, "-D", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=(base / "stderr.log").open("wb"))
+    try:
+        wait_port(port, proc, "lighttpd", base / "stderr.log")
+        yield port
+    finally:
+        stop(proc)
+
+
+@dataclass
+class Sshd:
+    port: int
+    user: str
+    log: Path
+    ssh_command: str
+    key: Path
+    known_hosts: Path
+    config: Path
+
+    def auth_count(self) -> int:
+        return self.log.read_text(errors="replace").count("Accepted publickey")
+
+
+@contextlib.contextmanager
+def sshd(base: Path, gitconfig: str, extra_config: str = "") -> Iterator[Sshd]:
+    """OpenSSH sshd with its own host key and authorized_keys; never the machine's ~/.ssh."""
+    sshd_bin = _sbin("sshd")
+    if not sshd_bin or not shutil.which("ssh-keygen") or not shutil.which("ssh"):
+        raise ServerUnavailable("OpenSSH server/client is not installed (run ./install.sh --dev)")
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o700)
+    for name in ("host_key", "client_key"):
+        if not (base / name).exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(base / name)], check=True)
+    (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
+    (base / "authorized_keys").chmod(0o600)
+    port = free_port()
+    user = getpass.getuser()
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation directory
+    config = base / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\nPidFile {base / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {base / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel VERBOSE\n"
+        "AcceptEnv GIT_PROTOCOL\nPrintMotd no\nMaxStartups 100:30:200\n"
+        f"SetEnv GIT_CONFIG_GLOBAL={gitconfig} GIT_CONFIG_NOSYSTEM=1\n" + extra_config
+    )
+    log = base / "sshd.log"
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    try:
+        wait_port(port, proc, "sshd", log)
+        keytype, key = (base / "host_key.pub").read_text().split(" ", 2)[:2]
+        known = base / "known_hosts"
+        known.write_text(f"[127.0.0.1]:{port} {keytype} {key}\n")
+        command = (f"ssh -F /dev/null -i {base / 'client_key'} -o IdentitiesOnly=yes -o BatchMode=yes "
+                   f"-o UserKnownHostsFile={known} -o StrictHostKeyChecking=yes -o LogLevel=ERROR")
+        yield Sshd(port=port, user=user, log=log, ssh_command=command, key=base / "client_key", known_hosts=known, config=config)
+    finally:
+        stop(proc)

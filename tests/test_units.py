@@ -1,0 +1,222 @@
+"""Unit tests for the pure parts: URL grammar and policy, pkt-line, quoting, protocol lines."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from git_remote_relay.errors import PolicyError, ProtocolError, RemoteError, TransportError, UrlError
+from git_remote_relay.gitcmd import Config, Git
+from git_remote_relay.helper import c_quote, c_unquote
+from git_remote_relay.pktline import DELIM, FLUSH, PktReader, pkt, pkt_text
+from git_remote_relay.protocol import Advertisement, fetch_request, read_advertisement, read_ls_refs
+from git_remote_relay.push import PushOptions, parse_push_lines
+from git_remote_relay.transport.base import Context
+from git_remote_relay.transport.process import sq_quote, ssh_argv
+from git_remote_relay.url import check_allowed, parse, redact
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+
+
+@pytest.mark.parametrize(
+    "address, scheme, host, port, user, path",
+    [
+        ("ssh://git@example.com/srv/repo.git", "ssh", "example.com", None, "git", "/srv/repo.git"),
+        ("ssh://example.com:2222/~alice/repo", "ssh", "example.com", 2222, None, "~alice/repo"),
+        ("git+ssh://[::1]:22/r", "ssh", "::1", 22, None, "/r"),
+        ("git@example.com:org/repo.git", "ssh", "example.com", None, "git", "org/repo.git"),
+        ("[example.com:2222]:repo", "ssh", "example.com", 2222, None, "repo"),
+        ("git@[example.com:2222]:/abs", "ssh", "example.com", 2222, "git", "/abs"),
+        ("user@[::1]:repo", "ssh", "::1", None, "user", "repo"),
+        ("[user@::1]:repo", "ssh", "::1", None, "user", "repo"),
+        ("git://example.com/repo.git", "git", "example.com", None, None, "/repo.git"),
+        ("https://example.com/a/b.git/", "https", "example.com", None, None, "/a/b.git/"),
+        ("file:///srv/repo%20x.git", "file", "", None, None, "/srv/repo x.git"),
+        ("/srv/repo.git", "file", "", None, None, "/srv/repo.git"),
+        ("./a:b", "file", "", None, None, "./a:b"),
+        ("relative/dir", "file", "", None, None, "relative/dir"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_url_grammar_follows_git(address: str, scheme: str, host: str, port: int | None, user: str | None, path: str) -> None:
+    url = parse(address)
+    assert (url.scheme, url.host, url.port, url.user, url.path) == (scheme, host, port, user, path)
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["ext::sh -c x", "fd::3", "ssh://-oProxyCommand=x/r", "ssh://-u@h/r", "-oProxyCommand=x:r", "h:-r", "ssh://h:99999/r", "ftp://h/r", "", "a\nb", "ssh://h:x/r"],
+    ids=["ext", "fd", "dash host", "dash user", "dash scp host", "dash scp path", "port range", "ftp", "empty", "newline", "non-numeric port"],
+)
+def test_url_refusals(address: str) -> None:
+    with pytest.raises((UrlError, PolicyError)):
+        parse(address)
+
+
+def test_redact_removes_credentials_everywhere() -> None:
+    text = "failed https://bob:pw@h/x and http://tok@h2/y and ssh://u@h3/z"
+    assert redact(text) == "failed https://h/x and http://h2/y and ssh://h3/z"
+    url = parse("https://bob:pw@h/x.git")
+    assert url.redacted == "https://h/x.git"
+    assert url.http_base == "https://h/x.git"
+    assert "pw" not in repr(url.redacted)
+
+
+@pytest.mark.parametrize(
+    "scheme, env, config, allowed",
+    [
+        ("https", {}, {}, True),
+        ("file", {"GIT_ALLOW_PROTOCOL": "https:ssh"}, {}, False),
+        ("ssh", {"GIT_ALLOW_PROTOCOL": "https:ssh"}, {}, True),
+        ("file", {}, {"protocol.file.allow": ["never"]}, False),
+        ("file", {}, {"protocol.allow": ["never"]}, False),
+        ("file", {}, {"protocol.allow": ["never"], "protocol.file.allow": ["always"]}, True),
+        ("ssh", {"GIT_PROTOCOL_FROM_USER": "0"}, {"protocol.ssh.allow": ["user"]}, False),
+        ("ssh", {}, {"protocol.ssh.allow": ["user"]}, True),
+    ],
+)
+def test_transport_policy(scheme: str, env: dict[str, str], config: dict[str, list[str]], allowed: bool) -> None:
+    if allowed:
+        check_allowed(scheme, env, config)
+    else:
+        with pytest.raises(PolicyError):
+            check_allowed(scheme, env, config)
+
+
+def reader(data: bytes) -> PktReader:
+    return PktReader(io.BytesIO(data).read, "test peer")
+
+
+def test_pktline_roundtrip_and_specials() -> None:
+    r = reader(pkt_text("hello") + DELIM.wire + pkt(b"") + FLUSH.wire)
+    assert r.read_line() == "hello"
+    assert r.read_pkt() is DELIM
+    assert r.read_pkt() == b""
+    assert r.read_pkt() is FLUSH
+
+
+def test_pktline_truncation_and_errors() -> None:
+    with pytest.raises(TransportError, match="could not read"):
+        reader(b"").read_pkt()
+    with pytest.raises(TransportError, match="truncated"):
+        reader(b"0010abc").read_pkt()
+    with pytest.raises(ProtocolError):
+        reader(b"zzzz").read_pkt()
+    with pytest.raises(RemoteError, match="access denied"):
+        reader(pkt_text("ERR access denied")).read_line()
+
+
+def test_sideband_demux_and_remote_error() -> None:
+    data = pkt(b"\x01PACK") + pkt(b"\x02progress\r") + FLUSH.wire
+    assert list(reader(data).sideband()) == [(1, b"PACK"), (2, b"progress\r")]
+    with pytest.raises(RemoteError, match="disk full"):
+        list(reader(pkt(b"\x03disk full\n")).sideband())
+
+
+@pytest.mark.parametrize("quoted, plain", [('"x\\"y"', 'x"y'), ('"\\303\\274"', "ü"), ("plain", "plain"), ('"a\\nb"', "a\nb")])
+def test_c_unquote(quoted: str, plain: str) -> None:
+    assert c_unquote(quoted) == plain
+
+
+def test_c_quote_only_when_needed() -> None:
+    assert c_quote("pre-receive hook declined") == "pre-receive hook declined"
+    assert c_quote("two\nlines") == '"two\\nlines"'
+
+
+def test_v0_advertisement_with_symref_peeled_and_have() -> None:
+    data = (
+        pkt(f"{A} HEAD\0report-status symref=HEAD:refs/heads/main agent=git/2.39 ofs-delta\n".encode())
+        + pkt_text(f"{A} refs/heads/main")
+        + pkt_text(f"{B} refs/tags/v1")
+        + pkt_text(f"{C} refs/tags/v1^{{}}")
+        + pkt_text(f"{C} .have")
+        + FLUSH.wire
+    )
+    adv = read_advertisement(reader(data))
+    assert adv.version == 0
+    assert adv.symrefs == {"HEAD": "refs/heads/main"}
+    assert adv.refs == {"HEAD": A, "refs/heads/main": A, "refs/tags/v1": B}
+    assert adv.peeled == {"refs/tags/v1": C}
+    assert adv.extra_haves == [C]
+    assert adv.has("ofs-delta")
+
+
+def test_empty_repository_advertisement() -> None:
+    adv = read_advertisement(reader(pkt(f"{'0' * 40} capabilities^{{}}\0report-status delete-refs\n".encode()) + FLUSH.wire))
+    assert adv.refs == {} and adv.has("delete-refs")
+
+
+def test_sha256_remote_is_refused_clearly() -> None:
+    data = pkt_text("version 2") + pkt_text("ls-refs") + pkt_text("object-format=sha256") + FLUSH.wire
+    with pytest.raises(Exception, match="sha256"):
+        read_advertisement(reader(data))
+
+
+def test_v2_ls_refs_and_fetch_request() -> None:
+    adv = read_advertisement(reader(pkt_text("version 2") + pkt_text("agent=git/2.39") + pkt_text("ls-refs=unborn") + pkt_text("fetch=shallow") + FLUSH.wire))
+    assert adv.version == 2
+    read_ls_refs(reader(pkt_text(f"{A} HEAD symref-target:refs/heads/main") + pkt_text(f"{B} refs/tags/v1 peeled:{C}") + FLUSH.wire), adv)
+    assert adv.symrefs == {"HEAD": "refs/heads/main"} and adv.peeled == {"refs/tags/v1": C}
+    req = fetch_request(adv, [A, B], [C], progress=False, include_tag=True)
+    lines = [line for line in req.split(b"\n")]
+    assert req.startswith(pkt_text("command=fetch"))
+    assert b"no-progress" in req and b"include-tag" in req and b"done" in req
+    assert req.endswith(b"0000")
+    assert len([x for x in lines if b"want " in x]) == 2
+
+
+def test_v0_fetch_request_puts_capabilities_on_first_want() -> None:
+    adv = Advertisement(version=0, caps={"side-band-64k": None, "ofs-delta": None, "thin-pack": None, "include-tag": None})
+    req = fetch_request(adv, [A, B], [], progress=True, include_tag=True)
+    first = reader(req).read_line()
+    assert first == f"want {A} side-band-64k thin-pack ofs-delta include-tag"
+
+
+def test_push_options_and_lines() -> None:
+    opts = PushOptions()
+    assert opts.set("cas", f"refs/heads/main:{A}") == "ok"
+    assert opts.set("push-option", "x") == "ok"
+    assert opts.set("pushcert", "true") == "unsupported"
+    assert opts.set("cas", "garbage") .startswith("error")
+    assert opts.cas == {"refs/heads/main": A} and opts.push_options == ["x"]
+    ups = parse_push_lines(["push +refs/heads/a:refs/heads/b", "push :refs/heads/gone", f"push {A}:refs/heads/c"])
+    assert [(u.src, u.dst, u.force, u.delete) for u in ups] == [
+        ("refs/heads/a", "refs/heads/b", True, False),
+        ("", "refs/heads/gone", False, True),
+        (A, "refs/heads/c", False, False),
+    ]
+
+
+def test_config_snapshot() -> None:
+    cfg = Config.parse_z(b"relay.maxpackbytes\n10k\0remote.My.Remote.url\nx\0core.bare\0")
+    assert cfg.get_size("relay.maxPackBytes") == 10240
+    assert cfg.get("remote.My.Remote.URL") == "x"
+    assert cfg.get_bool("core.bare") is True
+
+
+def test_sq_quote_matches_git() -> None:
+    assert sq_quote("/srv/it's!.git") == "'/srv/it'\\''s'\\!'.git'"
+
+
+def _ctx(env: dict[str, str]) -> Context:
+    return Context(env=env, git=Git(env), config=Config({}))
+
+
+@pytest.mark.parametrize(
+    "variant, expect",
+    [
+        ("ssh", ["ssh", "-o", "SendEnv=GIT_PROTOCOL", "-p", "2222", "git@h", "git-upload-pack '/r'"]),
+        ("plink", ["ssh", "-P", "2222", "git@h", "git-upload-pack '/r'"]),
+        ("tortoiseplink", ["ssh", "-batch", "-P", "2222", "git@h", "git-upload-pack '/r'"]),
+    ],
+)
+def test_ssh_argv_by_variant(variant: str, expect: list[str]) -> None:
+    argv = ssh_argv(_ctx({"GIT_SSH_VARIANT": variant}), parse("ssh://git@h:2222/r"), "git-upload-pack '/r'", want_v2=True)
+    assert argv == expect
+
+
+def test_ssh_command_runs_through_the_shell_with_safe_arguments() -> None:
+    argv = ssh_argv(_ctx({"GIT_SSH_COMMAND": "ssh -i 'my key'", "GIT_SSH_VARIANT": "ssh"}), parse("h:r"), "git-upload-pack 'r'", want_v2=False)
+    assert argv[:3] == ["/bin/sh", "-c", "ssh -i 'my key' \"$@\""]
+    assert argv[-2:] == ["h", "git-upload-pack 'r'"]
