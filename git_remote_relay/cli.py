@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import traceback
 from typing import NoReturn
 
 from .errors import RelayError
@@ -61,6 +60,8 @@ def helper_main(argv: list[str] | None = None) -> NoReturn:
         code = 130
     except Exception as exc:  # noqa: BLE001 - the boundary: report, never leak a traceback by default
         if trace:
+            import traceback
+
             traceback.print_exc()
         _fatal(stderr, f"internal error in git-remote-relay: {type(exc).__name__}: {exc}", "run again with GIT_RELAY_TRACE=1 and report the output")
         code = 128

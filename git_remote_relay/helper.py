@@ -13,9 +13,7 @@ import os
 import time
 from typing import BinaryIO, Mapping
 
-from . import stats
 from .errors import RelayError, UnsupportedError
-from .fetch import fetch_pack, local_haves
 from .gitcmd import Git
 from .pktline import FLUSH
 from .protocol import Advertisement, ls_refs_request, read_advertisement, read_ls_refs
@@ -240,11 +238,22 @@ class Helper:
         self.upload_fresh = True
         return self.upload
 
+    def open_receive(self) -> tuple[Service, Advertisement]:
+        """receive-pack's advertisement; kept open so the push reuses the connection."""
+        if self.receive is None:
+            service = self.remote.open("receive-pack")
+            try:
+                adv = read_advertisement(service.reader)
+            except BaseException:
+                service.close()
+                raise
+            self.receive = (service, adv)
+        return self.receive
+
     def _do_list(self, for_push: bool) -> None:
         if for_push:
-            from .push import list_for_push
-
-            self._reply(list_for_push(self))
+            adv = self.open_receive()[1]
+            self._reply("".join(f"{oid} {name}\n" for name, oid in adv.refs.items()) + "\n")
             return
         service, adv = self._open_upload()
         if adv.version == 2:
@@ -274,6 +283,9 @@ class Helper:
             )
 
     def _do_fetch(self, first: str) -> None:
+        from . import stats
+        from .fetch import fetch_pack, local_haves
+
         started = time.monotonic()
         wants: list[str] = []
         names: list[tuple[str, str]] = []
@@ -336,21 +348,19 @@ class Helper:
         return service == "git-upload-pack" and (bool(self.passthrough_opts) or self._local_shallow())
 
     def _do_connect(self, service: str) -> int | None:
-        from .passthrough import connect
-
         if service not in ("git-upload-pack", "git-receive-pack", "git-upload-archive"):
             raise UnsupportedError(f"unknown service '{service}'")
         if not self._wants_passthrough(service):
             self._reply("fallback\n")
             return None
         self.close()
+        from .passthrough import connect
+
         self.reporter.trace(f"connect: passthrough for {service}")
         self._reply("\n")
         return connect(self.remote, service[len("git-"):], self.stdin, self.stdout)
 
     def _do_stateless_connect(self, service: str) -> int | None:
-        from .passthrough import stateless_connect
-
         if service != "git-upload-pack" or not self._wants_passthrough(service):
             self._reply("fallback\n")
             return None
@@ -359,6 +369,8 @@ class Helper:
             self._check_engine_can_fetch()  # raises: the options need v2
             self._reply("fallback\n")
             return None
+        from .passthrough import stateless_connect
+
         self.upload = None
         self.reporter.trace("stateless-connect: passthrough")
         self._reply("\n")

@@ -7,7 +7,6 @@ tags, capabilities, the object format (sha1 only), and the request lines of a on
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 from . import __version__
 from .errors import ProtocolError, UnsupportedError
@@ -19,16 +18,16 @@ ZERO_OID = "0" * 40
 AGENT = f"git-remote-relay/{__version__}"
 
 
-@dataclass
 class Advertisement:
     """What a server said about itself. ``refs`` keeps the server's order."""
 
-    version: int
-    caps: dict[str, str | None] = field(default_factory=dict)
-    refs: dict[str, str] = field(default_factory=dict)
-    peeled: dict[str, str] = field(default_factory=dict)
-    symrefs: dict[str, str] = field(default_factory=dict)
-    extra_haves: list[str] = field(default_factory=list)  # receive-pack's ".have" lines
+    def __init__(self, version: int, caps: dict[str, str | None] | None = None) -> None:
+        self.version = version
+        self.caps: dict[str, str | None] = caps if caps is not None else {}
+        self.refs: dict[str, str] = {}
+        self.peeled: dict[str, str] = {}
+        self.symrefs: dict[str, str] = {}
+        self.extra_haves: list[str] = []  # receive-pack's ".have" lines
 
     def has(self, cap: str) -> bool:
         return cap in self.caps

@@ -24,7 +24,7 @@ from . import stats
 if TYPE_CHECKING:
     from .helper import Helper
 
-__all__ = ["PushOptions", "RefUpdate", "list_for_push", "run_push_batch", "PackTooLarge", "decide"]
+__all__ = ["PushOptions", "RefUpdate", "run_push_batch", "PackTooLarge", "decide"]
 
 _CHUNK = 1 << 16
 _SIZE_REFUSALS = ("exceeds maximum allowed size", "pack exceeds", "too large", "request entity too large")
@@ -85,26 +85,6 @@ class RefUpdate:
     @property
     def delete(self) -> bool:
         return not self.src
-
-
-def _receive(helper: "Helper") -> tuple[Service, Advertisement]:
-    state = helper.receive
-    if state is None:
-        service = helper.remote.open("receive-pack")
-        try:
-            adv = read_advertisement(service.reader)
-        except BaseException:
-            service.close()
-            raise
-        state = (service, adv)
-        helper.receive = state
-    return state
-
-
-def list_for_push(helper: "Helper") -> str:
-    _service, adv = _receive(helper)
-    lines = [f"{oid} {name}" for name, oid in adv.refs.items()]
-    return "".join(x + "\n" for x in lines) + "\n"
 
 
 def _resolve(helper: "Helper", updates: list[RefUpdate]) -> None:
@@ -412,7 +392,7 @@ def run_push_batch(helper: "Helper", lines: list[str], opts: PushOptions) -> tup
     """Push one batch; return (the reply for git, whether every ref succeeded)."""
     started = time.monotonic()
     updates = parse_push_lines(lines)
-    service, adv = _receive(helper)
+    service, adv = helper.open_receive()
     adv.check_object_format()
     _resolve(helper, updates)
     decide(helper, updates, adv, opts)

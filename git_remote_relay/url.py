@@ -17,7 +17,6 @@ inner URLs (``ext::`` runs arbitrary commands, ``fd::`` reads arbitrary descript
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Mapping
 from urllib.parse import unquote
 
@@ -41,22 +40,23 @@ _NEVER_ALLOWED = frozenset({"ext"})
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]*@")
 
 
-@dataclass(frozen=True)
 class InnerUrl:
     """A parsed inner URL. ``scheme`` is the transport: ssh, git, http, https or file.
 
     ``raw`` is the address as the user wrote it; it may hold a password, so only ``redacted``
-    ever reaches a message. ``scp_like`` records the ``host:path`` form (no port possible).
+    ever reaches a message. ``scp_like`` records the ``host:path`` form. (A plain class, not a
+    dataclass: the helper starts on every git operation and ``dataclasses`` costs ~7 ms to import.)
     """
 
-    raw: str
-    scheme: str
-    path: str
-    host: str = ""
-    port: int | None = None
-    user: str | None = None
-    password: str | None = None
-    scp_like: bool = False
+    __slots__ = ("raw", "scheme", "path", "host", "port", "user", "password", "scp_like")
+
+    def __init__(self, raw: str, scheme: str, path: str, host: str = "", port: int | None = None,
+                 user: str | None = None, password: str | None = None, scp_like: bool = False) -> None:
+        self.raw, self.scheme, self.path, self.host = raw, scheme, path, host
+        self.port, self.user, self.password, self.scp_like = port, user, password, scp_like
+
+    def __repr__(self) -> str:  # never the raw address: it may carry a password
+        return f"InnerUrl({self.redacted!r}, scheme={self.scheme!r}, host={self.host!r}, port={self.port!r}, path={self.path!r})"
 
     @property
     def redacted(self) -> str:

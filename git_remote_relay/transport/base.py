@@ -10,7 +10,6 @@ deadlocks. The stateless transport (http) turns each request into one POST.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
 from ..errors import TransportError
@@ -22,16 +21,21 @@ __all__ = ["Context", "Service", "StreamService", "NOT_FOUND_HINT"]
 NOT_FOUND_HINT = "Could not read from remote repository: check the URL, that the repository exists and that you have access."
 
 
-@dataclass
+def _no_trace(_msg: str) -> None:
+    return None
+
+
 class Context:
     """What a transport needs from its caller; nothing here is read from the process directly."""
 
-    env: Mapping[str, str]
-    git: Git
-    config: Config
-    remote_name: str | None = None
-    family: str | None = None  # "ipv4" / "ipv6" from `option family`
-    trace: Callable[[str], None] = field(default=lambda _msg: None)
+    def __init__(self, env: Mapping[str, str], git: Git, config: Config, remote_name: str | None = None,
+                 family: str | None = None, trace: Callable[[str], None] = _no_trace) -> None:
+        self.env = env
+        self.git = git
+        self.config = config
+        self.remote_name = remote_name
+        self.family = family  # "ipv4" / "ipv6" from `option family`
+        self.trace = trace
 
 
 class Service:

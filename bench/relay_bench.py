@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""Benchmark relay:: against native git on the same generated data in the same run.
+
+For each transport it times (median of --runs) a bare clone and an initial push into an empty
+target through relay:: and natively, and reports the ratio, the helper's own peak RSS (from its
+stats record), the peak RSS of the whole process tree (sampled from /proc), and bytes sent. It
+also measures the second-branch push (bytes, relay vs native), the added latency of a no-op push,
+and a split push against a target with receive.maxInputSize vs native's unlimited push.
+
+    .venv/bin/python bench/relay_bench.py --size-mb 200 --transports file,git,http,ssh
+
+Servers are started on loopback by tests/servers.py and stopped at the end. Nothing here asserts
+a time: it prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+import servers  # noqa: E402  (the same loopback servers the tests use)
+
+MiB = 1 << 20
+
+
+def sh(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    return subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo += children.get(pid, [])
+    return out
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def run_measured(args: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> tuple[float, int]:
+    """(wall seconds, peak summed RSS of the process tree) of one command; raises on failure."""
+    peak = 0
+    start = time.monotonic()
+    proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, sum(_rss(p) for p in _descendants(proc.pid)))
+            done.wait(0.02)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    _, err = proc.communicate()
+    wall = time.monotonic() - start
+    done.set()
+    t.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed: {err.decode(errors='replace')[-800:]}")
+    return wall, peak
+
+
+def make_repo(path: Path, size_mb: int) -> None:
+    sh("git", "init", "-q", str(path))
+    files = max(8, size_mb // 5)
+    per = size_mb * MiB // files
+    commits = 10
+    for c in range(commits):
+        for f in range(c * files // commits, (c + 1) * files // commits):
+            (path / f"data{f:04d}.bin").write_bytes(os.urandom(per))
+        (path / "log.txt").write_text("".join(f"line {i} of commit {c}\n" for i in range(1000)))
+        sh("git", "add", ".", cwd=path)
+        sh("git", "commit", "-q", "-m", f"commit {c}", cwd=path)
+    sh("git", "repack", "-adq", cwd=path)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, base: Path, env: dict[str, str]) -> None:
+        self.args = args
+        self.base = base
+        self.env = env
+        self.root = base / "srv"
+        self.root.mkdir()
+        self.rows: list[list[str]] = []
+        self.stats = base / "stats.jsonl"
+
+    def url(self, transport: str, name: str) -> str:
+        path = self.root / name
+        return {
+            "file": f"file://{path}",
+            "git": f"git://127.0.0.1:{self.ports.get('git')}/{name}",
+            "http": f"http://127.0.0.1:{self.ports.get('http')}/git/{name}",
+            "ssh": f"ssh://{self.ssh.user if self.ssh else ''}@127.0.0.1:{self.ssh.port if self.ssh else 0}{path}",
+        }[transport]
+
+    def last_stats(self) -> dict:  # type: ignore[type-arg]
+        lines = self.stats.read_text().splitlines()
+        return json.loads(lines[-1])
+
+    def median(self, fn, runs: int) -> tuple[float, int, dict]:  # type: ignore[no-untyped-def,type-arg]
+        walls, peaks, stat = [], [], {}
+        for _ in range(runs):
+            wall, peak, stat = fn()
+            walls.append(wall)
+            peaks.append(peak)
+        return statistics.median(walls), max(peaks), stat
+
+    def clone(self, transport: str, name: str) -> None:
+        url = self.url(transport, name)
+
+        def native():  # type: ignore[no-untyped-def]
+            dest = self.base / "clone-native"
+            shutil.rmtree(dest, ignore_errors=True)
+            w, p = run_measured(["git", "clone", "-q", "--bare", url, str(dest)], env=self.env)
+            return w, p, {}
+
+        def relay():  # type: ignore[no-untyped-def]
+            dest = self.base / "clone-relay"
+            shutil.rmtree(dest, ignore_errors=True)
+            w, p = run_measured(["git", "clone", "-q", "--bare", "relay::" + url, str(dest)], env=self.env)
+            return w, p, self.last_stats()
+
+        nw, np_, _ = self.median(native, self.args.runs)
+        rw, rp, st = self.median(relay, self.args.runs)
+        self.rows.append([f"clone {self.args.size_mb} MB", transport, f"{nw:.2f}", f"{rw:.2f}", f"{rw / nw:.3f}",
+                          f"{st['peak_rss_helper'] / MiB:.1f}", f"{np_ / MiB:.0f} / {rp / MiB:.0f}", f"{st['bytes'] / MiB:.1f} MiB"])
+
+    def push(self, transport: str, source: Path) -> None:
+        counter = iter(range(1000))
+
+        def target() -> str:
+            name = f"push-{transport}-{next(counter)}.git"
+            sh("git", "init", "-q", "--bare", str(self.root / name))
+            return name
+
+        def native():  # type: ignore[no-untyped-def]
+            w, p = run_measured(["git", "push", "-q", self.url(transport, target()), "main"], cwd=source, env=self.env)
+            return w, p, {}
+
+        def relay():  # type: ignore[no-untyped-def]
+            w, p = run_measured(["git", "push", "-q", "relay::" + self.url(transport, target()), "main"], cwd=source, env=self.env)
+            return w, p, self.last_stats()
+
+        nw, np_, _ = self.median(native, self.args.runs)
+        rw, rp, st = self.median(relay, self.args.runs)
+        self.rows.append([f"push {self.args.size_mb} MB", transport, f"{nw:.2f}", f"{rw:.2f}", f"{rw / nw:.3f}",
+                          f"{st['peak_rss_helper'] / MiB:.1f}", f"{np_ / MiB:.0f} / {rp / MiB:.0f}", f"{st['bytes'] / MiB:.1f} MiB"])
+        # second branch: only its new objects; native's bytes from GIT_TRACE_PACK
+        name = target()
+        sh("git", "push", "-q", self.url(transport, name), "main", cwd=source, env=self.env)
+        sh("git", "checkout", "-q", "-B", "second", "main", cwd=source)
+        (source / "second.txt").write_text("second branch\n")
+        sh("git", "add", ".", cwd=source)
+        sh("git", "commit", "-q", "-m", "second", cwd=source)
+        trace = self.base / "native.pack"
+        trace.unlink(missing_ok=True)
+        w_n, _ = run_measured(["git", "push", "-q", self.url(transport, name), "second"], cwd=source, env=dict(self.env, GIT_TRACE_PACK=str(trace)))
+        native_bytes = trace.stat().st_size if trace.exists() else -1
+        sh("git", "push", "-q", self.url(transport, name), ":second", cwd=source, env=self.env)
+        w_r, p_r = run_measured(["git", "push", "-q", "relay::" + self.url(transport, name), "second"], cwd=source, env=self.env)
+        st = self.last_stats()
+        self.rows.append(["second-branch push", transport, f"{w_n:.2f}", f"{w_r:.2f}", f"{w_r / w_n:.3f}",
+                          f"{st['peak_rss_helper'] / MiB:.1f}", "", f"{st['bytes']} B vs native {native_bytes} B"])
+        # no-op push: git finds nothing to do after one round trip
+        nn = statistics.median(run_measured(["git", "push", "-q", self.url(transport, name), "second"], cwd=source, env=self.env)[0] for _ in range(5))
+        rr = statistics.median(run_measured(["git", "push", "-q", "relay::" + self.url(transport, name), "second"], cwd=source, env=self.env)[0] for _ in range(5))
+        self.rows.append(["no-op push", transport, f"{nn * 1000:.0f} ms", f"{rr * 1000:.0f} ms", f"+{(rr - nn) * 1000:.0f} ms", "", "", "0"])
+        sh("git", "checkout", "-q", "main", cwd=source)
+        # split push: target limited to a quarter of the pack, vs native unlimited
+        limited = target()
+        limit = max(self.args.size_mb * MiB // 4, 1 * MiB)
+        sh("git", "config", "receive.maxInputSize", str(limit), cwd=self.root / limited)
+        # git daemon resets the socket before a size refusal's reason arrives (README): tell the relay
+        extra = ["-c", f"relay.maxPushBytes={limit * 9 // 10}"] if transport == "git" else []
+        w_s, p_s = run_measured(["git", *extra, "push", "-q", "relay::" + self.url(transport, limited), "main"], cwd=source, env=self.env)
+        st = self.last_stats()
+        self.rows.append([f"split push (limit {limit // MiB} MiB)", transport, f"{nw:.2f}", f"{w_s:.2f}", f"{w_s / nw:.3f}",
+                          f"{st['peak_rss_helper'] / MiB:.1f}", f"- / {p_s / MiB:.0f}", f"{st['bytes'] / MiB:.1f} MiB (last step)"])
+
+    def print(self) -> None:
+        head = ["scenario", "transport", "native s", "relay s", "ratio", "helper RSS MiB", "tree RSS MiB native/relay", "bytes"]
+        widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(len(head))]
+        for row in [head, ["-" * w for w in widths], *self.rows]:
+            print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mb", type=int, default=50, help="size of the generated repository (incompressible data)")
+    ap.add_argument("--runs", type=int, default=3, help="repetitions per measurement (median)")
+    ap.add_argument("--transports", default="file,git,http,ssh")
+    ap.add_argument("--scenarios", default="clone,push")
+    args = ap.parse_args()
+    if not shutil.which("git-remote-relay"):
+        print("git-remote-relay is not on PATH (run ./install.sh --dev and use .venv/bin/python)", file=sys.stderr)
+        os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
+    transports = args.transports.split(",")
+    with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp, ExitStack() as stack:
+        base = Path(tmp)
+        gitconfig = base / "gitconfig"
+        gitconfig.write_text("[user]\n\tname = Bench\n\temail = bench@example.invalid\n[init]\n\tdefaultBranch = main\n"
+                             "[http]\n\treceivepack = true\n[safe]\n\tdirectory = *\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SSH_"))}
+        env.update(GIT_CONFIG_GLOBAL=str(gitconfig), GIT_CONFIG_NOSYSTEM="1", HOME=str(base))
+        bench = Bench(args, base, env)
+        env["GIT_RELAY_STATS_FILE"] = str(bench.stats)
+        os.environ.update(GIT_CONFIG_GLOBAL=str(gitconfig), HOME=str(base))
+        bench.ports = {}  # type: ignore[attr-defined]
+        bench.ssh = None  # type: ignore[attr-defined]
+        if "git" in transports:
+            bench.ports["git"] = stack.enter_context(servers.git_daemon(bench.root, base))  # type: ignore[attr-defined]
+        if "http" in transports:
+            bench.ports["http"] = stack.enter_context(servers.http_server(bench.root, base / "http", str(gitconfig), str(base)))  # type: ignore[attr-defined]
+        if "ssh" in transports:
+            bench.ssh = stack.enter_context(servers.sshd(base / "ssh", str(gitconfig)))  # type: ignore[attr-defined]
+            env["GIT_SSH_COMMAND"] = bench.ssh.ssh_command  # type: ignore[attr-defined]
+        source = base / "source"
+        print(f"generating a {args.size_mb} MB repository ...", file=sys.stderr)
+        make_repo(source, args.size_mb)
+        sh("git", "clone", "-q", "--bare", str(source), str(bench.root / "clone-src.git"))
+        pack = sum(p.stat().st_size for p in (bench.root / "clone-src.git" / "objects" / "pack").glob("*.pack"))
+        print(f"pack size {pack / MiB:.1f} MiB; {args.runs} runs each", file=sys.stderr)
+        for transport in transports:
+            if "clone" in args.scenarios:
+                print(f"clone over {transport} ...", file=sys.stderr)
+                bench.clone(transport, "clone-src.git")
+            if "push" in args.scenarios:
+                print(f"push over {transport} ...", file=sys.stderr)
+                bench.push(transport, source)
+        print(f"\npack {pack / MiB:.1f} MiB, git {sh('git', '--version').split()[-1]}, {os.cpu_count()} CPUs, median of {args.runs}\n")
+        bench.print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
