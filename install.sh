@@ -4,6 +4,9 @@
 #   ./install.sh          install (idempotent; run again to upgrade)
 #   ./install.sh --dev    also what the tests need: an editable install with pytest in ./.venv,
 #                         and the servers (OpenSSH server, lighttpd) from the system's packages
+#   ./install.sh --configure-ssh
+#                         also make mama-ssh git's ssh command (git config --global core.sshCommand),
+#                         only if no other ssh command is configured
 #
 # As root:    venv in /opt/git-remote-relay, commands linked into /usr/local/bin.
 # As a user:  venv in ~/.local/share/git-remote-relay, commands linked into ~/.local/bin.
@@ -12,10 +15,12 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 dev=0
+configure_ssh=0
 for arg in "$@"; do
   case "$arg" in
     --dev) dev=1 ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --configure-ssh) configure_ssh=1 ;;
+    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install.sh: unknown option '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -83,7 +88,8 @@ fi
 mkdir -p "$prefix" "$bindir"
 [ -x "$prefix/venv/bin/python" ] || "$python" -m venv "$prefix/venv"
 "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$here"
-for cmd in git-remote-relay; do
+for cmd in git-remote-relay git-relay mama-ssh; do
+  [ -e "$prefix/venv/bin/$cmd" ] || continue
   ln -sf "$prefix/venv/bin/$cmd" "$bindir/$cmd"
 done
 say "installed into $prefix/venv; commands linked into $bindir"
@@ -91,3 +97,16 @@ case ":$PATH:" in
   *":$bindir:"*) ;;
   *) say "add $bindir to your PATH, e.g.: echo 'export PATH=\"$bindir:\$PATH\"' >> ~/.profile" ;;
 esac
+
+if [ "$configure_ssh" = 1 ]; then
+  current=$(git config --global --get core.sshCommand || true)
+  if [ -z "$current" ]; then
+    git config --global core.sshCommand "$bindir/mama-ssh"
+    say "git now uses mama-ssh for ssh (core.sshCommand); undo with: git config --global --unset core.sshCommand"
+  elif [ "$current" = "$bindir/mama-ssh" ] || [ "$current" = mama-ssh ]; then
+    say "core.sshCommand already uses mama-ssh"
+  else
+    say "core.sshCommand is already set to '$current': left alone. To use mama-ssh, set it yourself, e.g.:"
+    say "  git config --global core.sshCommand 'mama-ssh'   (mama-ssh passes your ssh options through)"
+  fi
+fi

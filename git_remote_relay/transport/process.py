@@ -53,6 +53,13 @@ def ssh_command(ctx: Context) -> tuple[list[str], bool]:
         return [configured], True
     if env.get("GIT_SSH"):
         return [env["GIT_SSH"]], False
+    # Nothing configured: ride mama-ssh's shared masters when it is installed (relay.sshMultiplex=false opts out).
+    if ctx.config.get_bool("relay.sshmultiplex", True):
+        import shutil
+
+        mama = shutil.which("mama-ssh", path=env.get("PATH", ""))
+        if mama:
+            return [mama], False
     return ["ssh"], False
 
 
@@ -77,6 +84,8 @@ def _variant(ctx: Context, cmd: list[str], shell: bool, url: InnerUrl) -> str:
             base = base[:-4]
         if base in ("ssh", "plink", "putty", "tortoiseplink"):
             return base
+        if base == "mama-ssh":
+            return "ssh"  # takes OpenSSH's options; no `-G` probe needed
     # "auto": git probes with `-G`; an OpenSSH-compatible command exits 0.
     probe = _wrap(cmd, shell, ["-G", *_port_args("ssh", url.port, ctx.family), _dest(url)])
     rc = subprocess.run(probe, env=dict(ctx.env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode

@@ -1,0 +1,239 @@
+"""``mama-ssh``: probe -> decide -> run ssh. Fails open: any error of ours runs plain ssh.
+
+git runs ``mama-ssh [options] [user@]host '<command>'`` (as GIT_SSH_COMMAND, core.sshCommand or
+GIT_SSH). Admin commands: ``--status``, ``--explain [user@]host``, ``--cleanup``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Mapping, NoReturn, Sequence
+
+__all__ = ["main", "plan", "Plan"]
+
+PREWARM_TIMEOUT = 30.0  # an authentication that needs longer than this is not worth waiting for
+FAILED_FOR = 300.0  # after a failed pre-warm, connect plainly for 5 minutes instead of retrying
+SLOT_WAIT = 10.0  # how long a process waits for a free session slot before connecting plainly
+
+
+class Plan:
+    """What to run: ``argv`` and, when it rides a master, the fd of its session slot."""
+
+    def __init__(self, argv: list[str], slot_fd: int | None = None, why: str = "") -> None:
+        self.argv = argv
+        self.slot_fd = slot_fd
+        self.why = why
+
+
+def _debug(env: Mapping[str, str], text: str) -> None:
+    if env.get("MAMA_SSH_DEBUG", "") not in ("", "0"):
+        sys.stderr.write(f"mama-ssh: {text}\n")
+
+
+def _number(env: Mapping[str, str], name: str, default: float) -> float:
+    try:
+        return float(env.get(name, default))
+    except ValueError:
+        return default
+
+
+def is_windows_openssh(banner: str) -> bool:
+    """Microsoft's OpenSSH port has no ControlMaster (Win32-OpenSSH#405)."""
+    return "OpenSSH_for_Windows" in banner
+
+
+def _mux_unsupported(ssh: str) -> str | None:
+    if sys.platform == "win32":
+        return "no multiplexing on native Windows"
+    if ssh.lower().endswith(".exe"):
+        banner = subprocess.run([ssh, "-V"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10).stdout.decode(errors="replace")
+        if is_windows_openssh(banner):
+            return "Microsoft OpenSSH has no multiplexing"
+    return None
+
+
+def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
+    """Decide what to run for git's ``args``. Raises on internal trouble (the caller falls back)."""
+    from . import argv as argvmod
+    from . import master, slots
+    from .options import KEEPALIVE_INTERVAL, identity_key, needs_keepalive, user_multiplexes
+    from .probe import probe
+    from .state import State, UnsafeDirectory, default_state_dir
+
+    plain = Plan([ssh, *args], why="plain")
+    try:
+        parsed = argvmod.parse(list(args))
+    except argvmod.ArgvError as exc:
+        return Plan([ssh, *args], why=f"not a plain connection ({exc})")
+    if parsed.flags & set("GOVMSNfW") or not parsed.command:
+        return Plan([ssh, *args], why="not a git session (-G/-O/-V/-N/...)")
+    state: State | None
+    try:
+        state = State(default_state_dir(env))
+    except UnsafeDirectory as exc:
+        _debug(env, f"state directory unusable: {exc}")
+        state = None
+    result = probe(ssh, parsed.options, parsed.dest, env, state)
+    extra = ["-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}"] if needs_keepalive(result) else []
+    plain = Plan([ssh, *extra, *args], why="keepalives only")
+    if user_multiplexes(result):
+        return Plan([ssh, *extra, *args], why="the user's own multiplexing")
+    if env.get("MAMA_SSH_MULTIPLEX", "1") in ("0", "false", "no"):
+        return Plan(plain.argv, why="MAMA_SSH_MULTIPLEX=0")
+    reason = _mux_unsupported(ssh)
+    if reason or state is None:
+        return Plan(plain.argv, why=reason or "no private state directory")
+    key = identity_key(result, parsed.dest, env.get("SSH_AUTH_SOCK"))
+    try:
+        path = master.socket_path(master.socket_dir(env), key)
+    except UnsafeDirectory as exc:
+        return Plan(plain.argv, why=f"no private socket directory: {exc}")
+    if state.failed_until(key) > time.time():
+        return Plan(plain.argv, why="a recent pre-warm failed")
+    if not master.alive(path):
+        timeout = _number(env, "MAMA_SSH_PREWARM_TIMEOUT", PREWARM_TIMEOUT)
+        from filelock import Timeout
+
+        try:
+            with state.prewarm_lock(key, timeout=timeout + 5):
+                # another process may have finished the pre-warm (or given up) while we waited
+                if state.failed_until(key) > time.time():
+                    return Plan(plain.argv, why="a concurrent pre-warm failed")
+                if not master.alive(path):
+                    try:
+                        pid = master.prewarm(ssh, parsed.options, parsed.dest, path, bool(extra), state, key, env, timeout)
+                    except master.PrewarmFailed as exc:
+                        state.mark_failed(key, str(exc), _number(env, "MAMA_SSH_FAILED_FOR", FAILED_FOR))
+                        return Plan(plain.argv, why=str(exc))
+                    with state.lock():
+                        state.write("masters", key, {"socket": path, "pid": pid, "dest": parsed.dest, "options": parsed.options,
+                                                     "owned": True, "started": time.time(), "by": os.getpid()})
+        except Timeout:
+            return Plan(plain.argv, why="timed out waiting for another process's pre-warm")
+    else:
+        with state.lock():
+            if state.read("masters", key) is None:
+                # a master we did not start (a record lost, or started by hand): use it, never close it
+                state.write("masters", key, {"socket": path, "pid": None, "dest": parsed.dest, "options": parsed.options,
+                                             "owned": False, "started": time.time(), "by": None})
+    limit = int(_number(env, "MAMA_SSH_MAX_SESSIONS", slots.DEFAULT_MAX_SESSIONS))
+    fd = slots.acquire(os.path.join(state.root, "slots"), key, max(limit, 1), _number(env, "MAMA_SSH_SLOT_WAIT", SLOT_WAIT))
+    if fd is None:
+        return Plan(plain.argv, why="every session slot of the master stayed busy")
+    # ControlMaster=no: a client never becomes a master we don't manage, and if the master is
+    # gone, ssh connects directly instead of failing.
+    return Plan([ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={path}", *extra, *args], slot_fd=fd, why="multiplexed")
+
+
+def _run(p: Plan) -> NoReturn:
+    if p.slot_fd is None and sys.platform != "win32":
+        os.execvp(p.argv[0], p.argv)
+    # Keep the slot while the session runs: wait for ssh, forward signals, return its status.
+    child = subprocess.Popen(p.argv)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+    rc = child.wait()
+    sys.exit(rc if rc >= 0 else 128 - rc)
+
+
+def _admin(cmd: str, rest: list[str], env: Mapping[str, str], ssh: str) -> int:
+    from . import master, slots
+    from .state import State, default_state_dir
+
+    state = State(default_state_dir(env))
+    limit = int(_number(env, "MAMA_SSH_MAX_SESSIONS", slots.DEFAULT_MAX_SESSIONS))
+    if cmd == "--status":
+        keys = state.keys("masters")
+        print(f"state: {state.root}")
+        if not keys:
+            print("no masters")
+        for key in keys:
+            rec = state.read("masters", key) or {}
+            up = master.alive(rec.get("socket", ""))
+            used = slots.in_use(os.path.join(state.root, "slots"), key, limit)
+            who = f"started by mama-ssh (pid {rec.get('pid')})" if rec.get("owned") else "adopted (never closed by mama-ssh)"
+            print(f"{key}  {rec.get('dest')}  {'up' if up else 'down'}  {who}  sessions {used}/{limit}  {rec.get('socket')}")
+        for key in state.keys("failed"):
+            until = state.failed_until(key)
+            if until > time.time():
+                print(f"{key}  pre-warm failed, plain connections for {until - time.time():.0f}s more: {(state.read('failed', key) or {}).get('reason')}")
+        return 0
+    if cmd == "--cleanup":
+        stopped = 0
+        for key in state.keys("masters"):
+            rec = state.read("masters", key) or {}
+            if not rec.get("owned"):
+                continue
+            if master.alive(rec.get("socket", "")):
+                master.stop(ssh, rec["socket"], rec.get("dest", "localhost"), env)
+                stopped += 1
+            with state.lock():
+                state.remove("masters", key)
+        print(f"stopped {stopped} master(s) started by mama-ssh; running transfers finish first")
+        return 0
+    if cmd == "--explain":
+        if not rest:
+            print("usage: mama-ssh --explain [ssh options] [user@]host", file=sys.stderr)
+            return 2
+        p = plan([*rest, "true"], dict(env, MAMA_SSH_EXPLAIN="1", MAMA_SSH_MULTIPLEX="0"), ssh)
+        from .argv import parse
+        from .options import identity_key, needs_keepalive, user_multiplexes
+        from .probe import probe
+
+        parsed = parse([*rest, "true"])
+        result = probe(ssh, parsed.options, parsed.dest, env, None)
+        print(f"destination: {parsed.dest}")
+        print(f"keepalives: {'add ServerAliveInterval (yours is 0)' if needs_keepalive(result) else 'yours are kept'}")
+        if user_multiplexes(result):
+            print("multiplexing: yours (ControlMaster/ControlPath configured): nothing added")
+        else:
+            key = identity_key(result, parsed.dest, env.get("SSH_AUTH_SOCK"))
+            try:
+                where = master.socket_path(master.socket_dir(env), key)
+            except Exception as exc:  # noqa: BLE001 - explain, don't fail
+                where = f"none ({exc})"
+            print(f"multiplexing: one pre-warmed master per identity, socket {where}, ControlPersist {600}s")
+            print(f"session slots: {limit} per master (MAMA_SSH_MAX_SESSIONS)")
+        print(f"would run: {' '.join(p.argv[:-1])} <command>")
+        return 0
+    return 2
+
+
+USAGE = """usage: mama-ssh [ssh options] [user@]host [command]   (what git runs)
+       mama-ssh --status | --cleanup | --explain [user@]host | --version
+
+Use it as git's ssh command:  git config --global core.sshCommand mama-ssh
+Environment: MAMA_SSH_MAX_SESSIONS (8), MAMA_SSH_SLOT_WAIT (10 s), MAMA_SSH_PREWARM_TIMEOUT (30 s),
+MAMA_SSH_MULTIPLEX=0 (keepalives only), MAMA_SSH_SSH (the ssh to run), MAMA_SSH_DEBUG=1.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = list(sys.argv[1:] if argv is None else argv)
+    env = os.environ
+    ssh = env.get("MAMA_SSH_SSH") or "ssh"
+    if args and args[0] in ("--status", "--cleanup", "--explain", "--help", "-h", "--version"):
+        if args[0] in ("--help", "-h"):
+            sys.stdout.write(USAGE)
+            sys.exit(0)
+        if args[0] == "--version":
+            from . import __version__
+
+            print(f"mama-ssh {__version__}")
+            sys.exit(0)
+        sys.exit(_admin(args[0], args[1:], env, ssh))
+    try:
+        p = plan(args, env, ssh)
+    except Exception as exc:  # noqa: BLE001 - fail open: an optimisation must never break a fetch
+        _debug(env, f"internal error, running plain ssh: {type(exc).__name__}: {exc}")
+        p = Plan([ssh, *args], why="internal error")
+    _debug(env, f"{p.why}: {' '.join(p.argv[:-1])} ...")
+    try:
+        _run(p)
+    except OSError as exc:
+        sys.stderr.write(f"mama-ssh: cannot run {p.argv[0]}: {exc.strerror}\n")
+        sys.exit(255)

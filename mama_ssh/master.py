@@ -1,0 +1,122 @@
+"""Masters: the socket directory, liveness, pre-warm, adoption and stopping.
+
+Only this module and ``probe`` run ssh for our own purposes; every such argv ends with
+``-- <dest>`` so a destination can never be read as an option.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import time
+from typing import Mapping
+
+from .options import KEEPALIVE_INTERVAL, PERSIST_SECONDS
+from .state import State, UnsafeDirectory, private_dir
+
+__all__ = ["socket_dir", "socket_path", "alive", "prewarm", "stop", "MAX_SOCKET_PATH", "PrewarmFailed"]
+
+# sun_path is 108 bytes on Linux and 104 on macOS, and the master first binds
+# "<ControlPath>.<16 random chars>": 86 keeps every platform safe (reference §4).
+MAX_SOCKET_PATH = 86
+_PID = re.compile(r"pid=(\d+)")
+
+
+class PrewarmFailed(RuntimeError):
+    pass
+
+
+def socket_dir(env: Mapping[str, str]) -> str:
+    """A short private directory for control sockets (not the state dir: macOS paths are long)."""
+    candidates = []
+    if env.get("MAMA_SSH_SOCKET_DIR"):
+        candidates.append(env["MAMA_SSH_SOCKET_DIR"])
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime):
+        candidates.append(os.path.join(runtime, "mama-ssh"))
+    candidates.append(f"/tmp/mama-ssh-{os.geteuid()}")
+    problems = []
+    for path in candidates:
+        if len(path) + 1 + 16 > MAX_SOCKET_PATH:
+            problems.append(f"{path}: too long for a socket path")
+            continue
+        try:
+            return private_dir(path)
+        except UnsafeDirectory as exc:
+            problems.append(str(exc))
+    raise UnsafeDirectory("; ".join(problems))
+
+
+def socket_path(directory: str, key: str) -> str:
+    path = os.path.join(directory, key)
+    if len(path) > MAX_SOCKET_PATH:
+        raise UnsafeDirectory(f"socket path {path} longer than {MAX_SOCKET_PATH} bytes")
+    return path
+
+
+def alive(path: str) -> bool:
+    """A master listens on ``path`` (a plain connect: no ssh spawn, no network)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _check_pid(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> int | None:
+    proc = subprocess.run([ssh, "-o", f"ControlPath={path}", "-O", "check", "--", dest], env=dict(env),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=10)
+    if proc.returncode != 0:
+        return None
+    m = _PID.search(proc.stderr.decode(errors="replace"))
+    return int(m.group(1)) if m else 0
+
+
+def prewarm(ssh: str, options: list[str], dest: str, path: str, keepalive: bool, state: State, key: str, env: Mapping[str, str], timeout: float) -> int:
+    """Start a master for ``dest`` on ``path``; return its pid. Raises ``PrewarmFailed``."""
+    if os.path.lexists(path):
+        # A socket nobody listens on blocks a new master ("already exists"); it is ours to remove
+        # only inside our own verified directory, and the caller holds this host's lock.
+        if os.path.dirname(os.path.realpath(path)) == os.path.realpath(os.path.dirname(path)):
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                raise PrewarmFailed(f"cannot remove stale socket {path}: {exc.strerror}") from exc
+    argv = [ssh, "-f", "-N", "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+            "-o", f"ControlPersist={PERSIST_SECONDS}", "-o", "SendEnv=GIT_PROTOCOL",
+            "-E", os.path.join(state.root, "logs", f"{key}.log")]
+    if keepalive:
+        argv += ["-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}"]
+    argv += [*options, "--", dest]
+    started = time.monotonic()
+    try:
+        # stdio to /dev/null: a backgrounded ssh older than 8.4 keeps inherited pipes open forever
+        proc = subprocess.run(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=timeout)
+        rc = proc.returncode
+    except subprocess.TimeoutExpired:
+        rc = None
+    except OSError as exc:
+        raise PrewarmFailed(f"cannot run {ssh}: {exc.strerror}") from exc
+    # `ssh -fN` exiting 0 proves nothing (a lost race leaves a plain connection): ask the socket.
+    pid = _check_pid(ssh, path, dest, env) if alive(path) else None
+    if pid is None:
+        reason = "timed out" if rc is None else f"ssh exited {rc}"
+        raise PrewarmFailed(f"pre-warm of {dest} failed after {time.monotonic() - started:.1f}s ({reason})")
+    return pid
+
+
+def stop(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> bool:
+    """``-O stop``: no new sessions, running transfers finish, then the master exits."""
+    try:
+        proc = subprocess.run([ssh, "-o", f"ControlPath={path}", "-O", "stop", "--", dest], env=dict(env),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0

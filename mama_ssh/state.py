@@ -1,0 +1,125 @@
+"""Cross-process state in a private per-user directory, guarded by file locks.
+
+Layout (under platformdirs' user state dir, mode 0700):
+  state.lock             held only while a record is read or written (never across network I/O)
+  prewarm-<key>.lock     serialises the pre-warm of one host identity, and no other
+  masters/<key>.json     {socket, pid, dest, owned, started}
+  failed/<key>.json      {until, reason}: a pre-warm failed; everyone connects plainly until then
+  probes/<hash>.json     cached ``ssh -G`` output
+  slots/<key>.<n>        one flock per session in use on that master
+  logs/<key>.log         the master's own log (ssh -E)
+A record that cannot be parsed (a crash mid-write, a foreign file) is treated as absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+import time
+from typing import Any, Mapping
+
+__all__ = ["State", "UnsafeDirectory", "private_dir"]
+
+
+class UnsafeDirectory(RuntimeError):
+    """A directory we would keep secrets or sockets in is not private to us."""
+
+
+def private_dir(path: str) -> str:
+    """Create ``path`` 0700 if missing; refuse it unless it is a real directory, ours, private."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise UnsafeDirectory(f"cannot create {path}: {exc.strerror}") from exc
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UnsafeDirectory(f"{path} is not a directory (a symlink?)")
+    if st.st_uid != os.geteuid():
+        raise UnsafeDirectory(f"{path} belongs to uid {st.st_uid}, not to us")
+    if st.st_mode & 0o077:
+        raise UnsafeDirectory(f"{path} is open to other users (mode {oct(st.st_mode & 0o777)})")
+    return path
+
+
+def default_state_dir(env: Mapping[str, str]) -> str:
+    if env.get("MAMA_SSH_STATE_DIR"):
+        return env["MAMA_SSH_STATE_DIR"]
+    import platformdirs
+
+    return platformdirs.user_state_dir("mama-ssh", appauthor=False)
+
+
+class State:
+    def __init__(self, root: str) -> None:
+        self.root = private_dir(root)
+        for sub in ("masters", "failed", "probes", "slots", "logs"):
+            private_dir(os.path.join(self.root, sub))
+
+    # -- locks ----------------------------------------------------------------------------------
+    def lock(self, timeout: float = 10.0) -> Any:
+        """The state lock: hold it only to read or write records."""
+        from filelock import FileLock
+
+        return FileLock(os.path.join(self.root, "state.lock"), timeout=timeout, mode=0o600)
+
+    def prewarm_lock(self, key: str, timeout: float) -> Any:
+        from filelock import FileLock
+
+        return FileLock(os.path.join(self.root, f"prewarm-{key}.lock"), timeout=timeout, mode=0o600)
+
+    # -- records --------------------------------------------------------------------------------
+    def _path(self, kind: str, key: str) -> str:
+        return os.path.join(self.root, kind, f"{key}.json")
+
+    def read(self, kind: str, key: str) -> dict[str, Any] | None:
+        try:
+            with open(self._path(kind, key), encoding="utf-8") as fh:
+                value = json.load(fh)
+            return value if isinstance(value, dict) else None
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            self.remove(kind, key)  # half-written or corrupt: recover by forgetting it
+            return None
+
+    def write(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        """Atomic replace: a unique temporary name, then rename (concurrent writers never collide)."""
+        directory = os.path.join(self.root, kind)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                json.dump(value, fh)
+            os.replace(tmp, self._path(kind, key))
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def remove(self, kind: str, key: str) -> None:
+        try:
+            os.unlink(self._path(kind, key))
+        except OSError:
+            pass
+
+    def keys(self, kind: str) -> list[str]:
+        try:
+            names = os.listdir(os.path.join(self.root, kind))
+        except OSError:
+            return []
+        return sorted(n[:-5] for n in names if n.endswith(".json") and not n.startswith("."))
+
+    # -- failed pre-warms -----------------------------------------------------------------------
+    def failed_until(self, key: str) -> float:
+        rec = self.read("failed", key)
+        try:
+            return float(rec["until"]) if rec else 0.0
+        except (KeyError, TypeError, ValueError):
+            return 0.0
+
+    def mark_failed(self, key: str, reason: str, seconds: float) -> None:
+        with self.lock():
+            self.write("failed", key, {"until": time.time() + seconds, "reason": reason[-500:]})

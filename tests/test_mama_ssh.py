@@ -1,0 +1,247 @@
+"""mama-ssh against a real sshd on loopback, counting authentications in its log."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+import servers
+from conftest import git, unavailable
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def mama(tmp_path: Path, sshd) -> Iterator[dict[str, str]]:  # type: ignore[no-untyped-def]
+    """An environment whose git ssh command is mama-ssh with the test server's options."""
+    sock = tempfile.mkdtemp(prefix="ms", dir="/tmp")  # short: socket paths have a budget
+    os.rmdir(sock)
+    env = dict(os.environ)
+    env.update(
+        GIT_SSH_COMMAND="mama-ssh " + sshd.ssh_command[len("ssh "):],
+        GIT_SSH_VARIANT="ssh",
+        MAMA_SSH_STATE_DIR=str(tmp_path / "state"),
+        MAMA_SSH_SOCKET_DIR=sock,
+    )
+    yield env
+    subprocess.run(["mama-ssh", "--cleanup"], env=env, capture_output=True)
+    shutil.rmtree(sock, ignore_errors=True)
+
+
+def bare(root: Path, name: str) -> Path:
+    path = root / f"{name}.git"
+    if not path.exists():
+        git("init", "-q", "--bare", str(path))
+    return path
+
+
+def ssh_url(server, path: Path) -> str:  # type: ignore[no-untyped-def]
+    return f"ssh://{server.user}@127.0.0.1:{server.port}{path}"
+
+
+def run_many(args: list[str], env: dict[str, str], n: int, cwd: Path | None = None) -> list[subprocess.CompletedProcess[str]]:
+    procs = [subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=120)
+        out.append(subprocess.CompletedProcess(args, p.returncode, stdout, stderr))
+    return out
+
+
+def masters(env: dict[str, str]) -> dict[str, dict]:  # type: ignore[type-arg]
+    root = Path(env["MAMA_SSH_STATE_DIR"]) / "masters"
+    return {p.stem: json.loads(p.read_text()) for p in root.glob("*.json")} if root.exists() else {}
+
+
+def test_twenty_concurrent_operations_authenticate_once(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    git("init", "-q", str(src))
+    (src / "f").write_text("x\n")
+    git("add", ".", cwd=src)
+    git("commit", "-q", "-m", "x", cwd=src)
+    repo = bare(server_root, "mama-twenty")
+    git("push", "-q", str(repo), "main", cwd=src)
+    url = ssh_url(sshd, repo)
+    before = sshd.auth_count()
+    results = run_many(["git", "ls-remote", url], mama, 20)
+    assert [r.returncode for r in results] == [0] * 20, [r.stderr for r in results if r.returncode]
+    assert all("refs/heads/main" in r.stdout for r in results)
+    clones = run_many_clones(url, mama, tmp_path, 20)
+    assert clones == [0] * 20
+    assert sshd.auth_count() - before == 1, "one master, every session rides it"
+
+
+def run_many_clones(url: str, env: dict[str, str], base: Path, n: int) -> list[int]:
+    procs = [subprocess.Popen(["git", "clone", "-q", url, str(base / f"clone{i}")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(n)]
+    return [p.wait(timeout=120) for p in procs]
+
+
+def test_low_max_sessions_server_still_one_authentication(workspace: Path, server_root: Path, tmp_path: Path) -> None:
+    try:
+        ctx = servers.sshd(tmp_path / "ssh-low", os.environ["GIT_CONFIG_GLOBAL"], extra_config="MaxSessions 3\n")
+        server = ctx.__enter__()
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        sock = tempfile.mkdtemp(prefix="ms", dir="/tmp")
+        env = dict(os.environ, GIT_SSH_COMMAND="mama-ssh " + server.ssh_command[4:], GIT_SSH_VARIANT="ssh",
+                   MAMA_SSH_STATE_DIR=str(tmp_path / "state"), MAMA_SSH_SOCKET_DIR=sock, MAMA_SSH_MAX_SESSIONS="2")
+        url = ssh_url(server, bare(server_root, "mama-low"))
+        results = run_many(["git", "ls-remote", url], env, 20)
+        assert [r.returncode for r in results] == [0] * 20, [r.stderr for r in results if r.returncode]
+        assert not any("refused" in r.stderr for r in results)
+        assert server.auth_count() == 1
+        subprocess.run(["mama-ssh", "--cleanup"], env=env, capture_output=True)
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def test_fifty_processes_racing_start_one_master(sshd, mama) -> None:  # type: ignore[no-untyped-def]
+    before = sshd.auth_count()
+    argv = ["mama-ssh", *mama["GIT_SSH_COMMAND"].split()[1:], "-p", str(sshd.port), f"{sshd.user}@127.0.0.1", "true"]
+    results = run_many(argv, mama, 50)
+    assert [r.returncode for r in results] == [0] * 50, [r.stderr for r in results if r.returncode][:3]
+    assert sshd.auth_count() - before == 1
+    assert len(masters(mama)) == 1
+
+
+def test_stalled_prewarm_of_one_host_does_not_delay_another(sshd, mama, server_root: Path) -> None:  # type: ignore[no-untyped-def]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    stall_port = listener.getsockname()[1]  # accepts and never speaks: a pre-warm that hangs
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.extend(listener.accept()[0] for _ in range(2)), daemon=True).start()
+    env = dict(mama, MAMA_SSH_PREWARM_TIMEOUT="20")
+    stalled = subprocess.Popen(["mama-ssh", *mama["GIT_SSH_COMMAND"].split()[1:], "-o", "ConnectTimeout=60", "-p", str(stall_port), "stall@127.0.0.1", "true"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while not list(Path(mama["MAMA_SSH_STATE_DIR"]).glob("prewarm-*.lock")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = ssh_url(sshd, bare(server_root, "mama-other"))
+        other = subprocess.run(["git", "ls-remote", url], env=env, capture_output=True, text=True, timeout=60)
+        assert other.returncode == 0, other.stderr
+        assert stalled.poll() is None, "the other host finished while the stalled pre-warm still runs"
+    finally:
+        stalled.kill()
+        stalled.wait()
+        listener.close()
+        for s in held:
+            s.close()
+
+
+def test_failed_prewarm_makes_everyone_connect_plainly(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "prewarms.log"
+    fake = tmp_path / "ssh-no-master"
+    real = shutil.which("ssh")
+    fake.write_text(f"#!/bin/sh\ncase \" $* \" in *ControlMaster=yes*) echo attempt >> {log}; exit 255;; esac\nexec {real} \"$@\"\n")
+    fake.chmod(0o755)
+    env = dict(mama, MAMA_SSH_SSH=str(fake))
+    url = ssh_url(sshd, bare(server_root, "mama-fail"))
+    before = sshd.auth_count()
+    results = run_many(["git", "ls-remote", url], env, 10)
+    assert [r.returncode for r in results] == [0] * 10
+    assert log.read_text().count("attempt") == 1, "one failed pre-warm, then nobody races to become master"
+    assert sshd.auth_count() - before == 10
+    assert list((Path(mama["MAMA_SSH_STATE_DIR"]) / "failed").glob("*.json"))
+    assert masters(env) == {}
+
+
+def test_user_multiplexing_is_left_alone(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    own = tempfile.mkdtemp(prefix="own", dir="/tmp")
+    env = dict(mama, MAMA_SSH_DEBUG="1")
+    env["GIT_SSH_COMMAND"] += f" -o ControlMaster=auto -o ControlPath={own}/%C -o ControlPersist=5"
+    url = ssh_url(sshd, bare(server_root, "mama-own"))
+    res = git("ls-remote", url, env=env)
+    assert "the user's own multiplexing" in res.stderr
+    assert masters(env) == {}
+    subprocess.run(["ssh", "-o", f"ControlPath={own}/%C", "-O", "exit", "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"], capture_output=True)
+    shutil.rmtree(own, ignore_errors=True)
+
+
+def test_killed_master_and_stale_socket_recover(sshd, mama, server_root: Path) -> None:  # type: ignore[no-untyped-def]
+    url = ssh_url(sshd, bare(server_root, "mama-kill"))
+    git("ls-remote", url, env=mama)
+    (key, rec), = masters(mama).items()
+    os.kill(rec["pid"], signal.SIGKILL)  # the master dies; its socket file stays behind
+    time.sleep(0.2)
+    assert Path(rec["socket"]).exists()
+    git("ls-remote", url, env=mama)
+    new = masters(mama)[key]
+    assert new["pid"] != rec["pid"] and new["owned"]
+    os.kill(new["pid"], signal.SIGKILL)
+    git("ls-remote", url, env=mama)  # and once more after a second death
+    assert masters(mama)[key]["pid"] not in (rec["pid"], new["pid"])
+
+
+def test_cleanup_stops_only_our_masters(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    url = ssh_url(sshd, bare(server_root, "mama-clean"))
+    git("ls-remote", url, env=mama)
+    (key, ours), = masters(mama).items()
+    # a master started by hand for another identity, at a socket mama-ssh will find and adopt
+    other_env = dict(mama, SSH_AUTH_SOCK="/nonexistent/other-agent")
+    explain = subprocess.run(["mama-ssh", "--explain", *mama["GIT_SSH_COMMAND"].split()[1:], "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"],
+                             env=other_env, capture_output=True, text=True, check=True).stdout
+    theirs = explain.split("socket ", 1)[1].split(",", 1)[0]
+    opts = mama["GIT_SSH_COMMAND"].split()[1:]
+    subprocess.run(["ssh", *opts, "-f", "-N", "-o", "ControlMaster=yes", "-o", f"ControlPath={theirs}", "-o", "ControlPersist=60",
+                    "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    git("ls-remote", url, env=other_env)
+    adopted = [r for r in masters(mama).values() if not r["owned"]]
+    assert len(adopted) == 1 and adopted[0]["socket"] == theirs
+    status = subprocess.run(["mama-ssh", "--status"], env=mama, capture_output=True, text=True, check=True).stdout
+    assert "adopted" in status and "started by mama-ssh" in status
+    subprocess.run(["mama-ssh", "--cleanup"], env=mama, capture_output=True, check=True)
+    time.sleep(0.5)
+    alive = lambda path: subprocess.run(["ssh", "-o", f"ControlPath={path}", "-O", "check", "x"], capture_output=True).returncode == 0  # noqa: E731
+    assert not alive(ours["socket"]), "our master is stopped"
+    assert alive(theirs), "a master mama-ssh did not start is never touched"
+    assert gone(ours["pid"]), "no ssh process of ours is left behind"
+    subprocess.run(["ssh", "-o", f"ControlPath={theirs}", "-O", "exit", "x"], capture_output=True)
+
+
+def gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for a non-reaping init counts as exited)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_protocol_v2_survives_the_master(sshd, mama, server_root: Path) -> None:  # type: ignore[no-untyped-def]
+    url = ssh_url(sshd, bare(server_root, "mama-v2"))
+    git("ls-remote", url, env=mama)  # warm the master first: the traced run is a mux client
+    res = git("ls-remote", url, env=dict(mama, GIT_TRACE_PACKET="1"))
+    assert "< version 2" in res.stderr
+
+
+def test_relay_over_mama_ssh(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    git("init", "-q", str(src))
+    (src / "f").write_text("x\n")
+    git("add", ".", cwd=src)
+    git("commit", "-q", "-m", "x", cwd=src)
+    url = ssh_url(sshd, bare(server_root, "mama-relay"))
+    before = sshd.auth_count()
+    git("push", "-q", "relay::" + url, "main", cwd=src, env=mama)
+    git("clone", "-q", "relay::" + url, str(tmp_path / "c"), env=mama)
+    git("fetch", "-q", cwd=tmp_path / "c", env=mama)
+    assert sshd.auth_count() - before == 1

@@ -1,0 +1,107 @@
+"""mama-ssh's pure parts: argv grammar, ssh -G parsing, option decisions, socket budget, state."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from mama_ssh.argv import ArgvError, parse
+from mama_ssh.cli import is_windows_openssh
+from mama_ssh.master import MAX_SOCKET_PATH, socket_dir, socket_path
+from mama_ssh.options import Probe, identity_key, needs_keepalive, user_multiplexes
+from mama_ssh.state import State, UnsafeDirectory, private_dir
+
+
+@pytest.mark.parametrize(
+    "argv, options, dest, command",
+    [
+        (["-o", "SendEnv=GIT_PROTOCOL", "-p", "2222", "git@host", "git-upload-pack '/r'"], ["-o", "SendEnv=GIT_PROTOCOL", "-p", "2222"], "git@host", ["git-upload-pack '/r'"]),
+        (["-4", "host", "cmd"], ["-4"], "host", ["cmd"]),
+        (["-p22", "-oBatchMode=yes", "h", "c"], ["-p22", "-oBatchMode=yes"], "h", ["c"]),
+        (["-F", "/dev/null", "-i", "k", "--", "u@h", "c"], ["-F", "/dev/null", "-i", "k"], "u@h", ["c"]),
+        (["::1", "c"], [], "::1", ["c"]),
+    ],
+    ids=["git with port", "ipv4 flag", "attached values", "double dash", "ipv6 host"],
+)
+def test_git_ssh_argv(argv: list[str], options: list[str], dest: str, command: list[str]) -> None:
+    parsed = parse(argv)
+    assert (parsed.options, parsed.dest, parsed.command) == (options, dest, command)
+
+
+@pytest.mark.parametrize("argv", [["-oProxyCommand=x"], ["--", "-oProxyCommand=x", "c"], ["-u@h", "c"], ["-p", "-1", "h", "c"], ["-p", "99999", "h", "c"], ["-Z", "h"]],
+                         ids=["no destination", "dash destination", "dash user", "negative port", "port range", "unknown option"])
+def test_refused_argv(argv: list[str]) -> None:
+    with pytest.raises(ArgvError):
+        parse(argv)
+
+
+def test_probe_is_a_multimap() -> None:
+    probe = Probe.parse("user git\nIdentityFile ~/.ssh/a\nidentityfile ~/.ssh/b\nserveraliveinterval 0\ncontrolmaster false\n")
+    assert probe.values["identityfile"] == ["~/.ssh/a", "~/.ssh/b"]
+    assert needs_keepalive(probe) and not user_multiplexes(probe)
+
+
+@pytest.mark.parametrize(
+    "lines, multiplexes",
+    [
+        ("controlmaster auto\ncontrolpath /tmp/cm-%C", True),
+        ("controlmaster true\ncontrolpath /tmp/x", True),
+        ("controlmaster false\ncontrolpath /tmp/x", False),
+        ("controlmaster auto", False),  # ssh -G prints no controlpath line for "none"
+        ("", False),
+    ],
+    ids=["auto with path", "yes with path", "no", "auto without path", "nothing"],
+)
+def test_user_multiplexing_detection(lines: str, multiplexes: bool) -> None:
+    assert user_multiplexes(Probe.parse(lines)) is multiplexes
+
+
+def test_keepalives_only_when_the_user_has_none() -> None:
+    assert not needs_keepalive(Probe.parse("serveraliveinterval 30\n"))
+
+
+def test_identities_never_share_a_master() -> None:
+    a = Probe.parse("hostname github.com\nuser git\nidentityfile ~/.ssh/work\n")
+    b = Probe.parse("hostname github.com\nuser git\nidentityfile ~/.ssh/me\n")
+    assert identity_key(a, "gh-work", None) != identity_key(b, "gh-me", None)
+    assert identity_key(a, "gh-work", None) != identity_key(a, "gh-work", "/run/agent2")
+    assert identity_key(a, "gh-work", None) == identity_key(Probe.parse("hostname github.com\nuser git\nidentityfile ~/.ssh/work\n"), "gh-work", None)
+
+
+def test_socket_paths_fit_the_budget(tmp_path: Path) -> None:
+    long_dir = "/tmp/" + "x" * 80
+    directory = socket_dir({"MAMA_SSH_SOCKET_DIR": long_dir})
+    assert directory != long_dir and not os.path.exists(long_dir)
+    path = socket_path(directory, "0123456789abcdef")
+    assert len(path) <= MAX_SOCKET_PATH
+
+
+def test_private_directories_are_verified(tmp_path: Path) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o755)
+    open_dir.chmod(0o755)
+    with pytest.raises(UnsafeDirectory, match="open to other users"):
+        private_dir(str(open_dir))
+    target = tmp_path / "target"
+    target.mkdir(mode=0o700)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    with pytest.raises(UnsafeDirectory, match="symlink"):
+        private_dir(str(link))
+    assert private_dir(str(tmp_path / "fresh")) == str(tmp_path / "fresh")
+    assert (os.stat(tmp_path / "fresh").st_mode & 0o777) == 0o700
+
+
+def test_corrupt_state_is_recovered(tmp_path: Path) -> None:
+    state = State(str(tmp_path / "state"))
+    (tmp_path / "state" / "masters" / "k.json").write_text('{"socket": "/tm')  # a half-written record
+    assert state.read("masters", "k") is None
+    state.write("masters", "k", {"socket": "/tmp/s"})
+    assert state.read("masters", "k") == {"socket": "/tmp/s"}
+
+
+def test_windows_openssh_banner() -> None:
+    assert is_windows_openssh("OpenSSH_for_Windows_8.1p1, LibreSSL 3.0.2")
+    assert not is_windows_openssh("OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.15 3 Sep 2024")
