@@ -7,8 +7,6 @@ GIT_SSH). Admin commands: ``--status``, ``--explain [user@]host``, ``--cleanup``
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from typing import Mapping, NoReturn, Sequence
@@ -50,6 +48,8 @@ def _mux_unsupported(ssh: str) -> str | None:
     if sys.platform == "win32":
         return "no multiplexing on native Windows"
     if ssh.lower().endswith(".exe"):
+        import subprocess
+
         banner = subprocess.run([ssh, "-V"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10).stdout.decode(errors="replace")
         if is_windows_openssh(banner):
             return "Microsoft OpenSSH has no multiplexing"
@@ -114,7 +114,7 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
                                                      "owned": True, "started": time.time(), "by": os.getpid()})
         except Timeout:
             return Plan(plain.argv, why="timed out waiting for another process's pre-warm")
-    else:
+    elif state.read("masters", key) is None:
         with state.lock():
             if state.read("masters", key) is None:
                 # a master we did not start (a record lost, or started by hand): use it, never close it
@@ -130,14 +130,26 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
 
 
 def _run(p: Plan) -> NoReturn:
-    if p.slot_fd is None and sys.platform != "win32":
+    if sys.platform == "win32":
+        import subprocess  # os.execvp on Windows does not wait and loses the exit code (cpython#101191)
+
+        sys.exit(subprocess.call(p.argv))
+    if p.slot_fd is None:
         os.execvp(p.argv[0], p.argv)
     # Keep the slot while the session runs: wait for ssh, forward signals, return its status.
-    child = subprocess.Popen(p.argv)
+    # (posix_spawn rather than subprocess: this is the warm path, and subprocess costs ~12 ms to import.)
+    import signal
+
+    pid = os.posix_spawnp(p.argv[0], p.argv, os.environ)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
-    rc = child.wait()
-    sys.exit(rc if rc >= 0 else 128 - rc)
+        signal.signal(sig, lambda signum, _frame: os.kill(pid, signum))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    sys.exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
 def _admin(cmd: str, rest: list[str], env: Mapping[str, str], ssh: str) -> int:

@@ -7,9 +7,7 @@ Only this module and ``probe`` run ssh for our own purposes; every such argv end
 from __future__ import annotations
 
 import os
-import re
 import socket
-import subprocess
 import time
 from typing import Mapping
 
@@ -21,7 +19,6 @@ __all__ = ["socket_dir", "socket_path", "alive", "prewarm", "stop", "MAX_SOCKET_
 # sun_path is 108 bytes on Linux and 104 on macOS, and the master first binds
 # "<ControlPath>.<16 random chars>": 86 keeps every platform safe (reference §4).
 MAX_SOCKET_PATH = 86
-_PID = re.compile(r"pid=(\d+)")
 
 
 class PrewarmFailed(RuntimeError):
@@ -70,16 +67,21 @@ def alive(path: str) -> bool:
 
 
 def _check_pid(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> int | None:
+    import re
+    import subprocess
+
     proc = subprocess.run([ssh, "-o", f"ControlPath={path}", "-O", "check", "--", dest], env=dict(env),
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=10)
     if proc.returncode != 0:
         return None
-    m = _PID.search(proc.stderr.decode(errors="replace"))
+    m = re.search(r"pid=(\d+)", proc.stderr.decode(errors="replace"))
     return int(m.group(1)) if m else 0
 
 
 def prewarm(ssh: str, options: list[str], dest: str, path: str, keepalive: bool, state: State, key: str, env: Mapping[str, str], timeout: float) -> int:
     """Start a master for ``dest`` on ``path``; return its pid. Raises ``PrewarmFailed``."""
+    import subprocess
+
     if os.path.lexists(path):
         # A socket nobody listens on blocks a new master ("already exists"); it is ours to remove
         # only inside our own verified directory, and the caller holds this host's lock.
@@ -114,6 +116,8 @@ def prewarm(ssh: str, options: list[str], dest: str, path: str, keepalive: bool,
 
 def stop(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> bool:
     """``-O stop``: no new sessions, running transfers finish, then the master exits."""
+    import subprocess
+
     try:
         proc = subprocess.run([ssh, "-o", f"ControlPath={path}", "-O", "stop", "--", dest], env=dict(env),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)

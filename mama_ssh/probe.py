@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import time
 from typing import Mapping
 
@@ -24,6 +23,8 @@ def probe(ssh: str, options: list[str], dest: str, env: Mapping[str, str], state
         cached = state.read("probes", fingerprint)
         if cached and time.time() - float(cached.get("at", 0)) < PROBE_TTL and isinstance(cached.get("values"), dict):
             return Probe(cached["values"])
+    import subprocess
+
     proc = subprocess.run([ssh, "-G", *options, "--", dest], env=dict(env), stdin=subprocess.DEVNULL,
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, timeout=10)
     if proc.returncode != 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-import tempfile
+import sys
 import time
 from typing import Any, Mapping
 
@@ -46,6 +46,11 @@ def private_dir(path: str) -> str:
 def default_state_dir(env: Mapping[str, str]) -> str:
     if env.get("MAMA_SSH_STATE_DIR"):
         return env["MAMA_SSH_STATE_DIR"]
+    if sys.platform.startswith("linux"):
+        # What platformdirs.user_state_dir gives on Linux, without its ~15 ms import: mama-ssh
+        # starts for every ssh connection git makes.
+        base = (env.get("XDG_STATE_HOME") or "").strip() or os.path.join(os.path.expanduser("~"), ".local", "state")
+        return os.path.join(base, "mama-ssh")
     import platformdirs
 
     return platformdirs.user_state_dir("mama-ssh", appauthor=False)
@@ -86,6 +91,8 @@ class State:
 
     def write(self, kind: str, key: str, value: dict[str, Any]) -> None:
         """Atomic replace: a unique temporary name, then rename (concurrent writers never collide)."""
+        import tempfile
+
         directory = os.path.join(self.root, kind)
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=".tmp")
         try:
