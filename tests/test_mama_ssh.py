@@ -122,7 +122,15 @@ def test_stalled_prewarm_of_one_host_does_not_delay_another(sshd, mama, server_r
     listener.listen(8)
     stall_port = listener.getsockname()[1]  # accepts and never speaks: a pre-warm that hangs
     held: list[socket.socket] = []
-    threading.Thread(target=lambda: held.extend(listener.accept()[0] for _ in range(2)), daemon=True).start()
+
+    def accept() -> None:
+        try:
+            while True:
+                held.append(listener.accept()[0])
+        except OSError:
+            return  # the listener was closed at the end of the test
+
+    threading.Thread(target=accept, daemon=True).start()
     env = dict(mama, MAMA_SSH_PREWARM_TIMEOUT="20")
     stalled = subprocess.Popen(["mama-ssh", *mama["GIT_SSH_COMMAND"].split()[1:], "-o", "ConnectTimeout=60", "-p", str(stall_port), "stall@127.0.0.1", "true"],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
