@@ -23,6 +23,7 @@ from . import stats
 
 if TYPE_CHECKING:
     from .helper import Helper
+    from .ui import Reporter
 
 __all__ = ["PushOptions", "RefUpdate", "run_push_batch", "PackTooLarge", "decide"]
 
@@ -145,28 +146,31 @@ def decide(helper: "Helper", updates: list[RefUpdate], adv: Advertisement, opts:
             u.error = "non-fast forward"
 
 
-class _PackStream:
-    """pack-objects' stdout as chunks, with a byte limit and the object count from the header."""
+class PackStream:
+    """Pack bytes on their way to receive-pack: counts them, enforces a limit, reads the header.
 
-    def __init__(self, proc: "subprocess.Popen[bytes]", limit: int | None, limit_source: str) -> None:
-        self.proc = proc
+    Subclasses produce the chunks (``_chunks``) and know how to stop their producer (``stop``).
+    """
+
+    def __init__(self, limit: int | None, limit_source: str) -> None:
         self.limit = limit
         self.limit_source = limit_source
         self.sent = 0
         self.objects: int | None = None
 
+    def _chunks(self) -> Iterator[bytes]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop producing (idempotent)."""
+
     def __iter__(self) -> Iterator[bytes]:
-        assert self.proc.stdout is not None
-        read = self.proc.stdout.read1 if hasattr(self.proc.stdout, "read1") else self.proc.stdout.read
-        while True:
-            chunk = read(_CHUNK)
-            if not chunk:
-                break
+        for chunk in self._chunks():
             if self.objects is None and self.sent == 0 and len(chunk) >= 12 and chunk[:4] == b"PACK":
                 self.objects = int.from_bytes(chunk[8:12], "big")
             self.sent += len(chunk)
             if self.limit is not None and self.sent > self.limit:
-                self.proc.kill()
+                self.stop()
                 raise PackTooLarge(
                     f"the pack is larger than {self.limit_source} ({self.limit} bytes); nothing was pushed",
                     "raise the limit, or push fewer commits at a time",
@@ -174,8 +178,30 @@ class _PackStream:
                     ours=True,
                 )
             yield chunk
+
+
+class _PackObjects(PackStream):
+    """``git pack-objects --stdout``'s output."""
+
+    def __init__(self, proc: "subprocess.Popen[bytes]", limit: int | None, limit_source: str) -> None:
+        super().__init__(limit, limit_source)
+        self.proc = proc
+
+    def _chunks(self) -> Iterator[bytes]:
+        assert self.proc.stdout is not None
+        read = self.proc.stdout.read1 if hasattr(self.proc.stdout, "read1") else self.proc.stdout.read
+        while True:
+            chunk = read(_CHUNK)
+            if not chunk:
+                break
+            yield chunk
         if self.proc.wait() != 0:
             raise PackError(f"git pack-objects failed (exit code {self.proc.returncode}); nothing was pushed")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
 
 
 def _commands(updates: list[RefUpdate], adv: Advertisement, opts: PushOptions, progress: bool) -> bytes:
@@ -209,14 +235,7 @@ def _size_refusal(text: str) -> bool:
     return any(word in lowered for word in _SIZE_REFUSALS)
 
 
-def _stop(stream: "_PackStream | None") -> None:
-    if stream is not None and stream.proc.poll() is None:
-        stream.proc.kill()
-    if stream is not None:
-        stream.proc.wait()
-
-
-def _read_report(reader: PktReader, sideband: bool, helper: "Helper", remote_text: bytearray) -> tuple[str, dict[str, str | None]]:
+def _read_report(reader: PktReader, sideband: bool, reporter: "Reporter", remote_text: bytearray) -> tuple[str, dict[str, str | None]]:
     """(unpack status, {ref: None for ok | reason}); the remote's messages go to ``remote_text``."""
     if sideband:
         buffered = bytearray()
@@ -224,10 +243,10 @@ def _read_report(reader: PktReader, sideband: bool, helper: "Helper", remote_tex
             if channel == 1:
                 buffered += data
             else:
-                helper.reporter.sideband(data)
+                reporter.sideband(data)
                 remote_text += data
                 del remote_text[:-4096]
-        helper.reporter.flush_sideband()
+        reporter.flush_sideband()
         pos = 0
 
         def read(n: int) -> bytes:
@@ -276,16 +295,13 @@ def _max_pack_bytes(helper: "Helper") -> int | None:
 
 
 def send_updates(helper: "Helper", service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, limit: int | None = None, limit_source: str = "relay.maxPackBytes") -> tuple[int, int | None]:
-    """Send commands (and the pack) for ``updates`` and fill in their results.
+    """Push ``updates`` with a pack from the local repository; fill in their results.
 
     Returns (pack bytes sent, objects). Raises ``PackTooLarge`` when a limit stopped the pack.
     """
     progress = helper.reporter.progress
-    need_pack = any(not u.delete for u in updates)
-    header = _commands(updates, adv, opts, progress)
-    stream: _PackStream | None = None
-    body: list[bytes] | Iterator[bytes]
-    if need_pack:
+    stream: PackStream | None = None
+    if any(not u.delete for u in updates):
         args = ["pack-objects", "--all-progress-implied", "--revs", "--stdout", "--thin"]
         if adv.has("ofs-delta"):
             args.append("--delta-base-offset")
@@ -300,11 +316,22 @@ def send_updates(helper: "Helper", service: Service, adv: Advertisement, updates
             proc.stdin.close()
         except BrokenPipeError:
             pass
-        stream = _PackStream(proc, limit, limit_source)
+        stream = _PackObjects(proc, limit, limit_source)
+    return exchange(service, adv, updates, opts, helper.reporter, stream)
+
+
+def exchange(service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, reporter: "Reporter", stream: PackStream | None) -> tuple[int, int | None]:
+    """Send the commands for ``updates`` and ``stream`` (the pack, None for deletes only) to an
+    open receive-pack; set each update's ``ok``/``error`` from report-status only.
+    """
+    header = _commands(updates, adv, opts, reporter.progress)
+    body: list[bytes] | Iterator[bytes]
+    if stream is not None:
+        pack = stream
 
         def gen() -> Iterator[bytes]:
             yield header
-            yield from stream  # type: ignore[misc]
+            yield from pack
 
         body = gen()
     else:
@@ -312,12 +339,14 @@ def send_updates(helper: "Helper", service: Service, adv: Advertisement, updates
     said = bytearray()
     try:
         reader = service.request(body)
-        unpack, statuses = _read_report(reader, adv.has("side-band-64k"), helper, said)
+        unpack, statuses = _read_report(reader, adv.has("side-band-64k"), reporter, said)
     except TooLargeError as exc:
-        _stop(stream)
+        if stream is not None:
+            stream.stop()
         raise PackTooLarge(exc.message, sent=stream.sent if stream else 0) from exc
     except RelayError as exc:
-        _stop(stream)
+        if stream is not None:
+            stream.stop()
         try:
             service.wait_sent()
         except PackTooLarge:
@@ -331,13 +360,15 @@ def send_updates(helper: "Helper", service: Service, adv: Advertisement, updates
     try:
         service.wait_sent()
     except PackTooLarge:
-        _stop(stream)
+        if stream is not None:
+            stream.stop()
         raise  # our own limit cut the pack; the server's complaint about it is a consequence
     except RelayError:
         if unpack == "ok":
             raise
         # the server stopped reading the pack and said why in its report: that is the story
-    _stop(stream)
+    if stream is not None:
+        stream.stop()
     sent = stream.sent if stream else 0
     for u in updates:
         if u.dst in statuses:
