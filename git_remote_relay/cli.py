@@ -9,7 +9,7 @@ from typing import NoReturn
 from .errors import RelayError
 from .url import redact
 
-__all__ = ["helper_main"]
+__all__ = ["helper_main", "relay_main"]
 
 
 def _fatal(stderr, message: str, hint: str = "") -> None:  # type: ignore[no-untyped-def]
@@ -67,3 +67,125 @@ def helper_main(argv: list[str] | None = None) -> NoReturn:
         code = 128
     sys.stdout.flush()
     sys.exit(code)
+
+
+RELAY_EXIT_CODES = """exit codes:
+  0  done (or nothing to do)          3  blocked: refs need --force-with-lease/--prune; nothing pushed
+  1  the target rejected some refs    128  fatal error (network, protocol, bad URL); nothing half-done
+  2  usage error"""
+
+
+def _relay_parser():  # type: ignore[no-untyped-def]
+    import argparse
+
+    top = argparse.ArgumentParser(
+        prog="git relay",
+        description="Relay refs from one remote repository to another with no local clone: the source's pack is streamed into the target.",
+        epilog=RELAY_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="{sync,plan,bootstrap,probe}")
+
+    def selection(p):  # type: ignore[no-untyped-def]
+        p.add_argument("source", help="source URL (anything git accepts; relay:: prefix optional)")
+        p.add_argument("target", help="target URL")
+        p.add_argument("--branch", action="append", default=[], metavar="NAME", help="only this branch (repeatable, or comma-separated)")
+        p.add_argument("--map", action="append", default=[], metavar="SRC:DST", help="relay SRC to DST (repeatable; short names are branches)")
+        p.add_argument("--tags", action="store_true", help="also relay tags")
+        p.add_argument("--all-refs", action="store_true", help="relay every ref under refs/")
+        p.add_argument("--exclude", action="append", default=[], metavar="PREFIX", help="leave refs starting with PREFIX alone")
+        p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
+        p.add_argument("-v", "--verbose", action="store_true", help="trace what the relay does")
+        p.add_argument("--max-pack-bytes", metavar="N", help="abort when the relayed pack grows past N bytes (k/m/g suffixes)")
+
+    for name, text in (("sync", "bring the target's managed refs to the source's"), ("plan", "show what sync would do, and why, without pushing"),
+                       ("bootstrap", "seed an empty target (refuses when a managed target ref exists)")):
+        p = sub.add_parser(name, help=text, description=text, epilog=RELAY_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        selection(p)
+        if name != "bootstrap":
+            p.add_argument("--force-with-lease", action="store_true", help="overwrite diverged branches and moved tags; refused if the target moved meanwhile")
+            p.add_argument("--prune", action="store_true", help="delete managed target refs that are gone from the source")
+        if name != "plan":
+            p.add_argument("--atomic", action="store_true", help="all ref updates succeed or none (the target must support it)")
+    p = sub.add_parser("probe", help="show a remote's refs, capabilities, protocol version and object format")
+    p.add_argument("url")
+    p.add_argument("--push", action="store_true", help="also show the receive-pack capabilities")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return top
+
+
+def _short(oid: str) -> str:
+    return oid[:10] if oid and oid != "0" * 40 else "-"
+
+
+def _print_plan(record: dict, stream) -> None:  # type: ignore[no-untyped-def, type-arg]
+    stream.write(f"{record['source']} -> {record['target']}  (mode: {record['mode']})\n")
+    for ref in record["refs"]:
+        arrow = f"{_short(ref['old'])}..{_short(ref['new'])}"
+        name = ref["dst"] if not ref["src"] or ref["src"] == ref["dst"] else f"{ref['src']} -> {ref['dst']}"
+        stream.write(f"  {ref['action']:<10} {arrow:<22} {name}: {ref['reason']}" + (f" [{ref['result']}]" if ref["result"] not in ("planned",) else "") + "\n")
+
+
+def relay_main(argv: list[str] | None = None) -> NoReturn:
+    """``git relay sync|plan|bootstrap|probe``."""
+    import json
+
+    from .gitcmd import Config, Git
+    from .ui import Reporter
+
+    args = _relay_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    stderr = sys.stderr.buffer
+    env = dict(os.environ)
+    trace = getattr(args, "verbose", False) or env.get("GIT_RELAY_TRACE", "") not in ("", "0", "false")
+    reporter = Reporter(stderr, verbosity=0 if getattr(args, "quiet", False) else 1, progress=not getattr(args, "quiet", False) and stderr.isatty(), trace=trace)
+    try:
+        from .sync import Endpoint, Selection, probe, run_sync
+
+        config = Git({k: v for k, v in env.items() if k != "GIT_DIR"}).config()
+        if args.command == "probe":
+            info = probe(Endpoint(args.url, env, config, reporter), args.push)
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                print(f"url: {info['url']}\nprotocol: v{info['protocol']}\nobject format: {info['object_format']}\nHEAD: {info['head']}")
+                print("capabilities: " + " ".join(info["capabilities"]))
+                if "push_capabilities" in info:
+                    pc = info["push_capabilities"]
+                    print("push capabilities: " + (" ".join(pc) if isinstance(pc, list) else pc))
+                print(f"refs: {len(info['refs'])}")
+                for name, oid in info["refs"].items():
+                    print(f"  {oid} {name}")
+            sys.exit(0)
+        branches = [b for spec in args.branch for b in spec.split(",") if b]
+        selection = Selection(branches=branches, maps=args.map, tags=args.tags, all_refs=args.all_refs, excludes=args.exclude)
+        limit = Config({"x.y": [args.max_pack_bytes]}).get_size("x.y") if args.max_pack_bytes else None
+        source = Endpoint(args.source, env, config, reporter)
+        target = Endpoint(args.target, env, config, reporter)
+        if source.url.redacted.rstrip("/") == target.url.redacted.rstrip("/"):
+            raise RelayError("source and target are the same repository")
+        record = run_sync(
+            source, target, selection,
+            force_with_lease=getattr(args, "force_with_lease", False), prune=getattr(args, "prune", False),
+            atomic=getattr(args, "atomic", False), limit=limit, dry_run=args.command == "plan",
+            bootstrap_only=args.command == "bootstrap", reporter=reporter,
+        )
+    except RelayError as exc:
+        _fatal(stderr, exc.message, exc.hint)
+        sys.exit(128)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if args.json:
+        print(json.dumps(record, indent=2))
+    elif not args.quiet or record["status"] != "ok":
+        _print_plan(record, sys.stderr)
+    if not args.quiet and record["bytes"]:
+        from .stats import human
+
+        sys.stderr.write(f"relay: {record['objects'] if record['objects'] is not None else '?'} objects, {human(record['bytes'])} in {record['elapsed']:.1f}s; "
+                         f"peak RSS {human(record['peak_rss'])} relay, {human(record['peak_rss_children'])} largest child\n")
+    if record["status"] == "blocked":
+        sys.stderr.write("fatal: blocked ref updates; nothing was pushed\nhint: use --force-with-lease to overwrite, --prune to delete, or plan to see why\n")
+        sys.exit(3)
+    sys.exit(1 if record["status"] == "failed" else 0)

@@ -69,6 +69,8 @@ def fetch_pack(
     include_tag: bool,
     check_connectivity: bool,
     host_label: str,
+    filter_spec: str | None = None,
+    thin: bool = True,
 ) -> FetchResult:
     """Fetch ``wants`` into the local object store; raise on any failure, leaving nothing behind."""
     started = time.monotonic()
@@ -85,7 +87,7 @@ def fetch_pack(
     fsck_key = "fetch.fsckobjects" if config.get("fetch.fsckobjects") is not None else "transfer.fsckobjects"
     if config.get_bool(fsck_key):
         args.append("--strict")
-    request = fetch_request(adv, wants, haves, progress=reporter.progress, include_tag=include_tag)
+    request = fetch_request(adv, wants, haves, progress=reporter.progress, include_tag=include_tag, filter_spec=filter_spec, thin=thin)
     reporter.trace(f"fetch: {len(wants)} wants, {len(haves)} haves, protocol v{adv.version}")
     index = git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
     assert index.stdin is not None and index.stdout is not None

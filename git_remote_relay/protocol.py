@@ -141,15 +141,20 @@ def read_ls_refs(reader: PktReader, adv: Advertisement) -> None:
                 adv.peeled[name] = _check_oid(value, line)
 
 
-def fetch_request(adv: Advertisement, wants: list[str], haves: list[str], *, progress: bool, include_tag: bool) -> bytes:
+def fetch_request(adv: Advertisement, wants: list[str], haves: list[str], *, progress: bool, include_tag: bool,
+                  thin: bool = True, ofs_delta: bool = True, filter_spec: str | None = None) -> bytes:
     """A complete one-round fetch request (v2 ``command=fetch`` or v0 wants/haves/done)."""
     if not wants:
         raise ValueError("nothing to fetch")
+    if filter_spec and not supports_filter(adv):
+        raise UnsupportedError("the source does not allow filtered fetches (uploadpack.allowFilter)")
     out: list[bytes] = []
     if adv.version == 2:
         out += [pkt_text(x) for x in ["command=fetch", *_common_args(adv)]]
         out.append(DELIM.wire)
-        opts = ["thin-pack", "ofs-delta"]
+        opts = (["thin-pack"] if thin else []) + (["ofs-delta"] if ofs_delta else [])
+        if filter_spec:
+            opts.append(f"filter {filter_spec}")
         if not progress:
             opts.append("no-progress")
         if include_tag:
@@ -163,8 +168,8 @@ def fetch_request(adv: Advertisement, wants: list[str], haves: list[str], *, pro
     if not adv.has("side-band-64k"):
         raise UnsupportedError("the remote does not offer side-band-64k", "this server is too old for relay::; use plain git")
     caps = ["side-band-64k"]
-    for cap in ("thin-pack", "ofs-delta"):
-        if adv.has(cap):
+    for cap, wanted in (("thin-pack", thin), ("ofs-delta", ofs_delta), ("filter", bool(filter_spec))):
+        if wanted and adv.has(cap):
             caps.append(cap)
     if not progress and adv.has("no-progress"):
         caps.append("no-progress")
@@ -176,10 +181,18 @@ def fetch_request(adv: Advertisement, wants: list[str], haves: list[str], *, pro
         caps.append("object-format=sha1")
     out.append(pkt_text(f"want {wants[0]} {' '.join(caps)}"))
     out += [pkt_text(f"want {w}") for w in wants[1:]]
+    if filter_spec:
+        out.append(pkt_text(f"filter {filter_spec}"))
     out.append(FLUSH.wire)
     out += [pkt_text(f"have {h}") for h in haves]
     out.append(pkt_text("done"))
     return b"".join(out)
+
+
+def supports_filter(adv: Advertisement) -> bool:
+    if adv.version == 2:
+        return "filter" in (adv.caps.get("fetch") or "").split()
+    return adv.has("filter")
 
 
 def read_fetch_preamble(reader: PktReader, adv: Advertisement) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 from .errors import PackError, ProtocolError, RelayError, TooLargeError
 from .pktline import FLUSH, PktReader, Special, pkt, pkt_text
 from .protocol import AGENT, ZERO_OID, Advertisement, read_advertisement
-from .transport.base import Service
+from .transport.base import SendError, Service
 from . import stats
 
 if TYPE_CHECKING:
@@ -363,7 +363,7 @@ def exchange(service: Service, adv: Advertisement, updates: list[RefUpdate], opt
         if stream is not None:
             stream.stop()
         raise  # our own limit cut the pack; the server's complaint about it is a consequence
-    except RelayError:
+    except SendError:
         if unpack == "ok":
             raise
         # the server stopped reading the pack and said why in its report: that is the story

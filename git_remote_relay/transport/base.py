@@ -16,9 +16,13 @@ from ..errors import TransportError
 from ..gitcmd import Config, Git
 from ..pktline import PktReader
 
-__all__ = ["Context", "Service", "StreamService", "NOT_FOUND_HINT"]
+__all__ = ["Context", "Service", "StreamService", "SendError", "NOT_FOUND_HINT"]
 
 NOT_FOUND_HINT = "Could not read from remote repository: check the URL, that the repository exists and that you have access."
+
+
+class SendError(TransportError):
+    """Writing the request to the remote failed (it stopped reading or hung up)."""
 
 
 def _no_trace(_msg: str) -> None:
@@ -104,7 +108,7 @@ class StreamService(Service):
             if isinstance(exc, TransportError):
                 raise exc
             if isinstance(exc, OSError):
-                raise TransportError(f"the {self.label} hung up while we were sending ({exc.strerror or exc})") from exc
+                raise SendError(f"the {self.label} hung up while we were sending ({exc.strerror or exc})") from exc
             raise exc
 
     def close(self) -> None:
