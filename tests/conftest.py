@@ -31,8 +31,11 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 # The hook upload-pack runs instead of pack-objects (protected config): repositories whose path
 # contains "truncate" get their pack cut after some bytes and their upload-pack killed, which is
-# what a server dying mid-transfer looks like from the client.
+# what a server dying mid-transfer looks like from the client. A repository holding an executable
+# ``relay-test-hook`` runs it first (to move a ref while a relay is under way).
 PACK_HOOK = r"""#!/bin/sh
+# a repository may carry a script to run before its pack is made (tests that need a race)
+[ -x ./relay-test-hook ] && ./relay-test-hook
 case "$(pwd -P)" in
   *truncate*)
     "$@" | head -c 30000

@@ -1,0 +1,204 @@
+"""git relay: remote-to-remote sync against real servers, no local clone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import fsck, git, make_source, objects, refs
+
+pytestmark = pytest.mark.integration
+
+
+def relay(*args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["git", "relay", *args], capture_output=True, text=True, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git relay {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def relay_json(*args: str, check: bool = True) -> tuple[int, dict]:  # type: ignore[type-arg]
+    proc = relay(*args, "--json", check=check)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def heads_and_tags(repo: Path) -> dict[str, str]:
+    return {k: v for k, v in refs(repo).items() if k.startswith(("refs/heads/", "refs/tags/"))}
+
+
+@pytest.mark.parametrize("pair", [("http", "ssh"), ("ssh", "http"), ("git", "file"), ("file", "git"), ("path", "http")], ids=lambda p: f"{p[0]}->{p[1]}")
+def test_bootstrap_equals_a_mirror_push(pair: tuple[str, str], tmp_path: Path, make_remote) -> None:
+    src_kind, dst_kind = pair
+    source = make_remote(src_kind, source=make_source(tmp_path / "work", big=50_000))
+    target, mirror = make_remote(dst_kind), make_remote("file")
+    code, record = relay_json("sync", source.url, target.url, "--tags")
+    assert code == 0 and record["mode"] == "bootstrap" and record["status"] == "ok"
+    assert {r["action"] for r in record["refs"]} == {"create"}
+    git("push", "-q", mirror.url, "refs/heads/*:refs/heads/*", "refs/tags/*:refs/tags/*", cwd=source.path)
+    assert heads_and_tags(target.path) == heads_and_tags(mirror.path)
+    assert objects(target.path) == objects(mirror.path)
+    fsck(target.path)
+    # a repeated sync is a no-op that pushes nothing
+    code, again = relay_json("sync", source.url, target.url, "--tags")
+    assert code == 0 and again["bytes"] == 0 and {r["action"] for r in again["refs"]} == {"up-to-date"}
+
+
+@pytest.mark.parametrize("transport", ["file", "ssh", "http"])
+def test_incremental_fast_forward_with_a_target_ref_inside_the_range(transport: str, tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    source = make_remote(transport, source=work)
+    target = make_remote("git" if transport != "git" else "file")
+    relay("sync", source.url, target.url, "--tags")
+    old_main = refs(work)["refs/heads/main"]
+    for i in range(3):
+        (work / f"more{i}.txt").write_text(f"{i}\n")
+        git("add", ".", cwd=work)
+        git("commit", "-q", "-m", f"more {i}", cwd=work)
+        if i == 0:
+            middle = refs(work)["refs/heads/main"]
+    git("tag", "-a", "v2", "-m", "v2", cwd=work)
+    git("checkout", "-q", "topic", cwd=work)
+    (work / "t2.txt").write_text("t2\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "topic 2", cwd=work)
+    git("push", "-q", "--force", str(source.path), "main", "topic", "v2", cwd=work)
+    # another target ref points into the range being fast-forwarded
+    git("push", "-q", str(target.path), f"{middle}:refs/heads/inside", cwd=work)
+    code, record = relay_json("sync", source.url, target.url, "--tags", "--exclude", "refs/heads/inside")
+    assert code == 0, record
+    actions = {r["dst"]: (r["action"], r["mode"]) for r in record["refs"]}
+    assert actions["refs/heads/main"] == ("update", "incremental")
+    assert actions["refs/heads/topic"] == ("update", "incremental")
+    assert actions["refs/tags/v2"] == ("create", "incremental")
+    assert refs(target.path)["refs/heads/main"] == refs(work)["refs/heads/main"] != old_main
+    assert refs(target.path)["refs/tags/v2"] == refs(work)["refs/tags/v2"]
+    assert record["bytes"] < 5_000, "only what the target lacks"
+    fsck(target.path)
+
+
+def test_diverged_target_is_blocked_and_nothing_is_pushed(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    source, target = make_remote("file", source=work), make_remote("http")
+    relay("sync", source.url, target.url)
+    other = tmp_path / "other"
+    git("clone", "-q", str(target.path), str(other))
+    (other / "theirs.txt").write_text("theirs\n")
+    git("add", ".", cwd=other)
+    git("commit", "-q", "-m", "theirs", cwd=other)
+    git("push", "-q", "origin", "main", cwd=other)
+    (work / "ours.txt").write_text("ours\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "ours", cwd=work)
+    git("checkout", "-q", "topic", cwd=work)
+    (work / "ff.txt").write_text("ff\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "ff", cwd=work)
+    git("push", "-q", str(source.path), "main", "topic", cwd=work)
+    before = refs(target.path)
+    plan = relay("plan", source.url, target.url, check=False)
+    assert plan.returncode == 3 and "diverged" in plan.stderr
+    res = relay("sync", source.url, target.url, check=False)
+    assert res.returncode == 3
+    assert "blocked" in res.stderr and "--force-with-lease" in res.stderr
+    assert refs(target.path) == before, "a blocked run pushes nothing, not even the fast-forward"
+    code, record = relay_json("sync", source.url, target.url, "--force-with-lease")
+    assert code == 0
+    assert refs(target.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+
+
+def test_lease_refuses_a_target_that_moved_during_the_run(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    source, target = make_remote("file", source=work), make_remote("file")
+    relay("sync", source.url, target.url)
+    git("reset", "-q", "--hard", "HEAD~1", cwd=work)
+    (work / "rewrite.txt").write_text("rewrite\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "rewrite", cwd=work)
+    git("push", "-q", "--force", str(source.path), "main", cwd=work)
+    moved_to = git("rev-parse", "main~1", cwd=work).stdout.strip()
+    # while the relay fetches from the source, someone else moves the target's main
+    hook = source.path / "relay-test-hook"
+    hook.write_text(f"#!/bin/sh\ngit --git-dir={target.path} update-ref refs/heads/main {moved_to}\n")
+    hook.chmod(0o755)
+    code, record = relay_json("sync", source.url, target.url, "--force-with-lease", check=False)
+    assert code == 1, record
+    main = next(r for r in record["refs"] if r["dst"] == "refs/heads/main")
+    assert main["action"] == "force" and main["result"] != "ok"
+    assert refs(target.path)["refs/heads/main"] == moved_to, "the other writer's update is never overwritten"
+
+
+def test_prune_and_keep(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    source, target = make_remote("file", source=work), make_remote("git")
+    relay("sync", source.url, target.url)
+    git("push", "-q", str(source.path), ":topic", cwd=work)
+    code, record = relay_json("sync", source.url, target.url)
+    assert code == 0 and "refs/heads/topic" in refs(target.path)
+    assert next(r for r in record["refs"] if r["dst"] == "refs/heads/topic")["action"] == "keep"
+    code, record = relay_json("sync", source.url, target.url, "--prune")
+    assert code == 0 and "refs/heads/topic" not in refs(target.path)
+
+
+def test_mappings_and_their_validation(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    source, target = make_remote("file", source=work), make_remote("file")
+    code, record = relay_json("sync", source.url, target.url, "--map", "main:stable", "--map", "refs/tags/v1:refs/tags/release-1")
+    assert code == 0
+    assert set(heads_and_tags(target.path)) == {"refs/heads/stable", "refs/tags/release-1"}
+    assert refs(target.path)["refs/heads/stable"] == refs(work)["refs/heads/main"]
+    nowhere = "http://127.0.0.1:1/never-contacted.git"
+    for bad, words in ((["--map", "main:x", "--map", "topic:x"], "both write"), (["--map", "main:refs/tags/t"], "ambiguous"),
+                       (["--map", "refs/heads/main:refs/tags/t"], "maps a branch to a tag")):
+        res = relay("sync", nowhere, nowhere + "2", *bad, check=False)
+        assert res.returncode == 128 and words in res.stderr, res.stderr
+        assert "unable to access" not in res.stderr, "refused before any network traffic"
+
+
+def test_bootstrap_refuses_a_seeded_target(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    source, target = make_remote("file", source=work), make_remote("file")
+    relay("bootstrap", source.url, target.url, "--branch", "main")
+    assert set(heads_and_tags(target.path)) == {"refs/heads/main"}
+    res = relay("bootstrap", source.url, target.url, check=False)
+    assert res.returncode == 128 and "already has managed refs" in res.stderr
+
+
+@pytest.mark.parametrize("transport", ["file", "http"])
+def test_source_dying_mid_relay_leaves_target_unchanged(transport: str, tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work", big=400_000)
+    source = make_remote(transport, name=f"truncate-relay-{transport}", source=work)
+    target = make_remote("file")
+    res = relay("sync", source.url, target.url, check=False)
+    assert res.returncode != 0
+    assert "fatal" in res.stderr or "error" in res.stderr
+    assert refs(target.path) == {}
+    fsck(target.path)
+
+
+def test_max_pack_bytes_and_probe(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work", big=200_000)
+    source, target = make_remote("http", source=work), make_remote("file")
+    res = relay("sync", source.url, target.url, "--max-pack-bytes", "50k", check=False)
+    assert res.returncode != 0 and "--max-pack-bytes" in res.stderr
+    assert refs(target.path) == {}
+    info = json.loads(relay("probe", source.url, "--push", "--json").stdout)
+    assert info["protocol"] == 2 and info["object_format"] == "sha1" and info["head"] == "refs/heads/main"
+    assert info["refs"]["refs/heads/main"] == refs(work)["refs/heads/main"]
+    assert "report-status" in info["push_capabilities"]
+    text = relay("probe", source.url).stdout
+    assert "protocol: v2" in text and "refs/heads/topic" in text
+
+
+def test_relay_does_not_touch_local_disk_or_print_credentials(tmp_path: Path, make_remote, http_server: int) -> None:
+    work = make_source(tmp_path / "work")
+    source, target = make_remote("file", source=work), make_remote("http")
+    url = target.url.replace("/git/", "/auth/").replace("http://", "http://alice:s3cr3t-Pa55word@")
+    cwd_before = set(os.listdir(tmp_path))
+    res = relay("sync", source.url, url, "-v")
+    assert "s3cr3t-Pa55word" not in res.stderr + res.stdout
+    assert refs(target.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    assert set(os.listdir(tmp_path)) == cwd_before
