@@ -28,7 +28,7 @@ from .errors import PackError, RelayError, UnsupportedError, UrlError
 from .gitcmd import Config, Git
 from .pktline import FLUSH
 from .protocol import ZERO_OID, Advertisement, fetch_request, ls_refs_request, read_advertisement, read_fetch_preamble, read_ls_refs, supports_filter
-from .push import PackStream, PushOptions, RefUpdate, exchange
+from .push import PackStream, PackTooLarge, PushOptions, RefUpdate, exchange
 from .transport import Context, Remote, Service
 from .ui import Reporter
 from .url import InnerUrl, check_allowed, parse
@@ -122,7 +122,7 @@ class Selection:
 
     def managed(self, ref: str) -> bool:
         """Is this target ref ours to create, update or prune?"""
-        if ref == "HEAD" or ref.endswith("^{}") or any(ref.startswith(p) for p in self.excludes):
+        if ref == "HEAD" or ref.endswith("^{}") or ref.startswith("refs/relay/") or any(ref.startswith(p) for p in self.excludes):
             return False
         if self.maps:
             return any(ref == dst for _, dst in self.maps)
@@ -278,7 +278,7 @@ class _SourcePack(PackStream):
 
 def relay(source: Endpoint, target: Endpoint, plans: list[RefPlan], *, atomic: bool, limit: int | None, reporter: Reporter) -> tuple[int, int | None]:
     """Push every create/update/force/delete in ``plans`` with the source's pack; set results."""
-    todo = [p for p in plans if p.action in ("create", "update", "force", "delete")]
+    todo = [p for p in plans if p.action in ("create", "update", "force", "delete", "cleanup")]
     if not todo:
         return 0, None
     tservice, tadv = target.open("receive-pack")
@@ -287,7 +287,7 @@ def relay(source: Endpoint, target: Endpoint, plans: list[RefPlan], *, atomic: b
     if atomic and not tadv.has("atomic"):
         raise UnsupportedError("the target does not support atomic pushes", "run without --atomic")
     updates = [RefUpdate(src=p.src or "", dst=p.dst, force=p.action == "force", new=p.new, old=p.old) for p in todo]
-    wants = list(dict.fromkeys(p.new for p in todo if p.action != "delete"))
+    wants = list(dict.fromkeys(p.new for p in todo if p.new != ZERO_OID))
     target_has = set(tadv.refs.values()) | set(tadv.extra_haves)
     stream: PackStream | None = None
     if wants:
@@ -310,6 +310,80 @@ def relay(source: Endpoint, target: Endpoint, plans: list[RefPlan], *, atomic: b
     return sent, objects
 
 
+def _first_parent_chain(scratch: _Scratch, tip: str) -> list[str]:
+    """Oldest-first first-parent line of ``tip`` within the commits fetched into ``scratch``."""
+    listing = scratch.git.run(["cat-file", "--batch-all-objects", "--batch-check=%(objectname) %(objecttype)"]).decode().split("\n")
+    commits = [line.split()[0] for line in listing if line.endswith(" commit")]
+    if not commits:
+        return []
+    out = scratch.git.run(["rev-list", "--no-walk", "--parents", "--stdin"], input=("\n".join(commits) + "\n").encode()).decode()
+    parents = {words[0]: words[1:] for words in (line.split() for line in out.splitlines()) if words}
+    chain, cur = [], tip
+    while cur in parents:
+        chain.append(cur)
+        cur = parents[cur][0] if parents[cur] else ""
+    return chain[::-1]
+
+
+def _split_ref(dst: str) -> str:
+    from .batch import split_ref
+
+    return split_ref(dst)
+
+
+def split_branch(source: Endpoint, target: Endpoint, p: RefPlan, *, limit: int | None, reporter: Reporter) -> int:
+    """Relay ``p``'s new history in steps onto ``refs/relay/split/<dst>``; return bytes sent.
+
+    The chain comes from one commit-only fetch (have = every target tip, so a resumed run only
+    sees what is still missing). Steps start at half the chain and halve on each size refusal.
+    """
+    from .fetch import fetch_pack
+
+    scratch = _Scratch(source.ctx.env)
+    try:
+        _, tadv = target.open("receive-pack")
+        haves = list(dict.fromkeys([*tadv.refs.values(), *tadv.extra_haves]))
+        target.close()
+        service, sadv = source.open("upload-pack")
+        source.fresh = False
+        if not supports_filter(sadv):
+            raise UnsupportedError("splitting a relay needs a source that allows filtered fetches (uploadpack.allowFilter)",
+                                   "enable uploadpack.allowFilter on the source, or raise the target's size limit")
+        quiet = Reporter(reporter.stream, verbosity=0, progress=False, trace=reporter.tracing)
+        fetch_pack(service, sadv, scratch.git, quiet, [p.new], haves, include_tag=False, check_connectivity=False,
+                   host_label="git-relay", filter_spec="tree:0", thin=False)
+        if sadv.version == 0 and not service.stateless:
+            source.close()
+        chain = _first_parent_chain(scratch, p.new)
+    finally:
+        scratch.close()
+    tmp = _split_ref(p.dst)
+    step_size, i, sent, n = max(1, len(chain) // 2), 0, 0, 0
+    while i < len(chain):
+        j = min(len(chain) - 1, i + step_size - 1)
+        _, tadv = target.open("receive-pack")
+        step = RefPlan(None, tmp, chain[j], tadv.refs.get(tmp, ZERO_OID), "force", "split step")
+        n += 1
+        reporter.say(f"relay: {p.dst}: step {n}, {j + 1}/{len(chain)} commits")
+        try:
+            more, _ = relay(source, target, [step], atomic=False, limit=limit, reporter=reporter)
+        except PackTooLarge as exc:
+            if exc.ours:
+                raise
+            if step_size == 1:
+                raise PackError(f"the target refuses even one commit of {p.dst} ({chain[j][:12]}) for its size",
+                                "raise the target's limit; nothing of your refs was changed") from exc
+            step_size //= 2
+            reporter.say(f"relay: the target refused the step; steps of {step_size} commits now")
+            continue
+        if step.result != "ok":
+            raise PackError(f"split step {n} of {p.dst} was refused by the target: {step.result}",
+                            "nothing of your refs was changed; run the same command again to resume")
+        sent += more
+        i = j + 1
+    return sent
+
+
 class _Bytes(PackStream):
     def __init__(self, data: bytes) -> None:
         super().__init__(None, "")
@@ -317,6 +391,30 @@ class _Bytes(PackStream):
 
     def _chunks(self) -> Iterator[bytes]:
         yield self.data
+
+
+def relay_or_split(source: Endpoint, target: Endpoint, plans: list[RefPlan], *, atomic: bool, limit: int | None, reporter: Reporter) -> tuple[int, int | None]:
+    """``relay``, and when the target refuses the pack for its size, split each branch into steps
+    first (resumable: the steps live on ``refs/relay/split/*``), then push the refs themselves."""
+    try:
+        return relay(source, target, plans, atomic=atomic, limit=limit, reporter=reporter)
+    except PackTooLarge as exc:
+        if exc.ours:
+            raise
+        reporter.say(f"relay: the target refused a {exc.sent}-byte pack for its size; relaying in steps")
+        target.close()
+        source.close()
+    sent = 0
+    for p in plans:
+        if p.action in ("create", "update", "force") and _kind(p.dst) == "branch":
+            sent += split_branch(source, target, p, limit=limit, reporter=reporter)
+    _, tadv = target.open("receive-pack")
+    cleanup = [RefPlan(None, ref, ZERO_OID, oid, "cleanup", "split helper ref") for ref, oid in tadv.refs.items() if ref.startswith("refs/relay/split/")]
+    more, objects = relay(source, target, plans + (cleanup if tadv.has("delete-refs") else []), atomic=atomic, limit=limit, reporter=reporter)
+    for c in cleanup:
+        if c.result != "ok":
+            reporter.warn(f"could not remove the helper ref {c.dst} on the target: {c.result}")
+    return sent + more, objects
 
 
 def probe(endpoint: Endpoint, push: bool) -> dict[str, Any]:
@@ -364,7 +462,7 @@ def run_sync(source: Endpoint, target: Endpoint, selection: Selection, *, force_
     elif dry_run:
         status = "planned"
     else:
-        sent, objects = relay(source, target, plans, atomic=atomic, limit=limit, reporter=reporter)
+        sent, objects = relay_or_split(source, target, plans, atomic=atomic, limit=limit, reporter=reporter)
         for p in plans:
             if p.action in ("up-to-date", "keep"):
                 p.result = "ok"

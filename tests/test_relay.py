@@ -202,3 +202,29 @@ def test_relay_does_not_touch_local_disk_or_print_credentials(tmp_path: Path, ma
     assert "s3cr3t-Pa55word" not in res.stderr + res.stdout
     assert refs(target.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
     assert set(os.listdir(tmp_path)) == cwd_before
+
+
+@pytest.mark.parametrize("transport", ["file", "http"])
+def test_bootstrap_into_size_limited_target_is_split_and_resumes(transport: str, tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    for i in range(8):
+        (work / f"chunk{i}.bin").write_bytes(os.urandom(90_000))
+        git("add", ".", cwd=work)
+        git("commit", "-q", "-m", f"chunk {i}", cwd=work)
+    source = make_remote("file", source=work)
+    target = make_remote(transport)
+    git("config", "receive.maxInputSize", "250k", cwd=target.path)
+    hook = target.path / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\nn=$(cat {tmp_path}/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > {tmp_path}/count\n[ $n -ge 3 ] && exit 1\nexit 0\n")
+    hook.chmod(0o755)
+    first = relay("sync", source.url, target.url, "--tags", check=False)
+    assert first.returncode != 0
+    assert "refs/heads/main" not in refs(target.path), "the real ref moves only at the end"
+    assert "refs/relay/split/heads/main" in refs(target.path)
+    hook.unlink()
+    code, record = relay_json("sync", source.url, target.url, "--tags")
+    assert code == 0, record
+    assert heads_and_tags(target.path) == heads_and_tags(source.path)
+    assert not [r for r in refs(target.path) if r.startswith("refs/relay/")]
+    assert record["bytes"] < 600_000, "the resumed run does not send the finished steps again"
+    fsck(target.path)
