@@ -185,15 +185,23 @@ class Bench:
         (source / "second.txt").write_text("second branch\n")
         sh("git", "add", ".", cwd=source)
         sh("git", "commit", "-q", "-m", "second", cwd=source)
-        trace = self.base / "native.pack"
-        trace.unlink(missing_ok=True)
-        w_n, _ = run_measured(["git", "push", "-q", self.url(transport, name), "second"], cwd=source, env=dict(self.env, GIT_TRACE_PACK=str(trace)))
-        native_bytes = trace.stat().st_size if trace.exists() else -1
+        # native bytes: receive-pack's whole input (commands + pack) counted by a wrapper; only
+        # where git lets us choose the remote program (file and ssh)
+        count = self.base / "native-count"
+        count.unlink(missing_ok=True)
+        wrapper = self.base / "counting-receive-pack"
+        wrapper.write_text(f"#!/usr/bin/env python3\nimport os, subprocess, sys\np = subprocess.Popen(['git-receive-pack', *sys.argv[1:]], stdin=subprocess.PIPE)\n"
+                           f"n = 0\nwhile True:\n    b = os.read(0, 65536)\n    if not b:\n        break\n    n += len(b)\n    p.stdin.write(b)\n    p.stdin.flush()\n"
+                           f"p.stdin.close()\nrc = p.wait()\nopen('{count}', 'w').write(str(n))\nsys.exit(rc)\n")
+        wrapper.chmod(0o755)
+        extra = [f"--receive-pack={wrapper}"] if transport in ("file", "ssh") else []
+        w_n, _ = run_measured(["git", "push", "-q", *extra, self.url(transport, name), "second"], cwd=source, env=self.env)
+        native_bytes = int(count.read_text()) if count.exists() else -1
         sh("git", "push", "-q", self.url(transport, name), ":second", cwd=source, env=self.env)
         w_r, p_r = run_measured(["git", "push", "-q", "relay::" + self.url(transport, name), "second"], cwd=source, env=self.env)
         st = self.last_stats()
         self.rows.append(["second-branch push", transport, f"{w_n:.2f}", f"{w_r:.2f}", f"{w_r / w_n:.3f}",
-                          f"{st['peak_rss_helper'] / MiB:.1f}", "", f"{st['bytes']} B vs native {native_bytes} B"])
+                          f"{st['peak_rss_helper'] / MiB:.1f}", "", f"{st['bytes']} B vs native " + (f"{native_bytes} B (with commands)" if native_bytes >= 0 else "n/a")])
         # no-op push: git finds nothing to do after one round trip
         nn = statistics.median(run_measured(["git", "push", "-q", self.url(transport, name), "second"], cwd=source, env=self.env)[0] for _ in range(5))
         rr = statistics.median(run_measured(["git", "push", "-q", "relay::" + self.url(transport, name), "second"], cwd=source, env=self.env)[0] for _ in range(5))
