@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from .errors import LocalGitError, PackError, TransportError
 from .gitcmd import Git
+from .pktline import pump_sideband
 from .protocol import Advertisement, fetch_request, read_fetch_preamble
 from .transport.base import Service
 from .ui import Reporter
@@ -40,14 +41,15 @@ class FetchResult:
 
 
 def local_haves(git: Git, limit: int = MAX_WALK_HAVES) -> list[str]:
-    """Tips of every local ref first, then commits behind them, newest first."""
+    """Tips of every local ref first, then up to ``limit`` commits behind them, newest first."""
     if not git.in_repo:
         return []
     tips_out = git.run(["for-each-ref", "--format=%(objectname)"]).decode().split()
     tips = list(dict.fromkeys(tips_out))
     if not tips:
         return []
-    walk = git.run(["rev-list", f"--max-count={limit}", "--date-order", "--all"]).decode().split()
+    # default order streams newest-first without walking the whole graph (--date-order would not)
+    walk = git.run(["rev-list", f"--max-count={limit}", "--all"]).decode().split()
     return list(dict.fromkeys(tips + walk))
 
 
@@ -97,17 +99,18 @@ def fetch_pack(
         reader = service.request([request])
         read_fetch_preamble(reader, adv)
         sink = index.stdin
-        for channel, data in reader.sideband():
-            if channel == 1:
-                if received == 0 and len(data) >= 12 and data[:4] == b"PACK":
-                    objects = int.from_bytes(data[8:12], "big")
-                try:
-                    sink.write(data)
-                except BrokenPipeError:
-                    raise PackError("git index-pack stopped reading the pack", "see its message above") from None
-                received += len(data)
-            else:
-                reporter.sideband(data)
+
+        def store(data: memoryview) -> None:
+            nonlocal objects, received
+            if objects is None and len(data) >= 12 and data[:4] == b"PACK":
+                objects = int.from_bytes(data[8:12], "big")
+            try:
+                sink.write(data)
+            except BrokenPipeError:
+                raise PackError("git index-pack stopped reading the pack", "see its message above") from None
+            received += len(data)
+
+        pump_sideband(reader, store, reporter.sideband)
         reporter.flush_sideband()
         service.wait_sent()
         sink.close()

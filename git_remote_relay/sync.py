@@ -91,7 +91,7 @@ def _kind(ref: str) -> str:
 def _full(name: str) -> str:
     if name.startswith("refs/"):
         return name
-    if "/" in name.split("/", 1)[0] or name.startswith(("heads/", "tags/")) or not name or name.startswith("-"):
+    if not name or name.startswith(("heads/", "tags/", "-")):
         raise UrlError(f"ambiguous ref name '{name}'", "use a branch name like 'main' or a full ref like 'refs/tags/v1'")
     return "refs/heads/" + name
 

@@ -85,11 +85,12 @@ server.port = {port}
 server.pid-file = "{base}/lighttpd.pid"
 server.errorlog = "{base}/lighttpd.log"
 server.max-request-size = 0
-server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_file")
+server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_file", "mod_redirect")
 auth.backend = "plain"
 auth.backend.plain.userfile = "{base}/htpasswd"
-alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/")
-$HTTP["url"] =~ "^/(git|auth)/" {{
+alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/", "/postauth/" => "{backend}/")
+url.redirect = ("^/moved/(.*)$" => "/git/$1")
+$HTTP["url"] =~ "^/(git|auth|postauth)/" {{
   cgi.assign = ("" => "")
   setenv.set-environment = ("GIT_PROJECT_ROOT" => "{root}", "GIT_HTTP_EXPORT_ALL" => "1",
                             "GIT_CONFIG_GLOBAL" => "{gitconfig}", "GIT_CONFIG_NOSYSTEM" => "1", "HOME" => "{home}")
@@ -97,12 +98,18 @@ $HTTP["url"] =~ "^/(git|auth)/" {{
 $HTTP["url"] =~ "^/auth/" {{
   auth.require = ("" => ("method" => "basic", "realm" => "relay", "require" => "valid-user"))
 }}
+$HTTP["url"] =~ "^/postauth/" {{
+  $HTTP["request-method"] == "POST" {{
+    auth.require = ("" => ("method" => "basic", "realm" => "relay", "require" => "valid-user"))
+  }}
+}}
 """
 
 
 @contextlib.contextmanager
 def http_server(root: Path, base: Path, gitconfig: str, home: str) -> Iterator[int]:
-    """lighttpd running ``git http-backend`` (chunked request bodies accepted): /git/ open, /auth/ basic auth."""
+    """lighttpd running ``git http-backend`` (chunked request bodies accepted): /git/ open,
+    /auth/ basic auth everywhere, /postauth/ basic auth for POSTs only, /moved/ redirects to /git/."""
     lighttpd = _sbin("lighttpd")
     if not lighttpd:
         raise ServerUnavailable("lighttpd is not installed (run ./install.sh --dev)")

@@ -230,3 +230,23 @@ def test_max_push_bytes_splits_on_purpose(tmp_path: Path, make_remote) -> None:
     assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
     assert not [r for r in refs(remote.path) if r.startswith("refs/relay/")]
     fsck(remote.path)
+
+
+def test_http_auth_settled_before_a_streamed_push_and_redirects(tmp_path: Path, make_remote, http_server: int) -> None:
+    from conftest import HTTP_PASSWORD, HTTP_USER
+
+    work = make_source(tmp_path / "work", big=2_500_000)  # a pack bigger than one POST buffer
+    remote = make_remote("http")
+    store = tmp_path / "creds"
+    store.write_text(f"http://{HTTP_USER}:{HTTP_PASSWORD}@127.0.0.1:{http_server}\n")
+    store.chmod(0o600)
+    url = "relay::" + remote.url.replace("/git/", "/postauth/")  # discovery is public, POSTs need a login
+    res = git("-c", f"credential.helper=store --file={store}", "push", url, "main", cwd=work,
+              env=dict(os.environ, GIT_RELAY_TRACE="1"))
+    assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    assert HTTP_PASSWORD not in res.stderr
+    assert res.stderr.count("http: POST") >= 2, "an empty probe POST settles the login before the pack streams"
+    # a repository that moved: discovery follows the redirect and the POSTs go to the new place
+    clone = tmp_path / "clone"
+    git("clone", "-q", "relay::" + remote.url.replace("/git/", "/moved/"), str(clone))
+    assert refs(clone)["refs/remotes/origin/main"] == refs(work)["refs/heads/main"]

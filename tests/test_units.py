@@ -220,3 +220,28 @@ def test_ssh_command_runs_through_the_shell_with_safe_arguments() -> None:
     argv = ssh_argv(_ctx({"GIT_SSH_COMMAND": "ssh -i 'my key'", "GIT_SSH_VARIANT": "ssh"}), parse("h:r"), "git-upload-pack 'r'", want_v2=False)
     assert argv[:3] == ["/bin/sh", "-c", "ssh -i 'my key' \"$@\""]
     assert argv[-2:] == ["h", "git-upload-pack 'r'"]
+
+
+def test_pump_sideband_without_copies_and_with_fallback() -> None:
+    from git_remote_relay.pktline import pump_sideband
+
+    data = pkt(b"\x01PACK0000") + pkt(b"\x02Counting\r") + pkt(b"\x01tail") + FLUSH.wire
+    for with_readinto in (True, False):
+        stream = io.BufferedReader(io.BytesIO(data))
+        r = PktReader(stream.read, "peer", stream.readinto if with_readinto else None)
+        got: list[bytes] = []
+        progress: list[bytes] = []
+        assert pump_sideband(r, lambda v: got.append(bytes(v)), progress.append) == 12
+        assert got == [b"PACK0000", b"tail"] and progress == [b"Counting\r"]
+    cut = io.BufferedReader(io.BytesIO(pkt(b"\x01PACK0000")[:-3]))
+    with pytest.raises(TransportError, match="truncated"):
+        pump_sideband(PktReader(cut.read, "peer", cut.readinto), lambda v: None, lambda b: None)
+
+
+def test_http_body_peek_keeps_small_bodies_replayable() -> None:
+    from git_remote_relay.transport.http import _peek
+
+    head, rest = _peek(iter([b"a" * 10, b"b" * 10]), 100)
+    assert head == b"a" * 10 + b"b" * 10 and rest is None
+    head, rest = _peek(iter([b"a" * 60, b"b" * 60, b"c"]), 100)
+    assert head == b"a" * 60 + b"b" * 60 and rest is not None and list(rest) == [b"c"]

@@ -69,8 +69,9 @@ class Service:
 class StreamService(Service):
     """A service over one full-duplex byte stream (a child process's pipes or a TCP socket)."""
 
-    def __init__(self, read: Callable[[int], bytes], write: Callable[[bytes], object], close_write: Callable[[], None], close: Callable[[], None], label: str) -> None:
-        self.reader = PktReader(read, label)
+    def __init__(self, read: Callable[[int], bytes], write: Callable[[bytes], object], close_write: Callable[[], None], close: Callable[[], None], label: str,
+                 readinto: Callable[[memoryview], int | None] | None = None) -> None:
+        self.reader = PktReader(read, label, readinto)
         self._write = write
         self._close_write = close_write
         self._close = close

@@ -105,7 +105,9 @@ class HttpTransport:
                     chunked=body is not None and not isinstance(body, bytes),
                     preload_content=False,
                     redirect=method == "GET",
-                    retries=urllib3.Retry(total=0, redirect=10) if method == "GET" else False,
+                    # follow redirects of the discovery GET (git's http.followRedirects=initial);
+                    # never retry a request on its own: a POST body is a stream
+                    retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10) if method == "GET" else False,
                 )
             except urllib3.exceptions.HTTPError as exc:
                 if isinstance(exc.__cause__, TransportError):
@@ -177,6 +179,22 @@ def _safe_read(resp: "urllib3.BaseHTTPResponse", label: str) -> Callable[[int], 
     return read
 
 
+def _peek(chunks: Iterator[bytes], limit: int) -> tuple[bytes, Iterator[bytes] | None]:
+    """Read up to ``limit`` bytes; (all of it, None) if the body ended, else (head, the rest)."""
+    parts, size = [], 0
+    for chunk in chunks:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return b"".join(parts), chunks
+    return b"".join(parts), None
+
+
+def _chain(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield head
+    yield from rest
+
+
 def _chunks(body: Iterable[bytes]) -> Iterator[bytes]:
     for chunk in body:
         if chunk:
@@ -220,7 +238,16 @@ class HttpService(Service):
             if big:
                 data = [data]
         else:
-            data, big = self._counted(_chunks(body)), True
+            # Like git's remote-curl: a body that fits in SMALL_BODY goes whole (it can be sent
+            # again after a 401); a longer one is streamed, so authentication is settled first.
+            head, rest = _peek(_chunks(body), SMALL_BODY)
+            big = rest is not None
+            if not big:
+                data = head
+            else:
+                if self.transport.cred is None or self.transport.cred.password is None:
+                    self.probe()
+                data = self._counted(_chain(head, rest))  # type: ignore[arg-type]
         if isinstance(data, bytes):
             self.bytes_sent += len(data)
         resp = self.transport.send("POST", url, headers, data)
@@ -241,8 +268,12 @@ class HttpService(Service):
 
     def probe(self) -> None:
         """An empty request (a flush) that settles authentication before a streamed upload."""
-        reader = self.request(b"0000")
-        del reader
+        url = f"{self.transport.base}/git-{self.service}"
+        headers = {"Content-Type": f"application/x-git-{self.service}-request", "Accept": f"application/x-git-{self.service}-result"}
+        resp = self.transport.send("POST", url, headers, b"0000")
+        self.transport.check_status(resp, url)
+        resp.drain_conn()
+        resp.release_conn()
         self.transport.settled()
 
     def wait_sent(self) -> None:

@@ -183,4 +183,4 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
             proc.wait()
         reader.close()
 
-    return StreamService(reader.read, write_all, close_write, close, label)
+    return StreamService(reader.read, write_all, close_write, close, label, reader.readinto)
