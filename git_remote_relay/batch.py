@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .errors import PackError
-from .protocol import ZERO_OID, Advertisement, read_advertisement
+from .protocol import ZERO_OID, Advertisement
 from .push import PackTooLarge, PushOptions, RefUpdate, _haves, send_updates
 from .transport.base import Service
 
@@ -34,22 +34,11 @@ def split_ref(dst: str) -> str:
 
 
 def _max_push_bytes(helper: "Helper") -> int | None:
-    env = helper.env.get("GIT_RELAY_MAX_PUSH_BYTES")
-    if env:
-        from .gitcmd import Config
-
-        return Config({"x.y": [env]}).get_size("x.y")
-    return helper.config.get_size("relay.maxpushbytes")
+    return helper.size_setting("GIT_RELAY_MAX_PUSH_BYTES", "relay.maxPushBytes")
 
 
 def _open(helper: "Helper") -> tuple[Service, Advertisement]:
-    service = helper.remote.open("receive-pack")
-    try:
-        adv = read_advertisement(service.reader)
-    except BaseException:
-        service.close()
-        raise
-    return service, adv
+    return helper.remote.connect("receive-pack")
 
 
 def _estimate(helper: "Helper", tip: str, exclude: list[str]) -> int:

@@ -16,7 +16,7 @@ from typing import BinaryIO, Mapping
 from .errors import RelayError, UnsupportedError
 from .gitcmd import Git
 from .pktline import FLUSH
-from .protocol import Advertisement, ls_refs_request, read_advertisement, read_ls_refs
+from .protocol import Advertisement, ls_refs_request, read_ls_refs
 from .transport import Context, Remote, Service
 from .ui import Reporter
 from .url import InnerUrl, check_allowed, parse
@@ -104,6 +104,15 @@ class Helper:
             raise RelayError(f"bad relay.mode '{self.mode}'", "use 'relay' (the default) or 'passthrough'")
 
     # -- plumbing -------------------------------------------------------------------------------
+    def size_setting(self, env_name: str, key: str) -> int | None:
+        """A byte size from the environment (override) or git config, with k/m/g suffixes."""
+        from .gitcmd import Config
+
+        value = self.env.get(env_name)
+        if value:
+            return Config({"x.y": [value]}).get_size("x.y")
+        return self.config.get_size(key)
+
     def _reply(self, text: str) -> None:
         self.stdout.write(text.encode())
         self.stdout.flush()
@@ -228,26 +237,14 @@ class Helper:
             if self.stateless or adv.version == 2 or self.upload_fresh:
                 return self.upload
         self.close()
-        service = self.remote.open("upload-pack")
-        try:
-            adv = read_advertisement(service.reader)
-        except BaseException:
-            service.close()
-            raise
-        self.upload = (service, adv)
+        self.upload = self.remote.connect("upload-pack")
         self.upload_fresh = True
         return self.upload
 
     def open_receive(self) -> tuple[Service, Advertisement]:
         """receive-pack's advertisement; kept open so the push reuses the connection."""
         if self.receive is None:
-            service = self.remote.open("receive-pack")
-            try:
-                adv = read_advertisement(service.reader)
-            except BaseException:
-                service.close()
-                raise
-            self.receive = (service, adv)
+            self.receive = self.remote.connect("receive-pack")
         return self.receive
 
     def _do_list(self, for_push: bool) -> None:

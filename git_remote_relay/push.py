@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from .errors import PackError, ProtocolError, RelayError, TooLargeError
 from .pktline import FLUSH, PktReader, Special, pkt, pkt_text
-from .protocol import AGENT, ZERO_OID, Advertisement, read_advertisement
+from .protocol import AGENT, ZERO_OID, Advertisement
 from .transport.base import SendError, Service
 from . import stats
 
@@ -286,12 +286,7 @@ def _haves(helper: "Helper", adv: Advertisement) -> list[str]:
 
 
 def _max_pack_bytes(helper: "Helper") -> int | None:
-    env = helper.env.get("GIT_RELAY_MAX_PACK_BYTES")
-    if env:
-        from .gitcmd import Config
-
-        return Config({"x.y": [env]}).get_size("x.y")
-    return helper.config.get_size("relay.maxpackbytes")
+    return helper.size_setting("GIT_RELAY_MAX_PACK_BYTES", "relay.maxPackBytes")
 
 
 def send_updates(helper: "Helper", service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, limit: int | None = None, limit_source: str = "relay.maxPackBytes") -> tuple[int, int | None]:
@@ -390,8 +385,8 @@ def _recheck_moved(helper: "Helper", updates: list[RefUpdate]) -> None:
     if not suspects:
         return
     try:
-        with helper.remote.open("receive-pack") as service:
-            adv = read_advertisement(service.reader)
+        service, adv = helper.remote.connect("receive-pack")
+        with service:
             if not service.stateless:
                 service.request([FLUSH.wire])
                 service.wait_sent()

@@ -18,7 +18,6 @@ fetch sends every target tip as a have, so the source sends only what the target
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -27,7 +26,7 @@ from typing import Any, Iterator, Mapping
 from .errors import PackError, RelayError, UnsupportedError, UrlError
 from .gitcmd import Config, Git
 from .pktline import FLUSH
-from .protocol import ZERO_OID, Advertisement, fetch_request, ls_refs_request, read_advertisement, read_fetch_preamble, read_ls_refs, supports_filter
+from .protocol import ZERO_OID, Advertisement, fetch_request, ls_refs_request, read_fetch_preamble, read_ls_refs, supports_filter
 from .push import PackStream, PackTooLarge, PushOptions, RefUpdate, exchange
 from .transport import Context, Remote, Service
 from .ui import Reporter
@@ -59,9 +58,8 @@ class Endpoint:
             if self.service.stateless or self.adv.version == 2 or self.fresh:
                 return self.service, self.adv
             self.close()
-        svc = self.remote.open(service)
+        svc, adv = self.remote.connect(service)
         try:
-            adv = read_advertisement(svc.reader)
             if service == "upload-pack" and adv.version == 2:
                 read_ls_refs(svc.request([ls_refs_request(adv)]), adv)
         except BaseException:

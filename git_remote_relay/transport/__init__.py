@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..url import InnerUrl
 from .base import Context, Service, StreamService
+
+if TYPE_CHECKING:
+    from ..protocol import Advertisement
 
 __all__ = ["Context", "Service", "StreamService", "Remote"]
 
@@ -37,3 +42,14 @@ class Remote:
         from .process import open_process_service
 
         return open_process_service(self.url, service, self.ctx, want_v2)
+
+    def connect(self, service: str) -> "tuple[Service, Advertisement]":
+        """Open ``service`` and read its advertisement; nothing is left open on failure."""
+        from ..protocol import read_advertisement
+
+        svc = self.open(service)
+        try:
+            return svc, read_advertisement(svc.reader)
+        except BaseException:
+            svc.close()
+            raise
