@@ -253,3 +253,12 @@ def test_relay_over_mama_ssh(sshd, mama, server_root: Path, tmp_path: Path) -> N
     git("clone", "-q", "relay::" + url, str(tmp_path / "c"), env=mama)
     git("fetch", "-q", cwd=tmp_path / "c", env=mama)
     assert sshd.auth_count() - before == 1
+
+
+def test_no_module_shadowing_from_the_working_directory(tmp_path: Path) -> None:
+    for name in ("json", "types", "subprocess"):
+        (tmp_path / f"{name}.py").write_text("raise SystemExit('shadowed stdlib module imported')\n")
+    res = subprocess.run(["mama-ssh", "--version"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0 and "mama-ssh" in res.stdout, res.stderr
+    res = subprocess.run(["git-remote-relay", "--version"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

@@ -250,3 +250,17 @@ def test_http_auth_settled_before_a_streamed_push_and_redirects(tmp_path: Path, 
     clone = tmp_path / "clone"
     git("clone", "-q", "relay::" + remote.url.replace("/git/", "/moved/"), str(clone))
     assert refs(clone)["refs/remotes/origin/main"] == refs(work)["refs/heads/main"]
+
+
+def test_force_if_includes_and_signed_push(work: Path, make_remote) -> None:
+    remote = make_remote("file")
+    git("remote", "add", "r", remote.relay_url, cwd=work)
+    push(work, "r", "main")
+    git("fetch", "-q", "r", cwd=work)
+    git("commit", "-q", "--amend", "-m", "amended", cwd=work)
+    res = push(work, "--force-with-lease", "--force-if-includes", "r", "main", check=False)
+    assert res.returncode == 0, res.stderr
+    assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    commit(work, "signed.txt")
+    res = push(work, "r", "--signed", "main", check=False)
+    assert res.returncode != 0 and "does not support --signed" in res.stderr

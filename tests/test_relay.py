@@ -228,3 +228,18 @@ def test_bootstrap_into_size_limited_target_is_split_and_resumes(transport: str,
     assert not [r for r in refs(target.path) if r.startswith("refs/relay/")]
     assert record["bytes"] < 600_000, "the resumed run does not send the finished steps again"
     fsck(target.path)
+
+
+def test_target_dying_mid_relay_leaves_it_unchanged(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work", big=400_000)
+    source, target = make_remote("file", source=work), make_remote("file")
+    fake_ssh = tmp_path / "cutting-ssh"
+    # an "ssh" whose connection drops after 40 kB: it runs the remote command locally on a cut stdin
+    fake_ssh.write_text('#!/bin/sh\nfor last; do :; done\nhead -c 40000 | sh -c "$last"\n')
+    fake_ssh.chmod(0o755)
+    env = dict(os.environ, GIT_SSH_COMMAND=str(fake_ssh), GIT_SSH_VARIANT="ssh")
+    res = relay("sync", source.url, f"ssh://nowhere.invalid{target.path}", "--atomic", check=False, env=env)
+    assert res.returncode != 0
+    assert "fatal" in res.stderr or "error" in res.stderr
+    assert refs(target.path) == {}
+    fsck(target.path)
