@@ -82,7 +82,8 @@ def push_maybe_split(helper: "Helper", service: Service, adv: Advertisement, tod
     finally:
         service.close()
     if budget is None:
-        budget = max(first_sent // 2, MIN_BUDGET)
+        # the refusal came about when the pack passed the limit: start a little under it
+        budget = max(first_sent * 3 // 4, MIN_BUDGET)
         helper.reporter.say(f"relay: the target refused a {first_sent}-byte pack; splitting the push (steps of at most ~{budget} bytes)")
     for u in todo:
         u.error, u.ok = None, False
