@@ -107,6 +107,6 @@ if [ "$configure_ssh" = 1 ]; then
     say "core.sshCommand already uses mama-ssh"
   else
     say "core.sshCommand is already set to '$current': left alone. To use mama-ssh, set it yourself, e.g.:"
-    say "  git config --global core.sshCommand 'mama-ssh'   (mama-ssh passes your ssh options through)"
+    say "  git config --global core.sshCommand 'mama-ssh <the same options>'   (mama-ssh passes them on to ssh)"
   fi
 fi

@@ -21,10 +21,11 @@ SLOT_WAIT = 10.0  # how long a process waits for a free session slot before conn
 class Plan:
     """What to run: ``argv`` and, when it rides a master, the fd of its session slot."""
 
-    def __init__(self, argv: list[str], slot_fd: int | None = None, why: str = "") -> None:
+    def __init__(self, argv: list[str], slot_fd: int | None = None, why: str = "", learn: "tuple[object, str, int] | None" = None) -> None:
         self.argv = argv
         self.slot_fd = slot_fd
         self.why = why
+        self.learn = learn  # (state, key, session limit used): where a refused session is recorded
 
 
 def _debug(env: Mapping[str, str], text: str) -> None:
@@ -120,13 +121,16 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
                 # a master we did not start (a record lost, or started by hand): use it, never close it
                 state.write("masters", key, {"socket": path, "pid": None, "dest": parsed.dest, "options": parsed.options,
                                              "owned": False, "started": time.time(), "by": None})
-    limit = int(_number(env, "MAMA_SSH_MAX_SESSIONS", slots.DEFAULT_MAX_SESSIONS))
-    fd = slots.acquire(os.path.join(state.root, "slots"), key, max(limit, 1), _number(env, "MAMA_SSH_SLOT_WAIT", SLOT_WAIT))
+    limit = max(int(_number(env, "MAMA_SSH_MAX_SESSIONS", slots.DEFAULT_MAX_SESSIONS)), 1)
+    learned = state.read("caps", key)
+    if learned and isinstance(learned.get("max"), int):
+        limit = max(1, min(limit, learned["max"]))
+    fd = slots.acquire(os.path.join(state.root, "slots"), key, limit, _number(env, "MAMA_SSH_SLOT_WAIT", SLOT_WAIT))
     if fd is None:
         return Plan(plain.argv, why="every session slot of the master stayed busy")
     # ControlMaster=no: a client never becomes a master we don't manage, and if the master is
     # gone, ssh connects directly instead of failing.
-    return Plan([ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={path}", *extra, *args], slot_fd=fd, why="multiplexed")
+    return Plan([ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={path}", *extra, *args], slot_fd=fd, why="multiplexed", learn=(state, key, limit))
 
 
 def _run(p: Plan) -> NoReturn:
@@ -140,9 +144,15 @@ def _run(p: Plan) -> NoReturn:
     # (posix_spawn rather than subprocess: this is the warm path, and subprocess costs ~12 ms to import.)
     import signal
 
-    pid = os.posix_spawnp(p.argv[0], p.argv, os.environ)
+    # ssh's stderr passes through us so that a "Session open refused" (the server's MaxSessions is
+    # lower than our slots) is noticed and the slot count for this master halved for next time.
+    r, w = os.pipe()
+    pid = os.posix_spawnp(p.argv[0], p.argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_CLOSE, r)])
+    os.close(w)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: os.kill(pid, signum))
+    if _relay_stderr(r):
+        _learn_refusal(p)
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -150,6 +160,45 @@ def _run(p: Plan) -> NoReturn:
         except InterruptedError:
             continue
     sys.exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+
+
+def _relay_stderr(fd: int) -> bool:
+    """Copy ssh's stderr to ours until it closes; True if ssh said a session was refused."""
+    refused, tail = False, b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        if not chunk:
+            os.close(fd)
+            return refused
+        refused = refused or b"Session open refused" in tail + chunk
+        tail = chunk[-64:]
+        view = memoryview(chunk)
+        while view:
+            try:
+                view = view[os.write(2, view):]
+            except InterruptedError:
+                continue
+            except OSError:
+                break  # nobody reads our stderr any more: keep draining so ssh never blocks
+
+
+def _learn_refusal(p: Plan) -> None:
+    """Halve the session slots of this master (persistently): the server allows fewer."""
+    if p.learn is None:
+        return
+    state, key, used = p.learn
+    try:
+        with state.lock():  # type: ignore[attr-defined]
+            current = state.read("caps", key)  # type: ignore[attr-defined]
+            known = current.get("max") if current else None
+            new = max(1, used // 2)
+            if not isinstance(known, int) or new < known:
+                state.write("caps", key, {"max": new, "at": time.time()})  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - learning is an optimisation; the session itself already ran
+        pass
 
 
 def _admin(cmd: str, rest: list[str], env: Mapping[str, str], ssh: str) -> int:

@@ -7,6 +7,7 @@ Layout (under platformdirs' user state dir, mode 0700):
   failed/<key>.json      {until, reason}: a pre-warm failed; everyone connects plainly until then
   probes/<hash>.json     cached ``ssh -G`` output
   slots/<key>.<n>        one flock per session in use on that master
+  caps/<key>.json        {max}: fewer slots, learned from a server that refused sessions
   logs/<key>.log         the master's own log (ssh -E)
 A record that cannot be parsed (a crash mid-write, a foreign file) is treated as absent.
 """
@@ -59,7 +60,7 @@ def default_state_dir(env: Mapping[str, str]) -> str:
 class State:
     def __init__(self, root: str) -> None:
         self.root = private_dir(root)
-        for sub in ("masters", "failed", "probes", "slots", "logs"):
+        for sub in ("masters", "failed", "probes", "slots", "logs", "caps"):
             private_dir(os.path.join(self.root, sub))
 
     # -- locks ----------------------------------------------------------------------------------

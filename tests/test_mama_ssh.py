@@ -262,3 +262,29 @@ def test_no_module_shadowing_from_the_working_directory(tmp_path: Path) -> None:
     assert res.returncode == 0 and "mama-ssh" in res.stdout, res.stderr
     res = subprocess.run(["git-remote-relay", "--version"], cwd=tmp_path, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
+
+
+def test_low_max_sessions_is_learned_without_configuration(workspace: Path, server_root: Path, tmp_path: Path) -> None:
+    try:
+        ctx = servers.sshd(tmp_path / "ssh-learn", os.environ["GIT_CONFIG_GLOBAL"], extra_config="MaxSessions 2\n")
+        server = ctx.__enter__()
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        sock = tempfile.mkdtemp(prefix="ms", dir="/tmp")
+        env = dict(os.environ, GIT_SSH_COMMAND="mama-ssh " + server.ssh_command[4:], GIT_SSH_VARIANT="ssh",
+                   MAMA_SSH_STATE_DIR=str(tmp_path / "state"), MAMA_SSH_SOCKET_DIR=sock)
+        env.pop("MAMA_SSH_MAX_SESSIONS", None)
+        url = ssh_url(server, bare(server_root, "mama-learn"))
+        for _ in range(3):  # refusals fall back to direct connections and halve the slots: 8 -> 4 -> 2
+            results = run_many(["git", "ls-remote", url], env, 12)
+            assert [r.returncode for r in results] == [0] * 12, [r.stderr for r in results if r.returncode]
+        caps = list((tmp_path / "state" / "caps").glob("*.json"))
+        assert caps and json.loads(caps[0].read_text())["max"] <= 2
+        before = server.auth_count()
+        results = run_many(["git", "ls-remote", url], env, 12)
+        assert [r.returncode for r in results] == [0] * 12
+        assert server.auth_count() == before, "once learned, every session rides the master"
+        subprocess.run(["mama-ssh", "--cleanup"], env=env, capture_output=True)
+    finally:
+        ctx.__exit__(None, None, None)
