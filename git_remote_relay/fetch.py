@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 
 from .errors import LocalGitError, PackError, TransportError
-from .gitcmd import Git
+from .gitcmd import Git, widen_pipe
 from .pktline import pump_sideband
 from .protocol import Advertisement, fetch_request, read_fetch_preamble
 from .transport.base import Service
@@ -93,6 +93,7 @@ def fetch_pack(
     reporter.trace(f"fetch: {len(wants)} wants, {len(haves)} haves, protocol v{adv.version}")
     index = git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
     assert index.stdin is not None and index.stdout is not None
+    widen_pipe(index.stdin.fileno())
     received = 0
     objects: int | None = None
     try:

@@ -15,7 +15,7 @@ import shlex
 import subprocess
 
 from ..errors import TransportError, UnsupportedError, UrlError
-from ..gitcmd import scrubbed_env
+from ..gitcmd import scrubbed_env, widen_pipe
 from ..url import InnerUrl
 from .base import Context, StreamService
 
@@ -161,6 +161,8 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
     except OSError as exc:
         raise TransportError(f"cannot run {argv[0]}: {exc.strerror}", "check that it is installed and on PATH") from exc
     assert proc.stdin is not None and proc.stdout is not None
+    widen_pipe(proc.stdout.fileno())
+    widen_pipe(proc.stdin.fileno())
     reader = io.BufferedReader(proc.stdout, buffer_size=_PIPE_BUFFER)  # type: ignore[arg-type]
     stdin = proc.stdin
 
