@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from typing import IO, Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import LocalGitError
 
@@ -69,8 +69,6 @@ class Config:
         vals = self.values.get(key.lower() if key.count(".") < 2 else _norm(key))
         return vals[-1] if vals else default
 
-    def get_all(self, key: str) -> list[str]:
-        return list(self.values.get(key.lower() if key.count(".") < 2 else _norm(key), []))
 
     def get_bool(self, key: str, default: bool = False) -> bool:
         value = self.get(key)
@@ -201,7 +199,3 @@ def widen_pipe(fd: int) -> None:
     except (OSError, ValueError):
         pass
 
-
-def child_stdio() -> IO[bytes]:
-    """What a child gets instead of our stdout when its output is not wanted."""
-    return open(os.devnull, "wb")

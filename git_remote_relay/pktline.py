@@ -7,7 +7,7 @@ flush, ``0001`` a delimiter and ``0002`` a response end (v2 stateless). Payloads
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterator
 
 from .errors import ProtocolError, RemoteError, TransportError
 
@@ -27,8 +27,6 @@ FLUSH_PKT = b"0000"
 DELIM_PKT = b"0001"
 RESPONSE_END_PKT = b"0002"
 MAX_PAYLOAD = 65516
-# Side-band data payloads are one byte shorter (the channel byte).
-MAX_SIDEBAND_DATA = MAX_PAYLOAD - 1
 
 
 class Special:
@@ -236,6 +234,3 @@ def pump_sideband(reader: PktReader, on_data: Callable[[memoryview], object], on
         else:
             raise ProtocolError(f"protocol error: bad side-band channel {channel}")
 
-
-def frame_lines(lines: Iterable[str]) -> bytes:
-    return b"".join(pkt_text(line) for line in lines)

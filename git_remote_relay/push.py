@@ -46,7 +46,6 @@ class PushOptions:
     atomic: bool = False
     push_options: list[str] = field(default_factory=list)
     cas: dict[str, str] = field(default_factory=dict)
-    force_if_includes: bool = False
 
     def set(self, name: str, value: str) -> str:
         """Record ``option <name> <value>``; return the reply for git."""
@@ -62,8 +61,7 @@ class PushOptions:
                 return "error bad cas value"
             self.cas[ref] = oid
         elif name == "force-if-includes":
-            # git has already checked the reflog condition before the push lines reach us
-            self.force_if_includes = value == "true"
+            pass  # git checks the reflog condition itself before the push lines reach us
         elif name == "pushcert":
             if value in ("true", "if-asked"):
                 return "unsupported"
@@ -81,7 +79,6 @@ class RefUpdate:
     old: str = ZERO_OID
     error: str | None = None  # set when decided locally (or reported by the server)
     ok: bool = False
-    note: str = ""
 
     @property
     def delete(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -59,6 +60,26 @@ def run_many(args: list[str], env: dict[str, str], n: int, cwd: Path | None = No
     return out
 
 
+@contextlib.contextmanager
+def private_sshd(base: Path, extra_config: str) -> Iterator[tuple[servers.Sshd, dict[str, str]]]:
+    """A second sshd with its own config, and a mama-ssh environment for it."""
+    try:
+        ctx = servers.sshd(base / "ssh-private", os.environ["GIT_CONFIG_GLOBAL"], extra_config=extra_config)
+        server = ctx.__enter__()
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
+    sock = tempfile.mkdtemp(prefix="ms", dir="/tmp")
+    env = dict(os.environ, GIT_SSH_COMMAND="mama-ssh " + server.ssh_command[4:], GIT_SSH_VARIANT="ssh",
+               MAMA_SSH_STATE_DIR=str(base / "state-private"), MAMA_SSH_SOCKET_DIR=sock)
+    env.pop("MAMA_SSH_MAX_SESSIONS", None)
+    try:
+        yield server, env
+    finally:
+        subprocess.run(["mama-ssh", "--cleanup"], env=env, capture_output=True)
+        ctx.__exit__(None, None, None)
+        shutil.rmtree(sock, ignore_errors=True)
+
+
 def masters(env: dict[str, str]) -> dict[str, dict]:  # type: ignore[type-arg]
     root = Path(env["MAMA_SSH_STATE_DIR"]) / "masters"
     return {p.stem: json.loads(p.read_text()) for p in root.glob("*.json")} if root.exists() else {}
@@ -88,23 +109,13 @@ def run_many_clones(url: str, env: dict[str, str], base: Path, n: int) -> list[i
 
 
 def test_low_max_sessions_server_still_one_authentication(workspace: Path, server_root: Path, tmp_path: Path) -> None:
-    try:
-        ctx = servers.sshd(tmp_path / "ssh-low", os.environ["GIT_CONFIG_GLOBAL"], extra_config="MaxSessions 3\n")
-        server = ctx.__enter__()
-    except servers.ServerUnavailable as exc:
-        unavailable(str(exc))
-    try:
-        sock = tempfile.mkdtemp(prefix="ms", dir="/tmp")
-        env = dict(os.environ, GIT_SSH_COMMAND="mama-ssh " + server.ssh_command[4:], GIT_SSH_VARIANT="ssh",
-                   MAMA_SSH_STATE_DIR=str(tmp_path / "state"), MAMA_SSH_SOCKET_DIR=sock, MAMA_SSH_MAX_SESSIONS="2")
+    with private_sshd(tmp_path, "MaxSessions 3\n") as (server, env):
+        env["MAMA_SSH_MAX_SESSIONS"] = "2"
         url = ssh_url(server, bare(server_root, "mama-low"))
         results = run_many(["git", "ls-remote", url], env, 20)
         assert [r.returncode for r in results] == [0] * 20, [r.stderr for r in results if r.returncode]
         assert not any("refused" in r.stderr for r in results)
         assert server.auth_count() == 1
-        subprocess.run(["mama-ssh", "--cleanup"], env=env, capture_output=True)
-    finally:
-        ctx.__exit__(None, None, None)
 
 
 def test_fifty_processes_racing_start_one_master(sshd, mama) -> None:  # type: ignore[no-untyped-def]
@@ -265,26 +276,14 @@ def test_no_module_shadowing_from_the_working_directory(tmp_path: Path) -> None:
 
 
 def test_low_max_sessions_is_learned_without_configuration(workspace: Path, server_root: Path, tmp_path: Path) -> None:
-    try:
-        ctx = servers.sshd(tmp_path / "ssh-learn", os.environ["GIT_CONFIG_GLOBAL"], extra_config="MaxSessions 2\n")
-        server = ctx.__enter__()
-    except servers.ServerUnavailable as exc:
-        unavailable(str(exc))
-    try:
-        sock = tempfile.mkdtemp(prefix="ms", dir="/tmp")
-        env = dict(os.environ, GIT_SSH_COMMAND="mama-ssh " + server.ssh_command[4:], GIT_SSH_VARIANT="ssh",
-                   MAMA_SSH_STATE_DIR=str(tmp_path / "state"), MAMA_SSH_SOCKET_DIR=sock)
-        env.pop("MAMA_SSH_MAX_SESSIONS", None)
+    with private_sshd(tmp_path, "MaxSessions 2\n") as (server, env):
         url = ssh_url(server, bare(server_root, "mama-learn"))
         for _ in range(3):  # refusals fall back to direct connections and halve the slots: 8 -> 4 -> 2
             results = run_many(["git", "ls-remote", url], env, 12)
             assert [r.returncode for r in results] == [0] * 12, [r.stderr for r in results if r.returncode]
-        caps = list((tmp_path / "state" / "caps").glob("*.json"))
+        caps = list((tmp_path / "state-private" / "caps").glob("*.json"))
         assert caps and json.loads(caps[0].read_text())["max"] <= 2
         before = server.auth_count()
         results = run_many(["git", "ls-remote", url], env, 12)
         assert [r.returncode for r in results] == [0] * 12
         assert server.auth_count() == before, "once learned, every session rides the master"
-        subprocess.run(["mama-ssh", "--cleanup"], env=env, capture_output=True)
-    finally:
-        ctx.__exit__(None, None, None)

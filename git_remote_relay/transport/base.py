@@ -78,14 +78,12 @@ class StreamService(Service):
         self.label = label
         self._writer: threading.Thread | None = None
         self.write_error: BaseException | None = None
-        self.bytes_sent = 0
 
     def _pump(self, body: Iterable[bytes]) -> None:
         try:
             for chunk in body:
                 if chunk:
                     self._write(chunk)
-                    self.bytes_sent += len(chunk)
         except BaseException as exc:  # reported by wait_sent(); the reader sees the hang-up
             self.write_error = exc
             try:

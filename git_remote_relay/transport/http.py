@@ -213,7 +213,6 @@ class HttpService(Service):
         self._responses = [resp]
         self.label = f"remote end ({redact(transport.base)})"
         self.reader = PktReader(_safe_read(resp, self.label), self.label)
-        self.bytes_sent = 0
         first = self.reader.read_pkt()
         if first == f"# service=git-{service}\n".encode():
             if self.reader.read_pkt() is not FLUSH:
@@ -247,9 +246,7 @@ class HttpService(Service):
             else:
                 if self.transport.cred is None or self.transport.cred.password is None:
                     self.probe()
-                data = self._counted(_chain(head, rest))  # type: ignore[arg-type]
-        if isinstance(data, bytes):
-            self.bytes_sent += len(data)
+                data = _chain(head, rest)  # type: ignore[arg-type]
         resp = self.transport.send("POST", url, headers, data)
         self.transport.check_status(resp, url, big_body=big)
         ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
@@ -261,10 +258,6 @@ class HttpService(Service):
         self.reader = PktReader(self.raw_read, self.label)
         return self.reader
 
-    def _counted(self, body: Iterator[bytes]) -> Iterator[bytes]:
-        for chunk in body:
-            self.bytes_sent += len(chunk)
-            yield chunk
 
     def probe(self) -> None:
         """An empty request (a flush) that settles authentication before a streamed upload."""
@@ -275,9 +268,6 @@ class HttpService(Service):
         resp.drain_conn()
         resp.release_conn()
         self.transport.settled()
-
-    def wait_sent(self) -> None:
-        return None
 
     def close(self) -> None:
         for resp in self._responses:
