@@ -278,11 +278,16 @@ def test_no_module_shadowing_from_the_working_directory(tmp_path: Path) -> None:
 def test_low_max_sessions_is_learned_without_configuration(workspace: Path, server_root: Path, tmp_path: Path) -> None:
     with private_sshd(tmp_path, "MaxSessions 2\n") as (server, env):
         url = ssh_url(server, bare(server_root, "mama-learn"))
-        for _ in range(3):  # refusals fall back to direct connections and halve the slots: 8 -> 4 -> 2
+        def learned() -> int:
+            caps = list((tmp_path / "state-private" / "caps").glob("*.json"))
+            return json.loads(caps[0].read_text())["max"] if caps else 8
+
+        for _ in range(6):  # refusals fall back to direct connections and halve the slots: 8 -> 4 -> 2
             results = run_many(["git", "ls-remote", url], env, 12)
             assert [r.returncode for r in results] == [0] * 12, [r.stderr for r in results if r.returncode]
-        caps = list((tmp_path / "state-private" / "caps").glob("*.json"))
-        assert caps and json.loads(caps[0].read_text())["max"] <= 2
+            if learned() <= 2:
+                break
+        assert learned() <= 2
         before = server.auth_count()
         results = run_many(["git", "ls-remote", url], env, 12)
         assert [r.returncode for r in results] == [0] * 12
