@@ -34,6 +34,7 @@ def mama(tmp_path: Path, sshd) -> Iterator[dict[str, str]]:  # type: ignore[no-u
         GIT_SSH_VARIANT="ssh",
         MAMA_SSH_STATE_DIR=str(tmp_path / "state"),
         MAMA_SSH_SOCKET_DIR=sock,
+        MAMA_SSH_SLOT_WAIT="60",  # a slow CI machine must not turn a long wait into an extra login
     )
     yield env
     subprocess.run(["mama-ssh", "--cleanup"], env=env, capture_output=True)
@@ -70,7 +71,7 @@ def private_sshd(base: Path, extra_config: str) -> Iterator[tuple[servers.Sshd, 
         unavailable(str(exc))
     sock = tempfile.mkdtemp(prefix="ms", dir="/tmp")
     env = dict(os.environ, GIT_SSH_COMMAND="mama-ssh " + server.ssh_command[4:], GIT_SSH_VARIANT="ssh",
-               MAMA_SSH_STATE_DIR=str(base / "state-private"), MAMA_SSH_SOCKET_DIR=sock)
+               MAMA_SSH_STATE_DIR=str(base / "state-private"), MAMA_SSH_SOCKET_DIR=sock, MAMA_SSH_SLOT_WAIT="60")
     env.pop("MAMA_SSH_MAX_SESSIONS", None)
     try:
         yield server, env
