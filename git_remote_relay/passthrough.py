@@ -111,7 +111,7 @@ def stateless_connect(service: Service, adv: Advertisement, stdin: BinaryIO, std
             else:
                 body.append(pkt(item))
             item = request_reader.read_pkt()
-        service.request(b"".join(body))
+        service.request([b"".join(body)])
         read = getattr(service, "raw_read")
         while True:
             data = read(_CHUNK)

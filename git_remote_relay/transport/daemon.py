@@ -63,4 +63,4 @@ def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool
         reader.close()
         sock.close()
 
-    return StreamService(reader.read, sock.sendall, close_write, close, f"remote end ({url.redacted})", reader.readinto)
+    return StreamService(reader.read, sock.sendall, close_write, close, f"remote end ({url.redacted})", reader.readinto)  # type: ignore[attr-defined]

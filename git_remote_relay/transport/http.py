@@ -50,7 +50,7 @@ class HttpTransport:
         self.url = url
         self.ctx = ctx
         self.base = url.http_base
-        self.pool: "urllib3.PoolManager" = default_urllib3_manager(_dulwich_config(ctx), base_url=self.base)
+        self.pool: Any = default_urllib3_manager(_dulwich_config(ctx), base_url=self.base)
         self.cred: credential.Credential | None = None
         self.cred_from_helper = False
         self.approved = False

@@ -163,7 +163,7 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
     assert proc.stdin is not None and proc.stdout is not None
     widen_pipe(proc.stdout.fileno())
     widen_pipe(proc.stdin.fileno())
-    reader = io.BufferedReader(proc.stdout, buffer_size=_PIPE_BUFFER)  # type: ignore[arg-type]
+    reader = io.BufferedReader(proc.stdout, buffer_size=_PIPE_BUFFER)  # type: ignore[arg-type, type-var]
     stdin = proc.stdin
 
     def write_all(data: bytes) -> None:
