@@ -90,7 +90,7 @@ class Helper:
         name = None if remote_name.startswith("relay::") or remote_name == address else remote_name
         self.ctx = Context(env=self.env, git=self.git, config=self.config, remote_name=name, trace=self.reporter.trace)
         self.remote = Remote(self.url, self.ctx)
-        self.options: dict[str, str] = {}
+        self.servpath: str | None = None  # `option servpath` (--upload-pack/--receive-pack) for the next connect
         self.passthrough_opts: dict[str, str] = {}
         self.followtags = False
         self.cloning = False
@@ -216,10 +216,9 @@ class Helper:
         elif name in ("dry-run", "atomic", "push-option", "cas", "force-if-includes", "pushcert"):
             reply = self._push_option(name, value)
         elif name == "servpath":
-            self.options[name] = value
+            self.servpath = value
         else:
             reply = "unsupported"
-        self.options[name] = value
         self._reply(reply + "\n")
 
     def _push_option(self, name: str, value: str) -> str:
@@ -347,6 +346,10 @@ class Helper:
     def _do_connect(self, service: str) -> int | None:
         if service not in ("git-upload-pack", "git-receive-pack", "git-upload-archive"):
             raise UnsupportedError(f"unknown service '{service}'")
+        if self.servpath:
+            # --upload-pack/--receive-pack: the program to run on the remote, for passthrough and engine alike
+            self.ctx.programs[service[len("git-"):]] = self.servpath
+            self.servpath = None
         if not self._wants_passthrough(service):
             self._reply("fallback\n")
             return None

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import PackError, ProtocolError, RelayError, TooLargeError
-from .pktline import FLUSH, PktReader, Special, pkt, pkt_text
+from .pktline import FLUSH, PktReader, pkt, pkt_text
 from .protocol import AGENT, ZERO_OID, Advertisement
 from .transport.base import SendError, Service
 from . import stats
@@ -259,12 +259,7 @@ def _read_report(reader: PktReader, sideband: bool, reporter: "Reporter", remote
     if not isinstance(first, str) or not first.startswith("unpack "):
         raise ProtocolError(f"protocol error: expected 'unpack' status, got {first!r}")
     statuses: dict[str, str | None] = {}
-    while True:
-        line = inner.read_line()
-        if line is FLUSH:
-            break
-        if isinstance(line, Special):
-            raise ProtocolError("protocol error: bad report-status")
+    for line in inner.read_lines_until_flush():
         word, _, rest = line.partition(" ")
         if word == "ok":
             statuses[rest] = None

@@ -264,3 +264,16 @@ def test_force_if_includes_and_signed_push(work: Path, make_remote) -> None:
     commit(work, "signed.txt")
     res = push(work, "r", "--signed", "main", check=False)
     assert res.returncode != 0 and "does not support --signed" in res.stderr
+
+
+def test_upload_pack_and_receive_pack_options_are_honoured(work: Path, make_remote, tmp_path: Path) -> None:
+    remote = make_remote("file")
+    log = tmp_path / "programs.log"
+    for name in ("upload-pack", "receive-pack"):
+        wrapper = tmp_path / f"my-{name}"
+        wrapper.write_text(f"#!/bin/sh\necho {name} >> {log}\nexec git-{name} \"$@\"\n")
+        wrapper.chmod(0o755)
+    push(work, f"--receive-pack={tmp_path}/my-receive-pack", remote.relay_url, "main")
+    git("clone", "-q", f"--upload-pack={tmp_path}/my-upload-pack", remote.relay_url, str(tmp_path / "c"))
+    assert refs(tmp_path / "c")["refs/remotes/origin/main"] == refs(work)["refs/heads/main"]
+    assert log.read_text().split() == ["receive-pack", "upload-pack"]

@@ -40,6 +40,7 @@ class Context:
         self.remote_name = remote_name
         self.family = family  # "ipv4" / "ipv6" from `option family`
         self.trace = trace
+        self.programs: dict[str, str] = {}  # service -> remote program given by git (servpath)
 
 
 class Service:

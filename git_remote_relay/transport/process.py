@@ -37,6 +37,8 @@ def sq_quote(text: str) -> str:
 
 
 def _program(ctx: Context, service: str) -> str | None:
+    if service in ctx.programs:
+        return ctx.programs[service]
     if ctx.remote_name and not ctx.remote_name.startswith("relay::"):
         key = "uploadpack" if service == "upload-pack" else "receivepack"
         return ctx.config.get(f"remote.{ctx.remote_name}.{key}")
