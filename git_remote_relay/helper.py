@@ -240,6 +240,21 @@ class Helper:
         self.upload_fresh = True
         return self.upload
 
+    def _listed_upload(self) -> tuple[Service, Advertisement]:
+        """upload-pack with its refs read (v2: one ``ls-refs`` round, done once per connection)."""
+        service, adv = self._open_upload()
+        if not adv.listed:
+            read_ls_refs(service.request([ls_refs_request(adv)]), adv)
+        return service, adv
+
+    def _unborn_only(self) -> bool:
+        """An empty remote whose HEAD names a branch: only git's own v2 fetch carries that to a
+        clone (``list`` cannot say it), so such a remote is handed to passthrough."""
+        if self.mode == "passthrough":
+            return False
+        adv = self._listed_upload()[1]
+        return adv.version == 2 and not adv.refs and adv.unborn_head is not None
+
     def open_receive(self) -> tuple[Service, Advertisement]:
         """receive-pack's advertisement; kept open so the push reuses the connection."""
         if self.receive is None:
@@ -251,10 +266,7 @@ class Helper:
             adv = self.open_receive()[1]
             self._reply("".join(f"{oid} {name}\n" for name, oid in adv.refs.items()) + "\n")
             return
-        service, adv = self._open_upload()
-        if adv.version == 2:
-            reader = service.request([ls_refs_request(adv)])
-            read_ls_refs(reader, adv)
+        adv = self._listed_upload()[1]
         lines: list[str] = []
         head = adv.symrefs.get("HEAD")
         if head:
@@ -350,7 +362,7 @@ class Helper:
             # --upload-pack/--receive-pack: the program to run on the remote, for passthrough and engine alike
             self.ctx.programs[service[len("git-"):]] = self.servpath
             self.servpath = None
-        if not self._wants_passthrough(service):
+        if not self._wants_passthrough(service) and not (service == "git-upload-pack" and self._unborn_only()):
             self._reply("fallback\n")
             return None
         self.close()
@@ -361,7 +373,7 @@ class Helper:
         return connect(self.remote, service[len("git-"):], self.stdin, self.stdout)
 
     def _do_stateless_connect(self, service: str) -> int | None:
-        if service != "git-upload-pack" or not self._wants_passthrough(service):
+        if service != "git-upload-pack" or not (self._wants_passthrough(service) or self._unborn_only()):
             self._reply("fallback\n")
             return None
         service_obj, adv = self._open_upload()

@@ -28,6 +28,9 @@ class Advertisement:
         self.peeled: dict[str, str] = {}
         self.symrefs: dict[str, str] = {}
         self.extra_haves: list[str] = []  # receive-pack's ".have" lines
+        self.shallow: list[str] = []  # the server's own shallow boundary (a shallow repository)
+        self.unborn_head: str | None = None  # v2 ls-refs: HEAD names a branch with no commit yet
+        self.listed = version == 0  # v0 advertises its refs at once; v2 needs an ls-refs round
 
     def has(self, cap: str) -> bool:
         return cap in self.caps
@@ -89,13 +92,14 @@ def read_advertisement(reader: PktReader) -> Advertisement:
         oid, _, name = line.partition(" ")
         if name == "capabilities^{}":
             continue
+        if oid == "shallow":  # "shallow <oid>": the server's repository is itself shallow
+            adv.shallow.append(_check_oid(name, line))
+            continue
         _check_oid(oid, line)
         if name == ".have":
             adv.extra_haves.append(oid)
         elif name.endswith("^{}"):
             adv.peeled[name[:-3]] = oid
-        elif name.startswith("shallow") and oid == "shallow":
-            continue
         else:
             adv.refs[name] = oid
     for pair in (adv.caps.get("symref") or "").split():
@@ -119,17 +123,24 @@ def ls_refs_request(adv: Advertisement) -> bytes:
     if "ls-refs" not in adv.caps:
         raise ProtocolError("protocol error: the server speaks v2 but offers no ls-refs")
     lines = ["command=ls-refs", *_common_args(adv)]
-    return b"".join(pkt_text(x) for x in lines) + DELIM.wire + pkt_text("peel") + pkt_text("symrefs") + FLUSH.wire
+    args = ["peel", "symrefs"]
+    if "unborn" in (adv.caps.get("ls-refs") or "").split(" "):
+        args.append("unborn")
+    return b"".join(pkt_text(x) for x in lines) + DELIM.wire + b"".join(pkt_text(x) for x in args) + FLUSH.wire
 
 
 def read_ls_refs(reader: PktReader, adv: Advertisement) -> None:
-    """Fill ``adv.refs``/``peeled``/``symrefs`` from an ls-refs reply."""
+    """Fill ``adv.refs``/``peeled``/``symrefs`` (and ``unborn_head``) from an ls-refs reply."""
+    adv.listed = True
     for line in reader.read_lines_until_flush():
         words = line.split(" ")
         if len(words) < 2:
             raise ProtocolError(f"protocol error: bad ls-refs line '{line[:120]}'")
         oid, name = words[0], words[1]
         if oid == "unborn":
+            for attr in words[2:]:
+                if name == "HEAD" and attr.startswith("symref-target:"):
+                    adv.unborn_head = attr[len("symref-target:"):]
             continue
         _check_oid(oid, line)
         adv.refs[name] = oid

@@ -173,3 +173,30 @@ def test_progress_is_shown_and_quiet_is_quiet(source: Path, make_remote, tmp_pat
     assert "Receiving objects" in loud.stderr or "Indexing objects" in loud.stderr
     quiet = git("clone", "-q", remote.relay_url, str(tmp_path / "b"))
     assert quiet.stderr == ""
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_default_output_is_what_native_git_prints(transport: str, source: Path, make_remote, tmp_path: Path) -> None:
+    """No transfer summary unless asked: a relay clone says what a native clone says, -v adds it."""
+    remote = make_remote(transport, source=source)
+    (tmp_path / "n").mkdir()
+    (tmp_path / "r").mkdir()
+    # --no-local: a native clone of a path would hardlink instead of talking to upload-pack
+    native = git("clone", "--no-local", remote.url, "same", cwd=tmp_path / "n").stderr
+    relayed = git("clone", remote.relay_url, "same", cwd=tmp_path / "r").stderr
+    assert relayed == native
+    verbose = git("clone", "-v", remote.relay_url, str(tmp_path / "v")).stderr
+    assert "relay: received" in verbose and "peak RSS" in verbose
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_clone_of_empty_repository_keeps_its_unborn_head(transport: str, make_remote, tmp_path: Path) -> None:
+    remote = make_remote(transport)
+    git("symbolic-ref", "HEAD", "refs/heads/trunk", cwd=remote.path)
+    native, relayed = tmp_path / "native", tmp_path / "relayed"
+    git("clone", remote.url, str(native))
+    git("clone", remote.relay_url, str(relayed))
+    head = git("symbolic-ref", "HEAD", cwd=native).stdout.strip()
+    assert head == "refs/heads/trunk", "native git carries the unborn HEAD (protocol v2)"
+    assert git("symbolic-ref", "HEAD", cwd=relayed).stdout.strip() == head
+    assert git("config", "remote.origin.url", cwd=relayed).stdout.strip() == remote.relay_url
