@@ -96,7 +96,7 @@ def _relay_parser():  # type: ignore[no-untyped-def]
         p.add_argument("--exclude", action="append", default=[], metavar="PREFIX", help="leave refs starting with PREFIX alone")
         p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
-        p.add_argument("-v", "--verbose", action="store_true", help="trace what the relay does")
+        p.add_argument("-v", "--verbose", action="count", default=0, help="also print transfer statistics; twice: trace what the relay does")
         p.add_argument("--max-pack-bytes", metavar="N", help="abort when the relayed pack grows past N bytes (k/m/g suffixes)")
 
     for name, text in (("sync", "bring the target's managed refs to the source's"), ("plan", "show what sync would do, and why, without pushing"),
@@ -112,7 +112,7 @@ def _relay_parser():  # type: ignore[no-untyped-def]
     p.add_argument("url")
     p.add_argument("--push", action="store_true", help="also show the receive-pack capabilities")
     p.add_argument("--json", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="twice: trace what the relay does")
     return top
 
 
@@ -138,8 +138,10 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
     args = _relay_parser().parse_args(sys.argv[1:] if argv is None else argv)
     stderr = sys.stderr.buffer
     env = dict(os.environ)
-    trace = getattr(args, "verbose", False) or env.get("GIT_RELAY_TRACE", "") not in ("", "0", "false")
-    reporter = Reporter(stderr, verbosity=0 if getattr(args, "quiet", False) else 1, progress=not getattr(args, "quiet", False) and stderr.isatty(), trace=trace)
+    verbose = getattr(args, "verbose", 0)
+    quiet = getattr(args, "quiet", False)
+    trace = verbose >= 2 or env.get("GIT_RELAY_TRACE", "") not in ("", "0", "false")
+    reporter = Reporter(stderr, verbosity=0 if quiet else 1 + min(verbose, 1), progress=not quiet and stderr.isatty(), trace=trace)
     try:
         from .sync import Endpoint, Selection, probe, run_sync
 
@@ -180,7 +182,7 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
         print(json.dumps(record, indent=2))
     elif not args.quiet or record["status"] != "ok":
         _print_plan(record, sys.stderr)
-    if not args.quiet and record["bytes"]:
+    if record["bytes"] and (reporter.verbosity >= 2 or reporter.tracing):
         from .stats import human
 
         sys.stderr.write(f"relay: {record['objects'] if record['objects'] is not None else '?'} objects, {human(record['bytes'])} in {record['elapsed']:.1f}s; "

@@ -24,13 +24,13 @@ def human(n: float) -> str:
 
 
 def record(helper: "Helper", command: str, refs: list[dict[str, Any]], nbytes: int, objects: int | None, started: float) -> None:
-    """Say what moved (default verbosity) and append a JSON line to ``relay.statsFile``."""
+    """Say what moved (at ``-v`` or with tracing) and append a JSON line to ``relay.statsFile``."""
     elapsed = time.monotonic() - started
     own, children = peak_rss()
     rate = nbytes / elapsed / 2**20 if elapsed > 0 else 0.0
     if nbytes:
         verb = "sent" if command == "push" else "received"
-        helper.reporter.say(
+        helper.reporter.info(
             f"relay: {verb} {objects if objects is not None else 'a pack of'} objects, {human(nbytes)} in {elapsed:.1f}s "
             f"({rate:.1f} MiB/s); peak RSS {human(own)} helper, {human(children)} largest child"
             if objects is not None

@@ -52,7 +52,15 @@ class Reporter:
     def say(self, text: str) -> None:
         """A line for people at the default verbosity (suppressed by -q)."""
         if self.verbosity >= 1:
-            self._write(text.encode() + b"\n")
+            self._write(redact(text).encode("utf-8", "replace") + b"\n")
+
+    def info(self, text: str) -> None:
+        """A line only for who asked for more (``-v``, or ``GIT_RELAY_TRACE``): statistics and the like.
+
+        Native git prints no transfer summary by default, and neither do we.
+        """
+        if self.verbosity >= 2 or self.tracing:
+            self._write(redact(text).encode("utf-8", "replace") + b"\n")
 
     def warn(self, text: str) -> None:
         self._write(b"warning: " + redact(text).encode() + b"\n")

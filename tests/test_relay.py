@@ -198,7 +198,7 @@ def test_relay_does_not_touch_local_disk_or_print_credentials(tmp_path: Path, ma
     source, target = make_remote("file", source=work), make_remote("http")
     url = target.url.replace("/git/", "/auth/").replace("http://", "http://alice:s3cr3t-Pa55word@")
     cwd_before = set(os.listdir(tmp_path))
-    res = relay("sync", source.url, url, "-v")
+    res = relay("sync", source.url, url, "-vv")
     assert "s3cr3t-Pa55word" not in res.stderr + res.stdout
     assert refs(target.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
     assert set(os.listdir(tmp_path)) == cwd_before
