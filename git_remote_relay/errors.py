@@ -12,6 +12,7 @@ __all__ = [
     "PolicyError",
     "TransportError",
     "AuthError",
+    "StalledError",
     "TooLargeError",
     "ProtocolError",
     "RemoteError",
@@ -47,6 +48,10 @@ class TransportError(RelayError):
 
 class AuthError(TransportError):
     """The remote refused our credentials."""
+
+
+class StalledError(TransportError):
+    """No byte moved either way for longer than ``relay.timeout``: the server or the link stalled."""
 
 
 class TooLargeError(TransportError):

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import LocalGitError
 
-__all__ = ["Git", "LOCAL_REPO_ENV", "scrubbed_env", "Config"]
+__all__ = ["Git", "LOCAL_REPO_ENV", "scrubbed_env", "Config", "kill_tree", "widen_pipe"]
 
 # git's local_repo_env (environment.c): variables that describe *this* repository. A git process
 # started for the *remote* side (a local upload-pack/receive-pack) must not see them, or it would
@@ -183,6 +183,37 @@ class Git:
     def git_path(self, path: str) -> str:
         out = self.run(["rev-parse", "--git-path", path]).decode().strip()
         return out if os.path.isabs(out) else os.path.join(self.cwd or os.getcwd(), out)
+
+
+def _children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc; empty where that is not available)."""
+    kids: list[int] = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children", encoding="ascii") as fh:
+                kids += [int(x) for x in fh.read().split()]
+    except (OSError, ValueError):
+        pass
+    return kids
+
+
+def kill_tree(proc: "subprocess.Popen[bytes]") -> None:
+    """Kill a child we started and every process below it (a shell-wrapped ssh does not exec,
+    so killing the shell alone would leave ssh holding stderr open). Descendants are collected
+    first, then killed by PID, children before parents."""
+    if proc.poll() is not None:
+        return
+    tree, todo = [], [proc.pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += _children(pid)
+    for pid in reversed(tree):
+        try:
+            os.kill(pid, 9)
+        except OSError:
+            pass
+    proc.wait()
 
 
 # Linux: a 1 MiB pipe lets each process in a pack pipeline run ahead instead of waking the next

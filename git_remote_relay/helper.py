@@ -18,6 +18,7 @@ from .gitcmd import Git
 from .pktline import FLUSH
 from .protocol import Advertisement, ls_refs_request, read_ls_refs
 from .transport import Context, Remote, Service
+from .transport.base import timeout_setting
 from .ui import Reporter
 from .url import InnerUrl, check_allowed, parse
 
@@ -88,7 +89,8 @@ class Helper:
         trace = self.env.get("GIT_RELAY_TRACE", "") not in ("", "0", "false")
         self.reporter = Reporter(stderr, trace=trace)
         name = None if remote_name.startswith("relay::") or remote_name == address else remote_name
-        self.ctx = Context(env=self.env, git=self.git, config=self.config, remote_name=name, trace=self.reporter.trace)
+        self.ctx = Context(env=self.env, git=self.git, config=self.config, remote_name=name, trace=self.reporter.trace,
+                           timeout=timeout_setting(self.env, self.config))
         self.remote = Remote(self.url, self.ctx)
         self.servpath: str | None = None  # `option servpath` (--upload-pack/--receive-pack) for the next connect
         self.passthrough_opts: dict[str, str] = {}

@@ -18,6 +18,7 @@ from .errors import ProtocolError, TransportError
 from .pktline import DELIM, FLUSH, RESPONSE_END, PktReader, Special, pkt, pkt_text
 from .protocol import Advertisement
 from .transport import Remote, Service
+from .transport.base import stalled
 from .url import InnerUrl
 
 __all__ = ["connect", "stateless_connect"]
@@ -38,7 +39,7 @@ def connect(remote: Remote, service: str, stdin: BinaryIO, stdout: BinaryIO) -> 
             host_field += f":{url.port}"
         request = f"git-{service} {url.path}\0host={host_field}\0".encode() + (b"\0version=2\0" if want_v2 else b"")
         sock.sendall(pkt(request))
-        _copy_both(sock, stdin, stdout)
+        _copy_both(sock, stdin, stdout, remote.ctx.timeout, f"remote end ({url.redacted})")
         return 0
     from .transport.process import service_command
 
@@ -49,15 +50,18 @@ def connect(remote: Remote, service: str, stdin: BinaryIO, stdout: BinaryIO) -> 
     return proc.wait()
 
 
-def _copy_both(sock: socket.socket, stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """Copy stdin -> socket and socket -> stdout until the socket closes."""
+def _copy_both(sock: socket.socket, stdin: BinaryIO, stdout: BinaryIO, timeout: float | None, label: str) -> None:
+    """Copy stdin -> socket and socket -> stdout until the socket closes (or nothing moves for ``timeout``)."""
     in_fd, out_fd = stdin.fileno(), stdout.fileno()
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, "sock")
     sel.register(in_fd, selectors.EVENT_READ, "stdin")
     try:
         while True:
-            for key, _ in sel.select():
+            events = sel.select(timeout)
+            if not events:
+                raise stalled(label, timeout or 0)
+            for key, _ in events:
                 if key.data == "sock":
                     data = sock.recv(_CHUNK)
                     if not data:

@@ -29,6 +29,7 @@ from .pktline import FLUSH
 from .protocol import ZERO_OID, Advertisement, fetch_request, ls_refs_request, read_fetch_preamble, read_ls_refs, supports_filter
 from .push import PackStream, PackTooLarge, PushOptions, RefUpdate, exchange
 from .transport import Context, Remote, Service
+from .transport.base import timeout_setting
 from .ui import Reporter
 from .url import InnerUrl, check_allowed, parse
 
@@ -46,7 +47,7 @@ class Endpoint:
         self.url: InnerUrl = parse(address[len("relay::"):] if address.startswith("relay::") else address)
         check_allowed(self.url.scheme, env, config.values)
         git = Git({k: v for k, v in env.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")})
-        self.ctx = Context(env=env, git=git, config=config, trace=reporter.trace)
+        self.ctx = Context(env=env, git=git, config=config, trace=reporter.trace, timeout=timeout_setting(env, config))
         self.remote = Remote(self.url, self.ctx)
         self.service: Service | None = None
         self.adv: Advertisement | None = None

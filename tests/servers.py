@@ -178,3 +178,73 @@ def sshd(base: Path, gitconfig: str, extra_config: str = "") -> Iterator[Sshd]:
         yield Sshd(port=port, user=user, log=log, ssh_command=command, key=base / "client_key", known_hosts=known, config=config)
     finally:
         stop(proc)
+
+
+@contextlib.contextmanager
+def stalling_proxy(upstream_port: int | None, after: int = 0) -> Iterator[int]:
+    """A loopback TCP listener that stalls: it forwards to ``upstream_port`` (when given) until
+    ``after`` bytes came back from upstream, then passes nothing more back but keeps every
+    connection open, like a server that hung or a link that died without a reset. Without an
+    upstream it accepts and never says a word. Yields its port; closes everything on exit."""
+    import threading
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    done = threading.Event()
+    held: list[socket.socket] = []
+
+    def pipe(src: socket.socket, dst: socket.socket, budget: list[int] | None) -> None:
+        try:
+            while not done.is_set():
+                try:
+                    data = src.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    return
+                if budget is not None:
+                    data = data[: max(0, budget[0])]
+                    budget[0] -= len(data)
+                if data:
+                    dst.sendall(data)
+                if budget is not None and budget[0] <= 0:
+                    done.wait()  # stall: keep both ends open, move nothing
+                    return
+        except OSError:
+            return
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                client, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            held.append(client)
+            if upstream_port is None:
+                continue
+            try:
+                up = socket.create_connection(("127.0.0.1", upstream_port))
+            except OSError:
+                continue
+            held.append(up)
+            client.settimeout(0.2)
+            up.settimeout(0.2)
+            threading.Thread(target=pipe, args=(client, up, None), daemon=True).start()
+            threading.Thread(target=pipe, args=(up, client, [after]), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+        for s in held:
+            with contextlib.suppress(OSError):
+                s.close()

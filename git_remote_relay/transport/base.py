@@ -9,16 +9,98 @@ deadlocks. The stateless transport (http) turns each request into one POST.
 
 from __future__ import annotations
 
+import io
+import os
+import select
 import threading
+import time
 from typing import Callable, Iterable, Mapping
 
-from ..errors import TransportError
+from ..errors import StalledError, TransportError
 from ..gitcmd import Config, Git
 from ..pktline import PktReader
 
-__all__ = ["Context", "Service", "StreamService", "SendError", "NOT_FOUND_HINT"]
+__all__ = ["Context", "Service", "StreamService", "SendError", "NOT_FOUND_HINT", "Activity", "IdleReader", "DEFAULT_TIMEOUT", "stalled", "timeout_setting"]
 
 NOT_FOUND_HINT = "Could not read from remote repository: check the URL, that the repository exists and that you have access."
+
+
+# Like http.lowSpeedTime: five minutes without a single byte either way is a stalled server or
+# link, not a slow one (upload-pack and receive-pack send keepalives every 5 s while they think).
+DEFAULT_TIMEOUT = 300.0
+# How often a waiting read looks at the clock; a write in progress elsewhere resets the clock.
+_POLL_SLICE = 5.0
+
+
+def timeout_setting(env: Mapping[str, str], config: Config) -> float | None:
+    """``GIT_RELAY_TIMEOUT`` or ``relay.timeout``: seconds (``0`` = never give up); default 300."""
+    value = env.get("GIT_RELAY_TIMEOUT") or config.get("relay.timeout")
+    if value is None or not value.strip():
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value.strip().rstrip("s"))
+    except ValueError:
+        raise TransportError(f"bad relay.timeout '{value}'", "give a number of seconds, e.g. 300 (0 waits forever)") from None
+    return seconds if seconds > 0 else None
+
+
+def stalled(label: str, timeout: float) -> StalledError:
+    return StalledError(
+        f"no data from the {label} for {timeout:g} s (relay.timeout): the server or the network has stalled",
+        "check the server and the network, then try again; a server that is slow to answer needs a larger relay.timeout (seconds, 0 = wait forever)",
+    )
+
+
+class Activity:
+    """When a byte last moved on a connection, in either direction (shared by reader and writer)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.producing = False  # our request body is waiting on its producer (pack-objects thinking)
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def idle(self) -> float:
+        """Seconds the other side has had nothing to do with us; 0 while we owe it bytes."""
+        if self.producing:
+            self.last = time.monotonic()
+            return 0.0
+        return time.monotonic() - self.last
+
+
+class IdleReader(io.RawIOBase):
+    """A raw reader over a pipe or socket fd that gives up after ``timeout`` seconds of no traffic.
+
+    Traffic is counted both ways (``activity``): while our side is still sending a request body
+    (a push whose pack-objects is busy), the server has nothing to say and is not stalled.
+    """
+
+    def __init__(self, fd: int, timeout: float | None, label: str, activity: Activity) -> None:
+        super().__init__()
+        self.fd = fd
+        self.timeout = timeout if timeout and timeout > 0 else None
+        self.label = label
+        self.activity = activity
+        self.timed_out = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: "memoryview | bytearray") -> int:  # type: ignore[override]
+        if self.timeout is not None:
+            while True:
+                left = self.timeout - self.activity.idle()
+                ready, _, _ = select.select([self.fd], [], [], max(0.0, min(_POLL_SLICE, left)))
+                if ready:
+                    break
+                if left <= 0:
+                    self.timed_out = True
+                    raise stalled(self.label, self.timeout)
+        n = os.readv(self.fd, [buf])
+        if n:
+            self.activity.touch()
+        return n
 
 
 class SendError(TransportError):
@@ -33,8 +115,9 @@ class Context:
     """What a transport needs from its caller; nothing here is read from the process directly."""
 
     def __init__(self, env: Mapping[str, str], git: Git, config: Config, remote_name: str | None = None,
-                 family: str | None = None, trace: Callable[[str], None] = _no_trace) -> None:
+                 family: str | None = None, trace: Callable[[str], None] = _no_trace, timeout: float | None = DEFAULT_TIMEOUT) -> None:
         self.env = env
+        self.timeout = timeout  # relay.timeout: seconds of no traffic before a transfer is given up (None: never)
         self.git = git
         self.config = config
         self.remote_name = remote_name
@@ -71,8 +154,9 @@ class StreamService(Service):
     """A service over one full-duplex byte stream (a child process's pipes or a TCP socket)."""
 
     def __init__(self, read: Callable[[int], bytes], write: Callable[[bytes], object], close_write: Callable[[], None], close: Callable[[], None], label: str,
-                 readinto: Callable[[memoryview], int | None] | None = None) -> None:
+                 readinto: Callable[[memoryview], int | None] | None = None, activity: Activity | None = None) -> None:
         self.reader = PktReader(read, label, readinto)
+        self.activity = activity or Activity()
         self._write = write
         self._close_write = close_write
         self._close = close
@@ -82,9 +166,20 @@ class StreamService(Service):
 
     def _pump(self, body: Iterable[bytes]) -> None:
         try:
-            for chunk in body:
+            activity = self.activity
+            chunks = iter(body)
+            while True:
+                activity.producing = True
+                try:
+                    chunk = next(chunks, None)
+                finally:
+                    activity.producing = False
+                    activity.touch()
+                if chunk is None:
+                    break
                 if chunk:
                     self._write(chunk)
+                    activity.touch()
         except BaseException as exc:  # reported by wait_sent(); the reader sees the hang-up
             self.write_error = exc
             try:
@@ -94,6 +189,7 @@ class StreamService(Service):
 
     def request(self, body: Iterable[bytes]) -> PktReader:
         self.wait_sent()
+        self.activity.touch()
         self._writer = threading.Thread(target=self._pump, args=(body,), daemon=True, name="relay-writer")
         self._writer.start()
         return self.reader

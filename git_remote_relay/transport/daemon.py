@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import socket
 
 from ..errors import TransportError
 from ..pktline import pkt
 from ..url import InnerUrl
-from .base import NOT_FOUND_HINT, Context, StreamService
+from .base import NOT_FOUND_HINT, Activity, Context, IdleReader, StreamService
 
 __all__ = ["open_daemon_service", "DEFAULT_PORT"]
 
@@ -38,7 +39,7 @@ def _connect(host: str, port: int, family: str | None, timeout: float) -> socket
 
 def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool) -> StreamService:
     port = url.port or DEFAULT_PORT
-    sock = _connect(url.host, port, ctx.family, timeout=30.0)
+    sock = _connect(url.host, port, ctx.family, timeout=min(30.0, ctx.timeout or 30.0))
     host_field = url.host if ":" not in url.host else f"[{url.host}]"
     if url.port:
         host_field += f":{url.port}"
@@ -51,7 +52,10 @@ def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool
     except OSError as exc:
         sock.close()
         raise TransportError(f"unable to send the request to {url.redacted}: {exc.strerror}") from exc
-    reader = sock.makefile("rb", buffering=1 << 18)
+    label = f"remote end ({url.redacted})"
+    activity = Activity()
+    raw = IdleReader(sock.fileno(), ctx.timeout, label, activity)
+    reader = io.BufferedReader(raw, buffer_size=1 << 18)
 
     def close_write() -> None:
         try:
@@ -60,7 +64,11 @@ def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool
             pass
 
     def close() -> None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)  # also wakes a writer blocked on a server that stopped reading
+        except OSError:
+            pass
         reader.close()
         sock.close()
 
-    return StreamService(reader.read, sock.sendall, close_write, close, f"remote end ({url.redacted})", reader.readinto)  # type: ignore[attr-defined]
+    return StreamService(reader.read, sock.sendall, close_write, close, label, reader.readinto, activity)

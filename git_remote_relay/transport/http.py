@@ -18,7 +18,7 @@ from ..errors import AuthError, ProtocolError, TooLargeError, TransportError, Un
 from ..pktline import FLUSH, PktReader
 from ..url import InnerUrl, redact
 from . import credential
-from .base import NOT_FOUND_HINT, Context, Service
+from .base import NOT_FOUND_HINT, Context, Service, stalled
 
 if TYPE_CHECKING:
     import urllib3
@@ -54,6 +54,11 @@ class HttpTransport:
         self.cred: credential.Credential | None = None
         self.cred_from_helper = False
         self.approved = False
+        import urllib3
+
+        # relay.timeout bounds each wait for the server; connecting gets at most 30 s, like git:// here
+        wait = ctx.timeout if ctx.timeout and ctx.timeout > 0 else None
+        self.timeout = urllib3.Timeout(connect=min(30.0, wait or 30.0), read=wait)
         if url.user is not None:
             split = urlsplit(self.base)
             self.cred = credential.Credential(split.scheme, split.netloc, username=url.user, password=url.password)
@@ -108,10 +113,13 @@ class HttpTransport:
                     # follow redirects of the discovery GET (git's http.followRedirects=initial);
                     # never retry a request on its own: a POST body is a stream
                     retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10) if method == "GET" else False,
+                    timeout=self.timeout,
                 )
             except urllib3.exceptions.HTTPError as exc:
                 if isinstance(exc.__cause__, TransportError):
                     raise exc.__cause__ from exc
+                if _timed_out(exc):
+                    raise stalled(f"remote end ({redact(self.base)})", self.ctx.timeout or 0) from exc
                 raise TransportError(f"unable to access '{redact(url)}': {redact(str(exc))}") from exc
             self.ctx.trace(f"http: {resp.status}")
             if resp.status != 401:
@@ -166,14 +174,32 @@ class HttpTransport:
         return HttpService(self, service, resp, want_v2)
 
 
-def _safe_read(resp: "urllib3.BaseHTTPResponse", label: str) -> Callable[[int], bytes]:
-    """``resp.read`` with urllib3's errors (a cut chunked body, a reset) as ``TransportError``."""
+def _timed_out(exc: BaseException) -> bool:
+    """Did urllib3 give up waiting (read or connect timeout), possibly inside a wrapper error?"""
+    import socket
+
+    import urllib3
+
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, (urllib3.exceptions.TimeoutError, socket.timeout)):
+            return True
+        seen = getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
+    return False
+
+
+def _safe_read(resp: "urllib3.BaseHTTPResponse", label: str, timeout: float | None) -> Callable[[int], bytes]:
+    """``resp.read`` with urllib3's errors (a cut chunked body, a reset, a stall) as ``TransportError``."""
     import urllib3
 
     def read(n: int) -> bytes:
         try:
             return resp.read(n)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            if timeout and _timed_out(exc):
+                raise stalled(label, timeout) from exc
             raise TransportError(f"the {label} hung up unexpectedly ({type(exc).__name__})") from exc
 
     return read
@@ -212,7 +238,7 @@ class HttpService(Service):
         self.want_v2 = want_v2
         self._responses = [resp]
         self.label = f"remote end ({redact(transport.base)})"
-        self.reader = PktReader(_safe_read(resp, self.label), self.label)
+        self.reader = PktReader(_safe_read(resp, self.label, transport.ctx.timeout), self.label)
         first = self.reader.read_pkt()
         if first == f"# service=git-{service}\n".encode():
             if self.reader.read_pkt() is not FLUSH:
@@ -254,7 +280,7 @@ class HttpService(Service):
             resp.drain_conn()
             raise ProtocolError(f"protocol error: unexpected Content-Type '{ctype}' from '{redact(url)}'")
         self._responses.append(resp)
-        self.raw_read = _safe_read(resp, self.label)  # for stateless-connect: relayed undecoded
+        self.raw_read = _safe_read(resp, self.label, self.transport.ctx.timeout)  # for stateless-connect: relayed undecoded
         self.reader = PktReader(self.raw_read, self.label)
         return self.reader
 

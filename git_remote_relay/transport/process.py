@@ -15,9 +15,9 @@ import shlex
 import subprocess
 
 from ..errors import TransportError, UnsupportedError, UrlError
-from ..gitcmd import scrubbed_env, widen_pipe
+from ..gitcmd import kill_tree, scrubbed_env, widen_pipe
 from ..url import InnerUrl
-from .base import Context, StreamService
+from .base import Activity, Context, IdleReader, StreamService
 
 __all__ = ["open_process_service", "service_command", "sq_quote", "ssh_command"]
 
@@ -165,8 +165,11 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
     assert proc.stdin is not None and proc.stdout is not None
     widen_pipe(proc.stdout.fileno())
     widen_pipe(proc.stdin.fileno())
-    reader = io.BufferedReader(proc.stdout, buffer_size=_PIPE_BUFFER)  # type: ignore[arg-type, type-var]
+    activity = Activity()
+    raw = IdleReader(proc.stdout.fileno(), ctx.timeout, label, activity)
+    reader = io.BufferedReader(raw, buffer_size=_PIPE_BUFFER)
     stdin = proc.stdin
+    stdout = proc.stdout
 
     def write_all(data: bytes) -> None:
         view = memoryview(data)
@@ -179,6 +182,8 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
             stdin.close()
 
     def close() -> None:
+        if raw.timed_out:
+            kill_tree(proc)  # a stalled ssh would wait for its server as long as we let it
         close_write()
         try:
             proc.wait(timeout=10)
@@ -186,5 +191,6 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
             proc.kill()
             proc.wait()
         reader.close()
+        stdout.close()
 
-    return StreamService(reader.read, write_all, close_write, close, label, reader.readinto)
+    return StreamService(reader.read, write_all, close_write, close, label, reader.readinto, activity)

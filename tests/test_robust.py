@@ -1,0 +1,81 @@
+"""Robust transfers against real servers: stalls end with a clear error, interrupted fetches resume."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import servers
+from conftest import fsck, git, make_source, refs
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("workspace")]
+
+# A hang guard for the test itself, far above the 2 s relay.timeout the tests set: reaching it
+# means the relay hung, which is the failure under test. It is not a speed assertion.
+HANG_GUARD = 120
+
+
+def run_git(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"git {' '.join(args)} hung for {HANG_GUARD} s: relay.timeout did not work") from exc
+
+
+def stall_url(transport: str, port: int) -> str:
+    return {
+        "ssh": f"ssh://nobody@127.0.0.1:{port}/srv/repo.git",
+        "git": f"git://127.0.0.1:{port}/repo.git",
+        "http": f"http://127.0.0.1:{port}/git/repo.git",
+    }[transport]
+
+
+def ssh_env() -> dict[str, str]:
+    # a plain ssh that cannot prompt: it connects, then waits for a banner that never comes
+    return dict(os.environ, GIT_SSH_COMMAND="ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null")
+
+
+@pytest.mark.parametrize("transport", ["ssh", "git", "http"])
+def test_a_server_that_never_answers_times_out_clearly(transport: str, tmp_path: Path) -> None:
+    with servers.stalling_proxy(None) as port:
+        res = run_git("-c", "relay.timeout=2", "ls-remote", "relay::" + stall_url(transport, port), env=ssh_env())
+    assert res.returncode != 0
+    assert "relay.timeout" in res.stderr and "stalled" in res.stderr, res.stderr
+    assert len([line for line in res.stderr.splitlines() if line.startswith("fatal:")]) == 1, res.stderr
+
+
+def test_a_local_service_that_never_answers_times_out(tmp_path: Path, make_remote) -> None:
+    remote = make_remote("path")
+    res = run_git("-c", "relay.timeout=2", "ls-remote", "--upload-pack=exec sleep 600 #", remote.relay_url)
+    assert res.returncode != 0
+    assert "relay.timeout" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("transport", ["git", "http"])
+def test_a_link_that_dies_mid_pack_fails_cleanly(transport: str, tmp_path: Path, make_remote, request: pytest.FixtureRequest) -> None:
+    src = make_source(tmp_path / "src", big=2_000_000)
+    remote = make_remote(transport, source=src)
+    upstream = request.getfixturevalue("git_daemon" if transport == "git" else "http_server")
+    work = tmp_path / "work"
+    git("init", "-q", str(work))
+    with servers.stalling_proxy(upstream, after=200_000) as port:
+        url = remote.url.replace(f":{upstream}/", f":{port}/")
+        res = run_git("-c", "relay.timeout=2", "fetch", "relay::" + url, "refs/heads/*:refs/remotes/origin/*", cwd=work)
+    assert res.returncode != 0
+    assert "stalled" in res.stderr, res.stderr
+    assert refs(work) == {}
+    packdir = work / ".git" / "objects" / "pack"
+    assert not [p.name for p in packdir.iterdir() if p.name.startswith("tmp_")]
+    fsck(work)
+
+
+def test_timeout_zero_means_wait_and_bad_values_are_refused(tmp_path: Path, make_remote) -> None:
+    remote = make_remote("path", source=make_source(tmp_path / "src"))
+    ok = run_git("-c", "relay.timeout=0", "ls-remote", remote.relay_url)
+    assert ok.returncode == 0 and "refs/heads/main" in ok.stdout
+    bad = run_git("-c", "relay.timeout=soon", "ls-remote", remote.relay_url)
+    assert bad.returncode != 0 and "bad relay.timeout 'soon'" in bad.stderr
