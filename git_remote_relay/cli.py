@@ -23,10 +23,22 @@ def _fatal(stderr, message: str, hint: str = "") -> None:  # type: ignore[no-unt
         pass
 
 
+def _exit_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so the cleanup that leaves nothing behind still runs."""
+    import signal
+
+    def stop(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def helper_main(argv: list[str] | None = None) -> NoReturn:
     """``git-remote-relay <remote> [<url>]``, run by git for ``relay::<url>``."""
     from .helper import Helper
     from .url import split_relay_address
+
+    _exit_on_sigterm()
 
     args = sys.argv if argv is None else argv
     stdin, stdout, stderr = sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer
@@ -136,6 +148,7 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
     from .ui import Reporter
 
     args = _relay_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    _exit_on_sigterm()
     stderr = sys.stderr.buffer
     env = dict(os.environ)
     verbose = getattr(args, "verbose", 0)

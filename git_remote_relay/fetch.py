@@ -16,6 +16,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from .errors import LocalGitError, PackError, TransportError
 from .gitcmd import Git, widen_pipe
@@ -29,6 +30,8 @@ __all__ = ["FetchResult", "fetch_pack", "local_haves", "MAX_WALK_HAVES"]
 # A bound on the haves walk: enough to find a common ancestor behind a few hundred local commits
 # without a request that grows with history (the request is small: 50 bytes a have).
 MAX_WALK_HAVES = 1024
+# index-pack creates its tmp_pack_* within a few ms of starting, while our request is on its way
+_TMP_WAIT = 2.0
 
 
 @dataclass
@@ -73,8 +76,15 @@ def fetch_pack(
     host_label: str,
     filter_spec: str | None = None,
     thin: bool = True,
+    on_header: Callable[[int], None] | None = None,
+    on_tmp: Callable[[list[str]], None] | None = None,
 ) -> FetchResult:
-    """Fetch ``wants`` into the local object store; raise on any failure, leaving nothing behind."""
+    """Fetch ``wants`` into the local object store; raise on any failure, leaving nothing behind.
+
+    ``on_header(objects)`` sees the pack's object count before any object is stored, and may
+    raise to abandon the fetch. ``on_tmp(paths)`` learns the temporary pack index-pack writes,
+    so that a later run can remove it should this process be killed.
+    """
     started = time.monotonic()
     wants = list(dict.fromkeys(wants))
     pack_dir = git.git_path("objects/pack")
@@ -97,7 +107,13 @@ def fetch_pack(
     received = 0
     objects: int | None = None
     try:
+        # Learn index-pack's temporary file while the request is on its way (an HTTP request
+        # returns only with the reply's headers, which may be long: look before sending it).
+        if on_tmp is not None and service.stateless:
+            on_tmp(_await_tmp(pack_dir, before, index))
         reader = service.request([request])
+        if on_tmp is not None and not service.stateless:
+            on_tmp(_await_tmp(pack_dir, before, index))
         read_fetch_preamble(reader, adv)
         sink = index.stdin
 
@@ -105,6 +121,8 @@ def fetch_pack(
             nonlocal objects, received
             if objects is None and len(data) >= 12 and data[:4] == b"PACK":
                 objects = int.from_bytes(data[8:12], "big")
+                if on_header is not None:
+                    on_header(objects)
             try:
                 sink.write(data)
             except BrokenPipeError:
@@ -142,6 +160,16 @@ def fetch_pack(
     elapsed = time.monotonic() - started
     reporter.trace(f"fetch: {received} pack bytes in {elapsed:.2f}s")
     return FetchResult(keep=keep, connectivity_ok=check_connectivity and rc == 0, bytes=received, seconds=elapsed, objects=objects)
+
+
+def _await_tmp(pack_dir: str, before: set[str], index: "subprocess.Popen[bytes]") -> list[str]:
+    """The temporary files index-pack has just created (waits briefly for it to start)."""
+    deadline = time.monotonic() + _TMP_WAIT
+    while True:
+        fresh = _tmp_packs(pack_dir) - before
+        if fresh or index.poll() is not None or time.monotonic() > deadline:
+            return [os.path.join(pack_dir, n) for n in sorted(fresh)]
+        time.sleep(0.0005)
 
 
 def _remove_new_tmp(pack_dir: str, before: set[str]) -> None:

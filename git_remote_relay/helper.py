@@ -294,7 +294,8 @@ class Helper:
 
     def _do_fetch(self, first: str) -> None:
         from . import stats
-        from .fetch import fetch_pack, local_haves
+        from .fetch import local_haves
+        from .fetchsteps import DEFAULT_STEP_OBJECTS, fetch_resumable
 
         started = time.monotonic()
         wants: list[str] = []
@@ -308,23 +309,21 @@ class Helper:
             names.append((parts[2], parts[1]))
             line = self._readline()
         self._check_engine_can_fetch()
-        service, adv = self._open_upload()
         haves = [] if self.cloning else local_haves(self.git)
-        host = self.url.host or "localhost"
-        self.upload_fresh = False
-        result = fetch_pack(
-            service,
-            adv,
+        step_objects = self.size_setting("GIT_RELAY_FETCH_STEP_OBJECTS", "relay.fetchStepObjects")
+        result = fetch_resumable(
+            self._upload_for_fetch,
+            self._done_with_upload,
             self.git,
             self.reporter,
             wants,
             haves,
             include_tag=self.followtags,
             check_connectivity=self.check_connectivity,
-            host_label=host,
+            host_label=self.url.host or "localhost",
+            step_objects=DEFAULT_STEP_OBJECTS if step_objects is None else step_objects,
+            env=self.env,
         )
-        if adv.version == 0 and not self.stateless:
-            self.close()  # a v0 stream served its one fetch; a later batch opens a new one
         stats.record(self, "fetch", [{"ref": n, "new": oid} for n, oid in names], result.bytes, result.objects, started)
         out = ""
         if result.keep:
@@ -332,6 +331,22 @@ class Helper:
         if result.connectivity_ok:
             out += "connectivity-ok\n"
         self._reply(out + "\n")
+
+    def _upload_for_fetch(self) -> tuple[Service, Advertisement]:
+        service, adv = self._open_upload()
+        self.upload_fresh = False
+        return service, adv
+
+    def _done_with_upload(self, aborted: bool) -> None:
+        """After one fetch request: drop a stream that cannot serve another (v0, or abandoned)."""
+        if self.upload is None:
+            return
+        service, adv = self.upload
+        if aborted:
+            self.upload = None
+            service.abort()
+        elif adv.version == 0 and not self.stateless:
+            self.close()  # a v0 stream served its one fetch; a later request opens a new one
 
     def _do_push(self, first: str) -> int:
         from .push import PushOptions, run_push_batch

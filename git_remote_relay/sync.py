@@ -18,13 +18,12 @@ fetch sends every target tip as a have, so the source sends only what the target
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from typing import Any, Iterator, Mapping
 
 from .errors import PackError, RelayError, UnsupportedError, UrlError
 from .gitcmd import Config, Git
+from .history import Scratch, first_parent_chain
 from .pktline import FLUSH
 from .protocol import ZERO_OID, Advertisement, fetch_request, ls_refs_request, read_fetch_preamble, read_ls_refs, supports_filter
 from .push import PackStream, PackTooLarge, PushOptions, RefUpdate, exchange
@@ -158,21 +157,7 @@ class RefPlan:
                 "mode": self.mode, "reason": self.reason, "result": self.result}
 
 
-class _Scratch:
-    """A throw-away bare repository for commit-only proofs (commits, no trees or blobs)."""
-
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self.dir = tempfile.mkdtemp(prefix="git-relay-")
-        base = {k: v for k, v in env.items() if not k.startswith("GIT_") or k in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM")}
-        Git(base).run(["init", "-q", "--bare", self.dir])
-        self.git = Git(dict(base, GIT_DIR=self.dir))
-        self.warned = False
-
-    def close(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def prove_fast_forward(source: Endpoint, old: str, new: str, scratch: _Scratch, reporter: Reporter) -> bool:
+def prove_fast_forward(source: Endpoint, old: str, new: str, scratch: Scratch, reporter: Reporter) -> bool:
     """Is ``old`` an ancestor of ``new`` on the source? One commit-only fetch, have = {old}."""
     from .fetch import fetch_pack
 
@@ -187,12 +172,7 @@ def prove_fast_forward(source: Endpoint, old: str, new: str, scratch: _Scratch, 
                host_label="git-relay", filter_spec=filter_spec, thin=False)
     if adv.version == 0 and not service.stateless:
         source.close()
-    listing = scratch.git.run(["cat-file", "--batch-all-objects", "--batch-check=%(objectname) %(objecttype)"]).decode().split("\n")
-    commits = [line.split()[0] for line in listing if line.endswith(" commit")]
-    if not commits:
-        return False
-    out = scratch.git.run(["rev-list", "--no-walk", "--parents", "--stdin"], input=("\n".join(commits) + "\n").encode()).decode()
-    return any(old in line.split()[1:] for line in out.splitlines())
+    return any(old in parents for parents in scratch.parents().values())
 
 
 def plan(source: Endpoint, target: Endpoint, selection: Selection, *, force_with_lease: bool, prune: bool, reporter: Reporter) -> tuple[list[RefPlan], str]:
@@ -208,7 +188,7 @@ def plan(source: Endpoint, target: Endpoint, selection: Selection, *, force_with
     managed_on_target = [r for r in tgt_refs if selection.managed(r)]
     mode = "bootstrap" if not managed_on_target else "incremental"
     plans: list[RefPlan] = []
-    scratch: _Scratch | None = None
+    scratch: Scratch | None = None
     try:
         for src, dst in pairs:
             new, old = src_refs[src], tgt_refs.get(dst, ZERO_OID)
@@ -218,7 +198,7 @@ def plan(source: Endpoint, target: Endpoint, selection: Selection, *, force_with
                 plans.append(RefPlan(src, dst, new, old, "up-to-date", "same object on both sides"))
             elif _kind(dst) == "branch":
                 if scratch is None:
-                    scratch = _Scratch(source.ctx.env)
+                    scratch = Scratch(source.ctx.env)
                 if prove_fast_forward(source, old, new, scratch, reporter):
                     plans.append(RefPlan(src, dst, new, old, "update", "fast-forward"))
                 elif force_with_lease:
@@ -309,21 +289,6 @@ def relay(source: Endpoint, target: Endpoint, plans: list[RefPlan], *, atomic: b
     return sent, objects
 
 
-def _first_parent_chain(scratch: _Scratch, tip: str) -> list[str]:
-    """Oldest-first first-parent line of ``tip`` within the commits fetched into ``scratch``."""
-    listing = scratch.git.run(["cat-file", "--batch-all-objects", "--batch-check=%(objectname) %(objecttype)"]).decode().split("\n")
-    commits = [line.split()[0] for line in listing if line.endswith(" commit")]
-    if not commits:
-        return []
-    out = scratch.git.run(["rev-list", "--no-walk", "--parents", "--stdin"], input=("\n".join(commits) + "\n").encode()).decode()
-    parents = {words[0]: words[1:] for words in (line.split() for line in out.splitlines()) if words}
-    chain, cur = [], tip
-    while cur in parents:
-        chain.append(cur)
-        cur = parents[cur][0] if parents[cur] else ""
-    return chain[::-1]
-
-
 def _split_ref(dst: str) -> str:
     from .batch import split_ref
 
@@ -338,7 +303,7 @@ def split_branch(source: Endpoint, target: Endpoint, p: RefPlan, *, limit: int |
     """
     from .fetch import fetch_pack
 
-    scratch = _Scratch(source.ctx.env)
+    scratch = Scratch(source.ctx.env)
     try:
         _, tadv = target.open("receive-pack")
         haves = list(dict.fromkeys([*tadv.refs.values(), *tadv.extra_haves]))
@@ -353,7 +318,7 @@ def split_branch(source: Endpoint, target: Endpoint, p: RefPlan, *, limit: int |
                    host_label="git-relay", filter_spec="tree:0", thin=False)
         if sadv.version == 0 and not service.stateless:
             source.close()
-        chain = _first_parent_chain(scratch, p.new)
+        chain = first_parent_chain(scratch.parents(), p.new)
     finally:
         scratch.close()
     tmp = _split_ref(p.dst)

@@ -79,3 +79,83 @@ def test_timeout_zero_means_wait_and_bad_values_are_refused(tmp_path: Path, make
     assert ok.returncode == 0 and "refs/heads/main" in ok.stdout
     bad = run_git("-c", "relay.timeout=soon", "ls-remote", remote.relay_url)
     assert bad.returncode != 0 and "bad relay.timeout 'soon'" in bad.stderr
+
+
+def history(path: Path, commits: int, size: int) -> Path:
+    git("init", "-q", str(path))
+    for i in range(commits):
+        (path / f"part{i}.bin").write_bytes(os.urandom(size))
+        git("add", ".", cwd=path)
+        git("commit", "-q", "-m", f"part {i}", cwd=path)
+    git("tag", "-a", "v1", "-m", "v1", cwd=path)
+    return path
+
+
+def relay_state(work: Path) -> list[str]:
+    state = work / ".git" / "relay"
+    return sorted(p.name for p in state.iterdir()) if state.exists() else []
+
+
+def pack_leftovers(work: Path) -> list[str]:
+    packdir = work / ".git" / "objects" / "pack"
+    return sorted(p.name for p in packdir.iterdir() if p.name.startswith("tmp_") or p.suffix == ".keep")
+
+
+@pytest.mark.parametrize("transport", ["file", "ssh", "git", "http"])
+def test_a_big_fetch_goes_in_steps_and_ends_like_native(transport: str, tmp_path: Path, make_remote) -> None:
+    src = history(tmp_path / "src", commits=24, size=8_000)
+    remote = make_remote(transport, source=src)
+    work = tmp_path / "work"
+    git("init", "-q", str(work))
+    res = git("-c", "relay.fetchStepObjects=15", "fetch", remote.relay_url, "refs/heads/*:refs/remotes/origin/*", "refs/tags/*:refs/tags/*", cwd=work)
+    assert "relay: step 1/" in res.stderr and "the rest" in res.stderr, res.stderr
+    assert refs(work)["refs/remotes/origin/main"] == refs(src)["refs/heads/main"]
+    assert refs(work)["refs/tags/v1"] == refs(src)["refs/tags/v1"]
+    fsck(work)
+    assert pack_leftovers(work) == [] and relay_state(work) == []
+    # the default threshold is far above a repository this small: one plain fetch, no steps
+    plain = tmp_path / "plain"
+    git("init", "-q", str(plain))
+    res = git("fetch", remote.relay_url, "refs/heads/*:refs/remotes/origin/*", cwd=plain)
+    assert "relay: step" not in res.stderr
+    assert relay_state(plain) == []
+
+
+def wait_for(proc: subprocess.Popen[str], needle: str, seen: list[str]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        if needle in line:
+            return
+    raise AssertionError(f"'{needle}' never came: {''.join(seen)}")
+
+
+@pytest.mark.parametrize("transport", ["ssh", "http"])
+def test_a_fetch_killed_at_a_step_resumes_and_cleans_up(transport: str, tmp_path: Path, make_remote) -> None:
+    src = history(tmp_path / "src", commits=24, size=8_000)
+    remote = make_remote(transport, source=src)
+    slow = remote.path / "relay-test-hook"  # the server thinks for a while before each pack
+    slow.write_text("#!/bin/sh\nsleep 1\n")
+    slow.chmod(0o755)
+    work = tmp_path / "work"
+    git("init", "-q", str(work))
+    args = ["git", "-c", "relay.fetchStepObjects=15", "fetch", remote.relay_url, "refs/heads/*:refs/remotes/origin/*"]
+    proc = subprocess.Popen(args, cwd=work, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    seen: list[str] = []
+    try:
+        wait_for(proc, "step 3/", seen)
+        time.sleep(0.3)  # inside step 3: index-pack is waiting for the server's pack
+    finally:
+        os.killpg(proc.pid, 9)  # like a closed laptop: git, the helper and index-pack die at once
+        proc.wait()
+    assert refs(work) == {}, "an interrupted fetch moves no ref"
+    fsck(work)
+    left = [n for n in pack_leftovers(work) if n.startswith("tmp_")]
+    assert left, "the killed step should have left index-pack's temporary pack behind"
+    assert any(n.endswith(".json") for n in relay_state(work))
+    slow.unlink()
+    res = git("-c", "relay.fetchStepObjects=15", "fetch", "-v", remote.relay_url, "refs/heads/*:refs/remotes/origin/*", cwd=work)
+    assert "resuming an interrupted fetch (2 finished step(s) kept)" in res.stderr, res.stderr
+    assert refs(work)["refs/remotes/origin/main"] == refs(src)["refs/heads/main"]
+    fsck(work)
+    assert pack_leftovers(work) == [] and relay_state(work) == []

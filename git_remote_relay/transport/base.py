@@ -143,6 +143,10 @@ class Service:
     def close(self) -> None:
         raise NotImplementedError
 
+    def abort(self) -> None:
+        """Close in the middle of a reply (which makes the connection unusable)."""
+        self.close()
+
     def __enter__(self) -> "Service":
         return self
 

@@ -184,7 +184,9 @@ def _timed_out(exc: BaseException) -> bool:
     for _ in range(4):
         if seen is None:
             return False
-        if isinstance(seen, (urllib3.exceptions.TimeoutError, socket.timeout)):
+        if isinstance(seen, urllib3.exceptions.NewConnectionError):
+            return False  # urllib3 derives "could not connect" from its connect-timeout error
+        if isinstance(seen, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError, socket.timeout)):
             return True
         seen = getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
     return False
@@ -294,6 +296,15 @@ class HttpService(Service):
         resp.drain_conn()
         resp.release_conn()
         self.transport.settled()
+
+    def abort(self) -> None:
+        """Close, dropping the connections of replies we stopped reading (they cannot be reused)."""
+        for resp in self._responses:
+            try:
+                resp.close()
+            except Exception:  # noqa: BLE001 - closing must not mask the real error
+                pass
+        self._responses.clear()
 
     def close(self) -> None:
         for resp in self._responses:

@@ -185,12 +185,13 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
         if raw.timed_out:
             kill_tree(proc)  # a stalled ssh would wait for its server as long as we let it
         close_write()
+        # Stop reading first: a child still writing a reply we abandoned gets EPIPE and ends,
+        # instead of blocking on a full pipe until the wait below runs out.
+        reader.close()
+        stdout.close()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.close()
-        stdout.close()
+            kill_tree(proc)
 
     return StreamService(reader.read, write_all, close_write, close, label, reader.readinto, activity)

@@ -1,0 +1,264 @@
+"""Big fetches in committed steps, so that an interrupted fetch continues where it stopped.
+
+A pack stream cannot be resumed: a fetch killed at 90 % has stored nothing. So a fetch whose pack
+announces more than ``relay.fetchStepObjects`` objects is abandoned at its 12-byte header (before
+any object is stored) and done in steps instead:
+
+1. one commit-only fetch (``filter tree:0``) of the wanted history into a scratch repository
+   gives its first-parent line;
+2. commits spaced along that line are fetched oldest first, each with the previous ones as haves;
+   each step is a complete, indexed, ``.keep``-protected pack, recorded in this run's state file;
+3. the real wants are fetched last, with every step as a have, and reported to git as usual.
+
+A run that dies leaves its state under ``$GIT_DIR/relay/``: ``fetch-<id>.json`` (finished steps,
+the temporary pack index-pack was writing) beside ``fetch-<id>.lock``, which the live run holds
+locked. The next fetch into the repository takes over what dead runs left: it removes their
+temporary packs and uses their finished steps as haves, so the same command re-run sends only
+what is still missing. After a successful fetch the steps' ``.keep`` files and the state go;
+the objects are referenced by the refs git then writes.
+
+A small fetch pays nothing: one look at the pack header and a directory listing.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+from typing import Callable
+
+from .errors import LocalGitError
+from .fetch import FetchResult, fetch_pack
+from .gitcmd import Git
+from .history import Scratch, first_parent_chain
+from .protocol import Advertisement, supports_filter
+from .transport.base import Service
+from .ui import Reporter
+
+__all__ = ["RunState", "fetch_resumable", "DEFAULT_STEP_OBJECTS", "MAX_STEPS"]
+
+# About a quarter of git/git's history a step: a killed clone of it loses one step at most,
+# and a repository of a few thousand objects never steps.
+DEFAULT_STEP_OBJECTS = 100_000
+# More steps add a round trip (and a server-side object count) each for little gain.
+MAX_STEPS = 64
+
+OpenUpload = Callable[[], "tuple[Service, Advertisement]"]
+
+
+class _TooBig(Exception):
+    """Raised from the header hook: this pack is to be fetched in steps."""
+
+    def __init__(self, objects: int) -> None:
+        super().__init__(objects)
+        self.objects = objects
+
+
+def _dedupe(*lists: list[str]) -> list[str]:
+    return list(dict.fromkeys(x for lst in lists for x in lst))
+
+
+class RunState:
+    """This fetch's record under ``$GIT_DIR/relay/``; see the module docstring."""
+
+    def __init__(self, git: Git) -> None:
+        self.git = git
+        git_dir = git.env.get("GIT_DIR")  # git gives helpers GIT_DIR: no rev-parse on every fetch
+        self.dir = os.path.join(git.cwd or os.getcwd(), git_dir, "relay") if git_dir else git.git_path("relay")
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.name = f"fetch-{os.getpid()}-{secrets.token_hex(4)}"
+        self.lock_path = os.path.join(self.dir, self.name + ".lock")
+        self.json_path = os.path.join(self.dir, self.name + ".json")
+        self._fd: int | None = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.tmp: list[str] = []  # temporary packs being written now
+        self.steps: list[tuple[str, str | None]] = []  # (commit, .keep protecting its pack)
+
+    @property
+    def done(self) -> list[str]:
+        return [oid for oid, _ in self.steps]
+
+    def _save(self) -> None:
+        data = json.dumps({"tmp": self.tmp, "steps": [[oid, keep] for oid, keep in self.steps]})
+        part = self.json_path + ".part"
+        with open(part, "w", encoding="utf-8") as fh:
+            fh.write(data)
+        os.replace(part, self.json_path)
+
+    def add_tmp(self, paths: list[str]) -> None:
+        self.tmp = list(paths)
+        self._save()
+
+    def add_step(self, oid: str, keep: str | None) -> None:
+        self.steps.append((oid, keep))
+        self.tmp = []
+        self._save()
+
+    def adopt_dead(self) -> tuple[int, int]:
+        """Take over what runs that died left: remove their temporary packs, reuse their steps.
+
+        Returns (temporary packs removed, steps reused). A run that still holds its lock is alive
+        and left alone.
+        """
+        removed, reused = 0, 0
+        for entry in sorted(os.listdir(self.dir)):
+            if not (entry.startswith("fetch-") and entry.endswith(".lock")) or entry == self.name + ".lock":
+                continue
+            path = os.path.join(self.dir, entry)
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # alive
+                state = path[: -len(".lock")] + ".json"
+                try:
+                    with open(state, encoding="utf-8") as fh:
+                        data = json.load(fh)
+                except (OSError, ValueError):
+                    data = {}
+                for tmp in data.get("tmp", []):
+                    if _ours(tmp, self.git) and os.path.exists(tmp):
+                        os.unlink(tmp)
+                        removed += 1
+                steps = [(s[0], s[1]) for s in data.get("steps", []) if isinstance(s, list) and len(s) == 2]
+                present = self.git.existing([oid for oid, _ in steps])
+                for oid, keep in steps:
+                    if oid in present and oid not in self.done:
+                        self.steps.append((oid, keep))
+                        reused += 1
+                    elif keep and _ours(keep, self.git) and os.path.exists(keep):
+                        os.unlink(keep)  # its objects are gone: nothing left to protect
+                for leftover in (state, state + ".part", path):
+                    try:
+                        os.unlink(leftover)
+                    except FileNotFoundError:
+                        pass
+            finally:
+                os.close(fd)
+        if reused or removed:
+            self._save()
+        return removed, reused
+
+    def finish(self, keep_for_git: str | None) -> None:
+        """The fetch is complete: the steps need no protection beyond the refs git now writes."""
+        for _, keep in self.steps:
+            if keep and keep != keep_for_git and _ours(keep, self.git):
+                try:
+                    os.unlink(keep)
+                except FileNotFoundError:
+                    pass
+        self.steps, self.tmp = [], []
+        for path in (self.json_path, self.lock_path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        self.release()
+
+    def release(self) -> None:
+        """Stop holding the lock; what the state file says is left for a later run."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if not self.steps and not self.tmp:
+            for path in (self.json_path, self.lock_path):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+
+
+def _ours(path: str, git: Git) -> bool:
+    """Only files in this repository's pack directory are ever removed (never where a state file points)."""
+    pack_dir = os.path.realpath(git.git_path("objects/pack"))
+    return os.path.dirname(os.path.realpath(path)) == pack_dir and os.path.basename(path).startswith(("tmp_", "pack-"))
+
+
+def fetch_resumable(
+    open_upload: OpenUpload,
+    drop_upload: Callable[[bool], None],
+    git: Git,
+    reporter: Reporter,
+    wants: list[str],
+    haves: list[str],
+    *,
+    include_tag: bool,
+    check_connectivity: bool,
+    host_label: str,
+    step_objects: int | None,
+    env: dict[str, str],
+) -> FetchResult:
+    """Fetch ``wants`` (in steps when the pack is big); see the module docstring.
+
+    ``open_upload()`` gives upload-pack ready for one fetch request; ``drop_upload(aborted)``
+    ends that conversation when it cannot serve another (a v0 stream, or a reply abandoned).
+    """
+    try:
+        state = RunState(git)
+    except OSError as exc:
+        raise LocalGitError(f"cannot write the fetch state under {git.git_path('relay')}: {exc.strerror}") from exc
+    try:
+        removed, reused = state.adopt_dead()
+        if removed:
+            reporter.trace(f"fetch: removed {removed} temporary pack(s) left by a fetch that died")
+        if reused:
+            reporter.say(f"relay: resuming an interrupted fetch ({reused} finished step(s) kept)")
+        service, adv = open_upload()
+        stepping = step_objects is not None and step_objects > 0 and supports_filter(adv)
+
+        def check(objects: int) -> None:
+            if stepping and step_objects is not None and objects > step_objects:
+                raise _TooBig(objects)
+
+        try:
+            result = fetch_pack(service, adv, git, reporter, wants, _dedupe(state.done, haves), include_tag=include_tag,
+                                check_connectivity=check_connectivity, host_label=host_label, on_header=check, on_tmp=state.add_tmp)
+            drop_upload(False)
+        except _TooBig as big:
+            drop_upload(True)
+            reporter.trace(f"fetch: the pack has {big.objects} objects; fetching in steps")
+            result = _in_steps(open_upload, drop_upload, git, reporter, wants, haves, state, big.objects, step_objects or 1,
+                               include_tag=include_tag, check_connectivity=check_connectivity, host_label=host_label, env=env)
+        state.finish(result.keep)
+        return result
+    finally:
+        state.release()
+
+
+def _in_steps(open_upload: OpenUpload, drop_upload: Callable[[bool], None], git: Git, reporter: Reporter, wants: list[str], haves: list[str],
+              state: RunState, objects: int, step_objects: int, *, include_tag: bool, check_connectivity: bool, host_label: str,
+              env: dict[str, str]) -> FetchResult:
+    quiet = Reporter(reporter.stream, verbosity=0, progress=False, trace=reporter.tracing)
+    with Scratch(env) as scratch:
+        service, adv = open_upload()
+        fetch_pack(service, adv, scratch.git, quiet, wants, _dedupe(state.done, haves), include_tag=False, check_connectivity=False,
+                   host_label=host_label, filter_spec="tree:0", thin=False)
+        drop_upload(False)
+        parents = scratch.parents()
+    chain = max((first_parent_chain(parents, w) for w in wants), key=len, default=[])
+    count = min(MAX_STEPS, -(-objects // step_objects), len(chain))
+    cuts = [chain[(i * len(chain)) // count - 1] for i in range(1, count)] if count >= 2 else []
+    total, stored = 0, 0
+    for i, commit in enumerate(cuts, start=1):
+        reporter.say(f"relay: step {i}/{count}: history up to {commit[:12]}")
+        service, adv = open_upload()
+        step = fetch_pack(service, adv, git, reporter, [commit], _dedupe(state.done, haves), include_tag=False, check_connectivity=False,
+                          host_label=host_label, on_tmp=state.add_tmp)
+        drop_upload(False)
+        state.add_step(commit, step.keep)
+        total += step.bytes
+        stored += step.objects or 0
+    if cuts:
+        reporter.say(f"relay: step {count}/{count}: the rest")
+    service, adv = open_upload()
+    final = fetch_pack(service, adv, git, reporter, wants, _dedupe(state.done, haves), include_tag=include_tag,
+                       check_connectivity=check_connectivity, host_label=host_label, on_tmp=state.add_tmp)
+    drop_upload(False)
+    final.bytes += total
+    final.objects = (final.objects or 0) + stored
+    return final
