@@ -18,6 +18,7 @@ __all__ = [
     "RemoteError",
     "PackError",
     "UnsupportedError",
+    "ShallowRemoteError",
     "LocalGitError",
 ]
 
@@ -72,6 +73,14 @@ class PackError(RelayError):
 
 class UnsupportedError(RelayError):
     """A request the engine cannot honour; never silently ignored."""
+
+
+class ShallowRemoteError(UnsupportedError):
+    """The remote repository is itself shallow: its history stops at ``shallow`` commits."""
+
+    def __init__(self, message: str, hint: str = "", shallow: list[str] | None = None) -> None:
+        super().__init__(message, hint)
+        self.shallow = list(shallow or [])
 
 
 class LocalGitError(RelayError):

@@ -15,17 +15,17 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import LocalGitError, PackError, TransportError
+from .errors import LocalGitError, PackError, ShallowRemoteError, TransportError
 from .gitcmd import Git, widen_pipe
 from .pktline import pump_sideband
 from .protocol import Advertisement, fetch_request, read_fetch_preamble
 from .transport.base import Service
 from .ui import Reporter
 
-__all__ = ["FetchResult", "fetch_pack", "local_haves", "MAX_WALK_HAVES"]
+__all__ = ["FetchResult", "fetch_pack", "local_haves", "record_shallow", "MAX_WALK_HAVES"]
 
 # A bound on the haves walk: enough to find a common ancestor behind a few hundred local commits
 # without a request that grows with history (the request is small: 50 bytes a have).
@@ -41,6 +41,7 @@ class FetchResult:
     bytes: int
     seconds: float
     objects: int | None = None
+    shallow: list[str] = field(default_factory=list)  # the remote's own shallow boundary
 
 
 def local_haves(git: Git, limit: int = MAX_WALK_HAVES) -> list[str]:
@@ -78,12 +79,15 @@ def fetch_pack(
     thin: bool = True,
     on_header: Callable[[int], None] | None = None,
     on_tmp: Callable[[list[str]], None] | None = None,
+    allow_shallow: bool = False,
 ) -> FetchResult:
     """Fetch ``wants`` into the local object store; raise on any failure, leaving nothing behind.
 
     ``on_header(objects)`` sees the pack's object count before any object is stored, and may
     raise to abandon the fetch. ``on_tmp(paths)`` learns the temporary pack index-pack writes,
-    so that a later run can remove it should this process be killed.
+    so that a later run can remove it should this process be killed. A remote that is itself
+    shallow raises ``ShallowRemoteError`` before anything is stored, unless ``allow_shallow``:
+    then its boundary is returned in ``FetchResult.shallow`` for the caller to record.
     """
     started = time.monotonic()
     wants = list(dict.fromkeys(wants))
@@ -101,9 +105,7 @@ def fetch_pack(
         args.append("--strict")
     request = fetch_request(adv, wants, haves, progress=reporter.progress, include_tag=include_tag, filter_spec=filter_spec, thin=thin)
     reporter.trace(f"fetch: {len(wants)} wants, {len(haves)} haves, protocol v{adv.version}")
-    index = git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
-    assert index.stdin is not None and index.stdout is not None
-    widen_pipe(index.stdin.fileno())
+    index = _start_index(git, args)
     received = 0
     objects: int | None = None
     try:
@@ -114,7 +116,20 @@ def fetch_pack(
         reader = service.request([request])
         if on_tmp is not None and not service.stateless:
             on_tmp(_await_tmp(pack_dir, before, index))
-        read_fetch_preamble(reader, adv)
+        shallow = read_fetch_preamble(reader, adv) or list(adv.shallow)  # v0 said so in its advertisement
+        if shallow and not allow_shallow:
+            raise ShallowRemoteError("the remote repository is shallow (its history is cut off)", shallow=shallow)
+        if shallow and check_connectivity:
+            # history stops at the shallow commits, so the pack is never "connected": start an
+            # index-pack that does not die on the missing parents (git checks with the shallow file)
+            index.kill()
+            index.wait()
+            _remove_new_tmp(pack_dir, before)
+            check_connectivity = False
+            index = _start_index(git, [a for a in args if a != "--check-self-contained-and-connected"])
+            if on_tmp is not None:
+                on_tmp(_await_tmp(pack_dir, before, index))
+        assert index.stdin is not None and index.stdout is not None
         sink = index.stdin
 
         def store(data: memoryview) -> None:
@@ -159,7 +174,14 @@ def fetch_pack(
     keep = os.path.join(pack_dir, f"pack-{pack_hash}.keep") if kind == "keep" else None
     elapsed = time.monotonic() - started
     reporter.trace(f"fetch: {received} pack bytes in {elapsed:.2f}s")
-    return FetchResult(keep=keep, connectivity_ok=check_connectivity and rc == 0, bytes=received, seconds=elapsed, objects=objects)
+    return FetchResult(keep=keep, connectivity_ok=check_connectivity and rc == 0, bytes=received, seconds=elapsed, objects=objects, shallow=shallow)
+
+
+def _start_index(git: Git, args: list[str]) -> "subprocess.Popen[bytes]":
+    index = git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+    assert index.stdin is not None
+    widen_pipe(index.stdin.fileno())
+    return index
 
 
 def _await_tmp(pack_dir: str, before: set[str], index: "subprocess.Popen[bytes]") -> list[str]:
@@ -170,6 +192,33 @@ def _await_tmp(pack_dir: str, before: set[str], index: "subprocess.Popen[bytes]"
         if fresh or index.poll() is not None or time.monotonic() > deadline:
             return [os.path.join(pack_dir, n) for n in sorted(fresh)]
         time.sleep(0.0005)
+
+
+def record_shallow(git: Git, oids: list[str]) -> None:
+    """Add ``oids`` to ``$GIT_DIR/shallow`` under git's own ``shallow.lock`` (a clone of a remote
+    that is itself shallow is shallow at the same commits, as git's fetch-pack makes it)."""
+    path = git.git_path("shallow")
+    lock = path + ".lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+    except FileExistsError:
+        raise LocalGitError(f"unable to create '{lock}': it exists", "another git process may be running; if not, remove the file") from None
+    try:
+        existing: list[str] = []
+        try:
+            with open(path, encoding="ascii") as fh:
+                existing = fh.read().split()
+        except FileNotFoundError:
+            pass
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write("".join(oid + "\n" for oid in sorted(set(existing) | set(oids))))
+        os.replace(lock, path)
+    except BaseException:
+        try:
+            os.unlink(lock)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _remove_new_tmp(pack_dir: str, before: set[str]) -> None:

@@ -192,6 +192,7 @@ def fetch_resumable(
     host_label: str,
     step_objects: int | None,
     env: dict[str, str],
+    allow_shallow: bool = False,
 ) -> FetchResult:
     """Fetch ``wants`` (in steps when the pack is big); see the module docstring.
 
@@ -217,13 +218,15 @@ def fetch_resumable(
 
         try:
             result = fetch_pack(service, adv, git, reporter, wants, _dedupe(state.done, haves), include_tag=include_tag,
-                                check_connectivity=check_connectivity, host_label=host_label, on_header=check, on_tmp=state.add_tmp)
+                                check_connectivity=check_connectivity, host_label=host_label, on_header=check, on_tmp=state.add_tmp,
+                                allow_shallow=allow_shallow)
             drop_upload(False)
         except _TooBig as big:
             drop_upload(True)
             reporter.trace(f"fetch: the pack has {big.objects} objects; fetching in steps")
             result = _in_steps(open_upload, drop_upload, git, reporter, wants, haves, state, big.objects, step_objects or 1,
-                               include_tag=include_tag, check_connectivity=check_connectivity, host_label=host_label, env=env)
+                               include_tag=include_tag, check_connectivity=check_connectivity, host_label=host_label, env=env,
+                               allow_shallow=allow_shallow)
         state.finish(result.keep)
         return result
     finally:
@@ -232,12 +235,12 @@ def fetch_resumable(
 
 def _in_steps(open_upload: OpenUpload, drop_upload: Callable[[bool], None], git: Git, reporter: Reporter, wants: list[str], haves: list[str],
               state: RunState, objects: int, step_objects: int, *, include_tag: bool, check_connectivity: bool, host_label: str,
-              env: dict[str, str]) -> FetchResult:
+              env: dict[str, str], allow_shallow: bool) -> FetchResult:
     quiet = Reporter(reporter.stream, verbosity=0, progress=False, trace=reporter.tracing)
     with Scratch(env) as scratch:
         service, adv = open_upload()
         fetch_pack(service, adv, scratch.git, quiet, wants, _dedupe(state.done, haves), include_tag=False, check_connectivity=False,
-                   host_label=host_label, filter_spec="tree:0", thin=False)
+                   host_label=host_label, filter_spec="tree:0", thin=False, allow_shallow=allow_shallow)
         drop_upload(False)
         parents = scratch.parents()
     chain = max((first_parent_chain(parents, w) for w in wants), key=len, default=[])
@@ -248,7 +251,7 @@ def _in_steps(open_upload: OpenUpload, drop_upload: Callable[[bool], None], git:
         reporter.say(f"relay: step {i}/{count}: history up to {commit[:12]}")
         service, adv = open_upload()
         step = fetch_pack(service, adv, git, reporter, [commit], _dedupe(state.done, haves), include_tag=False, check_connectivity=False,
-                          host_label=host_label, on_tmp=state.add_tmp)
+                          host_label=host_label, on_tmp=state.add_tmp, allow_shallow=allow_shallow)
         drop_upload(False)
         state.add_step(commit, step.keep)
         total += step.bytes
@@ -257,7 +260,7 @@ def _in_steps(open_upload: OpenUpload, drop_upload: Callable[[bool], None], git:
         reporter.say(f"relay: step {count}/{count}: the rest")
     service, adv = open_upload()
     final = fetch_pack(service, adv, git, reporter, wants, _dedupe(state.done, haves), include_tag=include_tag,
-                       check_connectivity=check_connectivity, host_label=host_label, on_tmp=state.add_tmp)
+                       check_connectivity=check_connectivity, host_label=host_label, on_tmp=state.add_tmp, allow_shallow=allow_shallow)
     drop_upload(False)
     final.bytes += total
     final.objects = (final.objects or 0) + stored

@@ -13,7 +13,7 @@ import os
 import time
 from typing import BinaryIO, Mapping
 
-from .errors import RelayError, UnsupportedError
+from .errors import RelayError, ShallowRemoteError, UnsupportedError
 from .gitcmd import Git
 from .pktline import FLUSH
 from .protocol import Advertisement, ls_refs_request, read_ls_refs
@@ -249,13 +249,17 @@ class Helper:
             read_ls_refs(service.request([ls_refs_request(adv)]), adv)
         return service, adv
 
-    def _unborn_only(self) -> bool:
-        """An empty remote whose HEAD names a branch: only git's own v2 fetch carries that to a
-        clone (``list`` cannot say it), so such a remote is handed to passthrough."""
+    def _needs_git_fetch(self) -> bool:
+        """Remotes only git's own fetch-pack serves right, so they go to passthrough:
+
+        * an empty remote whose HEAD names a branch: only git's v2 fetch carries that unborn HEAD
+          to a clone (``list`` cannot say it);
+        * a v0 remote that is itself shallow: git's fetch-pack makes a shallow clone of it.
+        """
         if self.mode == "passthrough":
             return False
         adv = self._listed_upload()[1]
-        return adv.version == 2 and not adv.refs and adv.unborn_head is not None
+        return (adv.version == 2 and not adv.refs and adv.unborn_head is not None) or bool(adv.shallow)
 
     def open_receive(self) -> tuple[Service, Advertisement]:
         """receive-pack's advertisement; kept open so the push reuses the connection."""
@@ -294,7 +298,7 @@ class Helper:
 
     def _do_fetch(self, first: str) -> None:
         from . import stats
-        from .fetch import local_haves
+        from .fetch import local_haves, record_shallow
         from .fetchsteps import DEFAULT_STEP_OBJECTS, fetch_resumable
 
         started = time.monotonic()
@@ -311,19 +315,28 @@ class Helper:
         self._check_engine_can_fetch()
         haves = [] if self.cloning else local_haves(self.git)
         step_objects = self.size_setting("GIT_RELAY_FETCH_STEP_OBJECTS", "relay.fetchStepObjects")
-        result = fetch_resumable(
-            self._upload_for_fetch,
-            self._done_with_upload,
-            self.git,
-            self.reporter,
-            wants,
-            haves,
-            include_tag=self.followtags,
-            check_connectivity=self.check_connectivity,
-            host_label=self.url.host or "localhost",
-            step_objects=DEFAULT_STEP_OBJECTS if step_objects is None else step_objects,
-            env=self.env,
-        )
+        try:
+            result = fetch_resumable(
+                self._upload_for_fetch,
+                self._done_with_upload,
+                self.git,
+                self.reporter,
+                wants,
+                haves,
+                include_tag=self.followtags,
+                check_connectivity=self.check_connectivity,
+                host_label=self.url.host or "localhost",
+                step_objects=DEFAULT_STEP_OBJECTS if step_objects is None else step_objects,
+                env=self.env,
+                allow_shallow=self.cloning,
+            )
+        except ShallowRemoteError as exc:
+            raise UnsupportedError(
+                "the remote repository is shallow (its history is cut off): fetching from it would make this repository shallow",
+                "native git refuses that too unless asked (git fetch --update-shallow); use plain git for it, or relay.mode=passthrough",
+            ) from exc
+        if result.shallow:
+            record_shallow(self.git, result.shallow)  # a clone of a shallow remote is shallow there too
         stats.record(self, "fetch", [{"ref": n, "new": oid} for n, oid in names], result.bytes, result.objects, started)
         out = ""
         if result.keep:
@@ -379,7 +392,7 @@ class Helper:
             # --upload-pack/--receive-pack: the program to run on the remote, for passthrough and engine alike
             self.ctx.programs[service[len("git-"):]] = self.servpath
             self.servpath = None
-        if not self._wants_passthrough(service) and not (service == "git-upload-pack" and self._unborn_only()):
+        if not self._wants_passthrough(service) and not (service == "git-upload-pack" and self._needs_git_fetch()):
             self._reply("fallback\n")
             return None
         self.close()
@@ -390,7 +403,7 @@ class Helper:
         return connect(self.remote, service[len("git-"):], self.stdin, self.stdout)
 
     def _do_stateless_connect(self, service: str) -> int | None:
-        if service != "git-upload-pack" or not (self._wants_passthrough(service) or self._unborn_only()):
+        if service != "git-upload-pack" or not (self._wants_passthrough(service) or self._needs_git_fetch()):
             self._reply("fallback\n")
             return None
         service_obj, adv = self._open_upload()

@@ -40,7 +40,7 @@ class Advertisement:
         if fmt != "sha1":
             raise UnsupportedError(
                 f"the remote repository uses the {fmt} object format",
-                "git-remote-relay supports sha1 repositories only; use plain git for this one",
+                "git-remote-relay speaks sha1 only: use the same URL without 'relay::' (plain git handles sha256 repositories)",
             )
 
 
@@ -206,13 +206,18 @@ def supports_filter(adv: Advertisement) -> bool:
     return adv.has("filter")
 
 
-def read_fetch_preamble(reader: PktReader, adv: Advertisement) -> None:
-    """Consume the reply up to the start of the side-band pack data."""
+def read_fetch_preamble(reader: PktReader, adv: Advertisement) -> list[str]:
+    """Consume the reply up to the start of the side-band pack data.
+
+    Returns the ``shallow`` lines of a v2 ``shallow-info`` section: a server whose repository is
+    itself shallow says where its history stops (the caller decides whether that is acceptable).
+    """
+    shallow: list[str] = []
     if adv.version == 2:
         while True:
             header = reader.read_line()
             if header == "packfile":
-                return
+                return shallow
             if header == "shallow-info":
                 lines = []
                 while True:
@@ -222,17 +227,15 @@ def read_fetch_preamble(reader: PktReader, adv: Advertisement) -> None:
                     if isinstance(item, Special):
                         raise ProtocolError("protocol error: shallow-info not followed by a pack")
                     lines.append(item)
-                if any(x.startswith("shallow ") for x in lines):
-                    raise UnsupportedError(
-                        "the remote repository is shallow",
-                        "fetching from a shallow repository needs git's own fetch: set relay.mode=passthrough (ssh, file, git://) or use plain git",
-                    )
+                shallow += [_check_oid(x[len("shallow "):], x) for x in lines if x.startswith("shallow ")]
                 continue
             if header in ("acknowledgments", "wanted-refs", "packfile-uris"):
                 raise ProtocolError(f"protocol error: unexpected '{header}' section in the fetch reply")
             raise ProtocolError(f"protocol error: expected 'packfile', got {header!r}")
     line = reader.read_line()
-    while isinstance(line, str) and (line.startswith("shallow ") or line.startswith("unshallow ")):
-        raise UnsupportedError("the remote repository is shallow", "use relay.mode=passthrough or plain git")
+    if isinstance(line, str) and line.startswith(("shallow ", "unshallow ")):
+        # v0 sends these only to a client that asked for depth, which the engine never does
+        raise ProtocolError(f"protocol error: unexpected '{line[:60]}' in the fetch reply")
     if not isinstance(line, str) or not (line == "NAK" or line.startswith("ACK ")):
         raise ProtocolError(f"protocol error: expected ACK/NAK, got {line!r}")
+    return shallow

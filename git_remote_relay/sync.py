@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from typing import Any, Iterator, Mapping
 
-from .errors import PackError, RelayError, UnsupportedError, UrlError
+from .errors import PackError, RelayError, ShallowRemoteError, UnsupportedError, UrlError
 from .gitcmd import Config, Git
 from .history import Scratch, first_parent_chain
 from .pktline import FLUSH
@@ -178,6 +178,8 @@ def prove_fast_forward(source: Endpoint, old: str, new: str, scratch: Scratch, r
 def plan(source: Endpoint, target: Endpoint, selection: Selection, *, force_with_lease: bool, prune: bool, reporter: Reporter) -> tuple[list[RefPlan], str]:
     """Per-ref decisions and the relay mode (``bootstrap``, ``incremental`` or ``none``)."""
     _, sadv = source.open("upload-pack")
+    if sadv.shallow:
+        raise ShallowRemoteError("the source repository is shallow", shallow=sadv.shallow)
     _, tadv = target.open("receive-pack")
     src_refs = {k: v for k, v in sadv.refs.items() if k != "HEAD" and not k.endswith("^{}")}
     tgt_refs = dict(tadv.refs)
@@ -241,7 +243,9 @@ class _SourcePack(PackStream):
 
     def _chunks(self) -> Iterator[bytes]:
         reader = self.service.request([self.request])
-        read_fetch_preamble(reader, self.adv)
+        shallow = read_fetch_preamble(reader, self.adv)
+        if shallow:
+            raise ShallowRemoteError("the source repository is shallow", shallow=shallow)
         for channel, data in reader.sideband():
             if channel == 1:
                 yield data
@@ -407,6 +411,18 @@ def probe(endpoint: Endpoint, push: bool) -> dict[str, Any]:
 def run_sync(source: Endpoint, target: Endpoint, selection: Selection, *, force_with_lease: bool = False, prune: bool = False,
              atomic: bool = False, limit: int | None = None, dry_run: bool = False, bootstrap_only: bool = False, reporter: Reporter) -> dict[str, Any]:
     """Plan, refuse what is blocked, relay the rest. Returns the run's record (see ``--json``)."""
+    try:
+        return _run_sync(source, target, selection, force_with_lease=force_with_lease, prune=prune, atomic=atomic, limit=limit,
+                         dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter)
+    except ShallowRemoteError as exc:
+        raise UnsupportedError(
+            f"the source repository is shallow: its history stops at {len(exc.shallow)} commit(s) ({', '.join(o[:12] for o in exc.shallow[:3])}), so it cannot be relayed",
+            "a target needs the whole history: relay from a complete copy (run 'git fetch --unshallow' in the source first)",
+        ) from exc
+
+
+def _run_sync(source: Endpoint, target: Endpoint, selection: Selection, *, force_with_lease: bool, prune: bool,
+              atomic: bool, limit: int | None, dry_run: bool, bootstrap_only: bool, reporter: Reporter) -> dict[str, Any]:
     started = time.monotonic()
     plans, mode = plan(source, target, selection, force_with_lease=force_with_lease, prune=prune, reporter=reporter)
     if bootstrap_only and mode != "bootstrap":

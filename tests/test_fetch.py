@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,52 @@ def test_clone_of_empty_repository_keeps_its_unborn_head(transport: str, make_re
     assert head == "refs/heads/trunk", "native git carries the unborn HEAD (protocol v2)"
     assert git("symbolic-ref", "HEAD", cwd=relayed).stdout.strip() == head
     assert git("config", "remote.origin.url", cwd=relayed).stdout.strip() == remote.relay_url
+
+
+def make_shallow_remote(make_remote, transport: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A remote whose repository is itself shallow (a --depth 2 clone of a 5-commit history)."""
+    full = make_source(tmp_path / "full", commits=5)
+    remote = make_remote(transport)
+    shutil.rmtree(remote.path)
+    git("clone", "-q", "--bare", "--depth", "2", "--no-single-branch", f"file://{full}", str(remote.path))
+    assert (remote.path / "shallow").exists()
+    return remote
+
+
+@pytest.mark.parametrize("protocol", ["2", "0"])
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_clone_of_a_shallow_remote_is_shallow_like_native(transport: str, protocol: str, make_remote, tmp_path: Path) -> None:
+    remote = make_shallow_remote(make_remote, transport, tmp_path)
+    native, relayed = tmp_path / "native", tmp_path / "relayed"
+    git("-c", f"protocol.version={protocol}", "clone", "-q", remote.url, str(native))
+    git("-c", f"protocol.version={protocol}", "clone", "-q", remote.relay_url, str(relayed))
+    # (git's fetch-pack may write a boundary commit twice; the set is what counts)
+    assert set((relayed / ".git" / "shallow").read_text().split()) == set((native / ".git" / "shallow").read_text().split())
+    assert refs(relayed) == refs(native)
+    assert git("rev-list", "--count", "HEAD", cwd=relayed).stdout == git("rev-list", "--count", "HEAD", cwd=native).stdout
+    fsck(relayed)
+
+
+def test_dumb_http_is_refused_with_what_to_do(source: Path, make_remote, tmp_path: Path, http_server: int) -> None:
+    remote = make_remote("path", source=source)
+    git("update-server-info", cwd=remote.path)
+    url = f"http://127.0.0.1:{http_server}/{remote.path.name}"  # served as plain files: dumb HTTP
+    git("clone", "-q", url, str(tmp_path / "native"))  # native git can read it
+    res = git("clone", "relay::" + url, str(tmp_path / "relayed"), check=False)
+    assert res.returncode != 0
+    assert "dumb HTTP" in res.stderr and "without relay::" in res.stderr, res.stderr
+    assert not (tmp_path / "relayed").exists()
+
+
+def test_sha256_repository_is_refused_with_what_to_do(make_remote, tmp_path: Path) -> None:
+    remote = make_remote("file")
+    src = tmp_path / "s256"
+    git("init", "-q", "--object-format=sha256", str(src))
+    (src / "a").write_text("a\n")
+    git("add", "a", cwd=src)
+    git("commit", "-q", "-m", "a", cwd=src)
+    git("init", "-q", "--bare", "--object-format=sha256", str(remote.path) + ".256")
+    git("push", "-q", f"file://{remote.path}.256", "main", cwd=src)
+    res = git("clone", "relay::" + f"file://{remote.path}.256", str(tmp_path / "c"), check=False)
+    assert res.returncode != 0 and "sha256" in res.stderr and "without 'relay::'" in res.stderr, res.stderr
+    assert not (tmp_path / "c").exists()

@@ -243,3 +243,17 @@ def test_target_dying_mid_relay_leaves_it_unchanged(tmp_path: Path, make_remote)
     assert "fatal" in res.stderr or "error" in res.stderr
     assert refs(target.path) == {}
     fsck(target.path)
+
+
+@pytest.mark.parametrize("protocol", ["2", "0"])
+def test_a_shallow_source_is_refused_before_anything_moves(protocol: str, tmp_path: Path, make_remote) -> None:
+    full = make_source(tmp_path / "full", commits=4)
+    source = make_remote("file")
+    source.path.rename(source.path.with_suffix(".empty"))
+    git("clone", "-q", "--bare", "--depth", "2", f"file://{full}", str(source.path))
+    target = make_remote("file")
+    env = dict(os.environ, GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="protocol.version", GIT_CONFIG_VALUE_0=protocol)
+    res = relay("sync", source.url, target.url, check=False, env=env)
+    assert res.returncode == 128, res.stderr
+    assert "the source repository is shallow" in res.stderr and "--unshallow" in res.stderr, res.stderr
+    assert refs(target.path) == {}

@@ -168,7 +168,7 @@ class HttpTransport:
             resp.drain_conn()
             raise UnsupportedError(
                 f"'{redact(self.base)}/' is not a smart HTTP git server (dumb HTTP)",
-                "relay:: needs smart HTTP; fetch this URL with plain git instead",
+                "relay:: needs smart HTTP; use the same URL without relay:: (plain git reads dumb HTTP servers)",
             )
         self.settled()
         return HttpService(self, service, resp, want_v2)
