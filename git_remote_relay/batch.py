@@ -27,6 +27,11 @@ SPLIT_PREFIX = "refs/relay/split/"
 # Budget below which splitting gives up: a single commit bigger than the target's limit cannot
 # be pushed by any split, and tiny steps would only multiply round trips.
 MIN_BUDGET = 16 * 1024
+# A reset without a reason (git daemon on receive.maxInputSize, or a broken link) is retried with
+# smaller steps at most this many times, so a link that keeps failing ends in an error, not a loop.
+MAX_UNEXPLAINED_RESETS = 3
+RESET_HINT = ("git daemon resets the connection when a pack exceeds the target's receive.maxInputSize; if that is the cause, "
+              "set relay.maxPushBytes below that limit, otherwise check the network; nothing of your refs was changed")
 
 
 def split_ref(dst: str) -> str:
@@ -78,19 +83,23 @@ def push_maybe_split(helper: "Helper", service: Service, adv: Advertisement, tod
     except PackTooLarge as exc:
         if exc.ours and budget is None:
             raise  # relay.maxPackBytes: abort cleanly, never split
-        first_sent = exc.sent
+        first_sent, resets = exc.sent, int(exc.uncertain)
     finally:
         service.close()
     if budget is None:
         # the refusal came about when the pack passed the limit: start a little under it
         budget = max(first_sent * 3 // 4, MIN_BUDGET)
-        helper.reporter.say(f"relay: the target refused a {first_sent}-byte pack; splitting the push (steps of at most ~{budget} bytes)")
+        if resets:
+            helper.reporter.say(f"relay: the target reset the connection after {first_sent} bytes without a reason "
+                                f"(git daemon does that on receive.maxInputSize); trying steps of at most ~{budget} bytes")
+        else:
+            helper.reporter.say(f"relay: the target refused a {first_sent}-byte pack; splitting the push (steps of at most ~{budget} bytes)")
     for u in todo:
         u.error, u.ok = None, False
-    return _split(helper, todo, opts, budget, max_pack)
+    return _split(helper, todo, opts, budget, max_pack, resets)
 
 
-def _split(helper: "Helper", todo: list[RefUpdate], opts: PushOptions, budget: int, max_pack: int | None) -> tuple[int, int | None]:
+def _split(helper: "Helper", todo: list[RefUpdate], opts: PushOptions, budget: int, max_pack: int | None, resets: int = 0) -> tuple[int, int | None]:
     total_sent, total_objects = 0, 0
     for u in todo:
         if u.delete:
@@ -115,6 +124,11 @@ def _split(helper: "Helper", todo: list[RefUpdate], opts: PushOptions, budget: i
                 except PackTooLarge as exc:
                     if exc.ours:
                         raise
+                    if exc.uncertain:
+                        resets += 1
+                        if resets > MAX_UNEXPLAINED_RESETS:
+                            raise PackError(f"the target reset the connection {resets} times while receiving steps of {u.dst}, "
+                                            f"the last after {exc.sent} bytes", RESET_HINT) from exc
                     refused = True
                     break
                 finally:
@@ -125,6 +139,8 @@ def _split(helper: "Helper", todo: list[RefUpdate], opts: PushOptions, budget: i
                     raise PackError(f"split push step {k} of {u.dst} was refused by the target: {step.error}", "nothing of your refs was changed; fix the cause and push again to resume")
             if not refused:
                 break
+            if budget // 2 < MIN_BUDGET and resets:
+                raise PackError(f"the target reset the connection {resets} times while receiving steps of {u.dst}, down to ~{budget} bytes", RESET_HINT)
             if budget // 2 < MIN_BUDGET:
                 raise PackError(f"the target refuses even a single step of {u.dst} (~{budget} bytes)", "a commit on this branch is larger than the target accepts; nothing of your refs was changed")
             budget //= 2

@@ -34,10 +34,13 @@ _SIZE_REFUSALS = ("exceeds maximum allowed size", "pack exceeds", "too large", "
 class PackTooLarge(PackError):
     """The pack grew past a limit (ours or the server's)."""
 
-    def __init__(self, message: str, hint: str = "", sent: int = 0, ours: bool = False) -> None:
+    def __init__(self, message: str, hint: str = "", sent: int = 0, ours: bool = False, uncertain: bool = False) -> None:
         super().__init__(message, hint)
         self.sent = sent
         self.ours = ours
+        # The server reset the connection after (part of) the pack, before any report:
+        # git daemon does exactly that on receive.maxInputSize, but so does a broken link.
+        self.uncertain = uncertain
 
 
 @dataclass
@@ -232,6 +235,18 @@ def _size_refusal(text: str) -> bool:
     return any(word in lowered for word in _SIZE_REFUSALS)
 
 
+def _was_reset(exc: BaseException) -> bool:
+    """Did the connection end with a TCP reset (rather than an answer or a clean close)?"""
+    seen: BaseException | None = exc
+    for _ in range(4):
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionResetError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _read_report(reader: PktReader, sideband: bool, reporter: "Reporter", remote_text: bytearray) -> tuple[str, dict[str, str | None]]:
     """(unpack status, {ref: None for ok | reason}); the remote's messages go to ``remote_text``."""
     if sideband:
@@ -334,15 +349,21 @@ def exchange(service: Service, adv: Advertisement, updates: list[RefUpdate], opt
     except RelayError as exc:
         if stream is not None:
             stream.stop()
+        send_error: RelayError | None = None
         try:
             service.wait_sent()
         except PackTooLarge:
             raise  # our own limit stopped the pack: that is the real story
-        except RelayError:
-            pass
+        except RelayError as err:
+            send_error = err
         if stream is not None and _size_refusal(said.decode("utf-8", "replace")):
-            # e.g. git:// resets the connection after receive.maxInputSize stops the pack
             raise PackTooLarge(f"the server refused the pack for its size ({exc.message})", sent=stream.sent) from exc
+        # a reset is reported once, to the reader or to the writer, whichever asks first
+        if stream is not None and stream.sent and (_was_reset(exc) or (send_error is not None and _was_reset(send_error))):
+            # git daemon resets the socket when receive.maxInputSize stops the pack, before the
+            # reason can reach us: most likely a size refusal, retried smaller a few times only
+            raise PackTooLarge(f"the server reset the connection after {stream.sent} bytes of the pack, without a reason",
+                               sent=stream.sent, uncertain=True) from exc
         raise exc
     try:
         service.wait_sent()

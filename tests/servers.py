@@ -180,12 +180,26 @@ def sshd(base: Path, gitconfig: str, extra_config: str = "") -> Iterator[Sshd]:
         stop(proc)
 
 
+class Proxy:
+    """What a test proxy saw: connections accepted."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.connections = 0
+
+
 @contextlib.contextmanager
-def stalling_proxy(upstream_port: int | None, after: int = 0) -> Iterator[int]:
-    """A loopback TCP listener that stalls: it forwards to ``upstream_port`` (when given) until
-    ``after`` bytes came back from upstream, then passes nothing more back but keeps every
-    connection open, like a server that hung or a link that died without a reset. Without an
-    upstream it accepts and never says a word. Yields its port; closes everything on exit."""
+def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, reset_after: int | None = None) -> Iterator[Proxy]:
+    """A loopback TCP proxy that misbehaves on purpose, per connection:
+
+    * ``stall_after``: after that many bytes came back from upstream, pass nothing more back but
+      keep the connection open (a server that hung, a link that died without a reset);
+    * ``reset_after``: after that many bytes from the client, close both ends with a TCP reset
+      (what git daemon does when receive.maxInputSize stops a pack, or a proxy's body limit);
+    * no upstream: accept and never say a word.
+
+    Yields a ``Proxy`` (its port, and how many connections it took); closes everything on exit."""
+    import struct
     import threading
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -195,23 +209,39 @@ def stalling_proxy(upstream_port: int | None, after: int = 0) -> Iterator[int]:
     listener.settimeout(0.2)
     done = threading.Event()
     held: list[socket.socket] = []
+    proxy = Proxy(int(listener.getsockname()[1]))
 
-    def pipe(src: socket.socket, dst: socket.socket, budget: list[int] | None) -> None:
+    def reset(*socks: socket.socket) -> None:
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                sock.close()
+
+    def pipe(src: socket.socket, dst: socket.socket, stall: int | None, cut: int | None, was_reset: threading.Event) -> None:
+        moved = 0
         try:
             while not done.is_set():
                 try:
                     data = src.recv(65536)
                 except socket.timeout:
                     continue
-                if not data:
+                if was_reset.is_set():
                     return
-                if budget is not None:
-                    data = data[: max(0, budget[0])]
-                    budget[0] -= len(data)
+                if not data:
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_WR)
+                    return
+                if cut is not None and moved + len(data) > cut:
+                    was_reset.set()  # the other direction must not send a FIN first
+                    reset(src, dst)
+                    return
+                if stall is not None:
+                    data = data[: max(0, stall - moved)]
                 if data:
                     dst.sendall(data)
-                if budget is not None and budget[0] <= 0:
-                    done.wait()  # stall: keep both ends open, move nothing
+                moved += len(data)
+                if stall is not None and moved >= stall:
+                    done.wait()  # keep both ends open, move nothing
                     return
         except OSError:
             return
@@ -224,6 +254,7 @@ def stalling_proxy(upstream_port: int | None, after: int = 0) -> Iterator[int]:
                 continue
             except OSError:
                 return
+            proxy.connections += 1
             held.append(client)
             if upstream_port is None:
                 continue
@@ -234,17 +265,18 @@ def stalling_proxy(upstream_port: int | None, after: int = 0) -> Iterator[int]:
             held.append(up)
             client.settimeout(0.2)
             up.settimeout(0.2)
-            threading.Thread(target=pipe, args=(client, up, None), daemon=True).start()
-            threading.Thread(target=pipe, args=(up, client, [after]), daemon=True).start()
+            was_reset = threading.Event()
+            threading.Thread(target=pipe, args=(client, up, None, reset_after, was_reset), daemon=True).start()
+            threading.Thread(target=pipe, args=(up, client, stall_after, None, was_reset), daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield int(listener.getsockname()[1])
+        yield proxy
     finally:
         done.set()
         thread.join(timeout=5)
         listener.close()
-        for s in held:
+        for sock in held:
             with contextlib.suppress(OSError):
-                s.close()
+                sock.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -41,8 +42,8 @@ def ssh_env() -> dict[str, str]:
 
 @pytest.mark.parametrize("transport", ["ssh", "git", "http"])
 def test_a_server_that_never_answers_times_out_clearly(transport: str, tmp_path: Path) -> None:
-    with servers.stalling_proxy(None) as port:
-        res = run_git("-c", "relay.timeout=2", "ls-remote", "relay::" + stall_url(transport, port), env=ssh_env())
+    with servers.tcp_proxy(None) as proxy:
+        res = run_git("-c", "relay.timeout=2", "ls-remote", "relay::" + stall_url(transport, proxy.port), env=ssh_env())
     assert res.returncode != 0
     assert "relay.timeout" in res.stderr and "stalled" in res.stderr, res.stderr
     assert len([line for line in res.stderr.splitlines() if line.startswith("fatal:")]) == 1, res.stderr
@@ -62,8 +63,8 @@ def test_a_link_that_dies_mid_pack_fails_cleanly(transport: str, tmp_path: Path,
     upstream = request.getfixturevalue("git_daemon" if transport == "git" else "http_server")
     work = tmp_path / "work"
     git("init", "-q", str(work))
-    with servers.stalling_proxy(upstream, after=200_000) as port:
-        url = remote.url.replace(f":{upstream}/", f":{port}/")
+    with servers.tcp_proxy(upstream, stall_after=200_000) as proxy:
+        url = remote.url.replace(f":{upstream}/", f":{proxy.port}/")
         res = run_git("-c", "relay.timeout=2", "fetch", "relay::" + url, "refs/heads/*:refs/remotes/origin/*", cwd=work)
     assert res.returncode != 0
     assert "stalled" in res.stderr, res.stderr
@@ -159,3 +160,36 @@ def test_a_fetch_killed_at_a_step_resumes_and_cleans_up(transport: str, tmp_path
     assert refs(work)["refs/remotes/origin/main"] == refs(src)["refs/heads/main"]
     fsck(work)
     assert pack_leftovers(work) == [] and relay_state(work) == []
+
+
+def big_history(path: Path, commits: int, size: int) -> Path:
+    return history(path, commits, size)
+
+
+def test_a_reset_during_a_push_is_taken_as_a_size_limit_and_split(tmp_path: Path, make_remote, git_daemon: int) -> None:
+    """A front end that resets any upload over 300 KB (like git daemon on receive.maxInputSize)."""
+    work = big_history(tmp_path / "work", commits=8, size=90_000)
+    remote = make_remote("git")
+    with servers.tcp_proxy(git_daemon, reset_after=300_000) as proxy:
+        url = remote.url.replace(f":{git_daemon}/", f":{proxy.port}/")
+        assert run_git("push", url, "main", cwd=work).returncode != 0, "plain git cannot get through"
+        res = run_git("push", "relay::" + url, "main", cwd=work)
+    assert res.returncode == 0, res.stderr
+    assert "reset the connection" in res.stderr and "step 1/" in res.stderr, res.stderr
+    assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    assert not [r for r in refs(remote.path) if r.startswith("refs/relay/")]
+    fsck(remote.path)
+
+
+def test_a_link_that_always_resets_ends_in_a_clear_error_not_a_loop(tmp_path: Path, make_remote, git_daemon: int) -> None:
+    work = big_history(tmp_path / "work", commits=8, size=90_000)
+    remote = make_remote("git")
+    with servers.tcp_proxy(git_daemon, reset_after=2_000) as proxy:
+        url = remote.url.replace(f":{git_daemon}/", f":{proxy.port}/")
+        res = run_git("push", "relay::" + url, "main", cwd=work)
+        connections = proxy.connections
+    assert res.returncode != 0
+    assert re.search(r"fatal: the target reset the connection \d+ times", res.stderr) and "relay.maxPushBytes" in res.stderr, res.stderr
+    assert connections <= 12, f"{connections} connections: the retries must be bounded"
+    assert refs(remote.path) == {}, "nothing of the user's refs moved"
+    fsck(remote.path)
