@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import LocalGitError, PackError, ShallowRemoteError, TransportError
@@ -34,14 +33,17 @@ MAX_WALK_HAVES = 1024
 _TMP_WAIT = 2.0
 
 
-@dataclass
 class FetchResult:
-    keep: str | None
-    connectivity_ok: bool
-    bytes: int
-    seconds: float
-    objects: int | None = None
-    shallow: list[str] = field(default_factory=list)  # the remote's own shallow boundary
+    """What one fetch stored (a plain class: dataclasses cost milliseconds of start-up)."""
+
+    def __init__(self, keep: str | None, connectivity_ok: bool, bytes: int, seconds: float, objects: int | None = None,
+                 shallow: list[str] | None = None) -> None:
+        self.keep = keep
+        self.connectivity_ok = connectivity_ok
+        self.bytes = bytes
+        self.seconds = seconds
+        self.objects = objects
+        self.shallow = list(shallow or [])  # the remote's own shallow boundary
 
 
 def local_haves(git: Git, limit: int = MAX_WALK_HAVES) -> list[str]:

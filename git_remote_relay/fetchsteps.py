@@ -10,7 +10,7 @@ any object is stored) and done in steps instead:
    each step is a complete, indexed, ``.keep``-protected pack, recorded in this run's state file;
 3. the real wants are fetched last, with every step as a have, and reported to git as usual.
 
-A run that dies leaves its state under ``$GIT_DIR/relay/``: ``fetch-<id>.json`` (finished steps,
+A run that dies leaves its state under ``$GIT_DIR/relay/``: ``fetch-<id>.state`` (finished steps,
 the temporary pack index-pack was writing) beside ``fetch-<id>.lock``, which the live run holds
 locked. The next fetch into the repository takes over what dead runs left: it removes their
 temporary packs and uses their finished steps as haves, so the same command re-run sends only
@@ -23,9 +23,7 @@ A small fetch pays nothing: one look at the pack header and a directory listing.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
-import secrets
 from typing import Callable
 
 from .errors import LocalGitError
@@ -67,9 +65,9 @@ class RunState:
         git_dir = git.env.get("GIT_DIR")  # git gives helpers GIT_DIR: no rev-parse on every fetch
         self.dir = os.path.join(git.cwd or os.getcwd(), git_dir, "relay") if git_dir else git.git_path("relay")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        self.name = f"fetch-{os.getpid()}-{secrets.token_hex(4)}"
+        self.name = f"fetch-{os.getpid()}-{os.urandom(4).hex()}"
         self.lock_path = os.path.join(self.dir, self.name + ".lock")
-        self.json_path = os.path.join(self.dir, self.name + ".json")
+        self.state_path = os.path.join(self.dir, self.name + ".state")
         self._fd: int | None = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self.tmp: list[str] = []  # temporary packs being written now
@@ -80,11 +78,13 @@ class RunState:
         return [oid for oid, _ in self.steps]
 
     def _save(self) -> None:
-        data = json.dumps({"tmp": self.tmp, "steps": [[oid, keep] for oid, keep in self.steps]})
-        part = self.json_path + ".part"
+        # one record a line: "tmp <path>" or "step <oid> <keep path or ->" (paths have no newline:
+        # they are git's own pack names under the repository)
+        data = "".join(f"tmp {t}\n" for t in self.tmp) + "".join(f"step {oid} {keep or '-'}\n" for oid, keep in self.steps)
+        part = self.state_path + ".part"
         with open(part, "w", encoding="utf-8") as fh:
             fh.write(data)
-        os.replace(part, self.json_path)
+        os.replace(part, self.state_path)
 
     def add_tmp(self, paths: list[str]) -> None:
         self.tmp = list(paths)
@@ -115,17 +115,12 @@ class RunState:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     continue  # alive
-                state = path[: -len(".lock")] + ".json"
-                try:
-                    with open(state, encoding="utf-8") as fh:
-                        data = json.load(fh)
-                except (OSError, ValueError):
-                    data = {}
-                for tmp in data.get("tmp", []):
+                state = path[: -len(".lock")] + ".state"
+                tmps, steps = _read_state(state)
+                for tmp in tmps:
                     if _ours(tmp, self.git) and os.path.exists(tmp):
                         os.unlink(tmp)
                         removed += 1
-                steps = [(s[0], s[1]) for s in data.get("steps", []) if isinstance(s, list) and len(s) == 2]
                 present = self.git.existing([oid for oid, _ in steps])
                 for oid, keep in steps:
                     if oid in present and oid not in self.done:
@@ -153,7 +148,7 @@ class RunState:
                 except FileNotFoundError:
                     pass
         self.steps, self.tmp = [], []
-        for path in (self.json_path, self.lock_path):
+        for path in (self.state_path, self.lock_path):
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -166,11 +161,31 @@ class RunState:
             os.close(self._fd)
             self._fd = None
         if not self.steps and not self.tmp:
-            for path in (self.json_path, self.lock_path):
+            for path in (self.state_path, self.lock_path):
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
                     pass
+
+
+def _read_state(path: str) -> tuple[list[str], list[tuple[str, str | None]]]:
+    """(temporary packs, steps) from a state file; a missing or damaged file holds nothing."""
+    tmps: list[str] = []
+    steps: list[tuple[str, str | None]] = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return tmps, steps
+    for line in lines:
+        kind, _, rest = line.partition(" ")
+        if kind == "tmp" and rest:
+            tmps.append(rest)
+        elif kind == "step":
+            oid, _, keep = rest.partition(" ")
+            if len(oid) == 40 and keep:
+                steps.append((oid, None if keep == "-" else keep))
+    return tmps, steps
 
 
 def _ours(path: str, git: Git) -> bool:

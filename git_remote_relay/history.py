@@ -5,8 +5,6 @@ steps (split pushes of ``git relay``, resumable fetches) without downloading the
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from typing import Mapping
 
 from .gitcmd import Git
@@ -18,6 +16,8 @@ class Scratch:
     """A throw-away bare repository for commit-only fetches (commits, no trees or blobs)."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
+        import tempfile
+
         self.dir = tempfile.mkdtemp(prefix="git-relay-")
         base = {k: v for k, v in env.items() if not k.startswith("GIT_") or k in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM")}
         Git(base).run(["init", "-q", "--bare", self.dir])
@@ -25,6 +25,8 @@ class Scratch:
         self.warned = False
 
     def close(self) -> None:
+        import shutil
+
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> "Scratch":

@@ -153,7 +153,7 @@ def test_a_fetch_killed_at_a_step_resumes_and_cleans_up(transport: str, tmp_path
     fsck(work)
     left = [n for n in pack_leftovers(work) if n.startswith("tmp_")]
     assert left, "the killed step should have left index-pack's temporary pack behind"
-    assert any(n.endswith(".json") for n in relay_state(work))
+    assert any(n.endswith(".state") for n in relay_state(work))
     slow.unlink()
     res = git("-c", "relay.fetchStepObjects=15", "fetch", "-v", remote.relay_url, "refs/heads/*:refs/remotes/origin/*", cwd=work)
     assert "resuming an interrupted fetch (2 finished step(s) kept)" in res.stderr, res.stderr
