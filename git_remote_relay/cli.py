@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 
 from .errors import RelayError
 from .url import redact
 
+if TYPE_CHECKING:
+    import argparse
+
+    from .ui import Reporter
+
 __all__ = ["helper_main", "relay_main"]
 
 
-def _fatal(stderr, message: str, hint: str = "") -> None:  # type: ignore[no-untyped-def]
+def _fatal(stderr: BinaryIO, message: str, hint: str = "") -> None:
     text = f"fatal: {redact(message)}\n"
     if hint:
         text += f"hint: {redact(hint)}\n"
@@ -87,7 +92,7 @@ RELAY_EXIT_CODES = """exit codes:
   2  usage error"""
 
 
-def _relay_parser():  # type: ignore[no-untyped-def]
+def _relay_parser() -> "argparse.ArgumentParser":
     import argparse
 
     top = argparse.ArgumentParser(
@@ -98,7 +103,7 @@ def _relay_parser():  # type: ignore[no-untyped-def]
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="{sync,plan,bootstrap,probe}")
 
-    def selection(p):  # type: ignore[no-untyped-def]
+    def selection(p: argparse.ArgumentParser) -> None:
         p.add_argument("source", help="source URL (anything git accepts; relay:: prefix optional)")
         p.add_argument("target", help="target URL")
         p.add_argument("--branch", action="append", default=[], metavar="NAME", help="only this branch (repeatable, or comma-separated)")
@@ -132,19 +137,20 @@ def _short(oid: str) -> str:
     return oid[:10] if oid and oid != "0" * 40 else "-"
 
 
-def _print_plan(record: dict, stream) -> None:  # type: ignore[no-untyped-def, type-arg]
-    stream.write(f"{record['source']} -> {record['target']}  (mode: {record['mode']})\n")
+def _print_plan(record: dict[str, Any], reporter: "Reporter") -> None:
+    reporter.out(f"{record['source']} -> {record['target']}  (mode: {record['mode']})")
     for ref in record["refs"]:
         arrow = f"{_short(ref['old'])}..{_short(ref['new'])}"
         name = ref["dst"] if not ref["src"] or ref["src"] == ref["dst"] else f"{ref['src']} -> {ref['dst']}"
-        stream.write(f"  {ref['action']:<10} {arrow:<22} {name}: {ref['reason']}" + (f" [{ref['result']}]" if ref["result"] not in ("planned",) else "") + "\n")
+        result = f" [{ref['result']}]" if ref["result"] != "planned" else ""
+        reporter.out(f"  {ref['action']:<10} {arrow:<22} {name}: {ref['reason']}{result}")
 
 
 def relay_main(argv: list[str] | None = None) -> NoReturn:
     """``git relay sync|plan|bootstrap|probe``."""
     import json
 
-    from .gitcmd import Config, Git
+    from .gitcmd import Git
     from .ui import Reporter
 
     args = _relay_parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -154,13 +160,16 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
     verbose = getattr(args, "verbose", 0)
     quiet = getattr(args, "quiet", False)
     trace = verbose >= 2 or env.get("GIT_RELAY_TRACE", "") not in ("", "0", "false")
-    reporter = Reporter(stderr, verbosity=0 if quiet else 1 + min(verbose, 1), progress=not quiet and stderr.isatty(), trace=trace)
+    reporter = Reporter(stderr, verbosity=0 if quiet else 1 + min(verbose, 1), progress=not quiet and stderr.isatty(), trace=trace,
+                        term=env.get("TERM"))
     try:
-        from .sync import Endpoint, Selection, probe, run_sync
+        from .settings import Settings, size_value
+        from .sync import Selection, endpoint, probe, run_sync
 
         config = Git({k: v for k, v in env.items() if k != "GIT_DIR"}).config()
+        settings = Settings(env, config)
         if args.command == "probe":
-            info = probe(Endpoint(args.url, env, config, reporter), args.push)
+            info = probe(endpoint(args.url, env, config, settings, reporter), args.push)
             if args.json:
                 print(json.dumps(info, indent=2))
             else:
@@ -175,9 +184,9 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
             sys.exit(0)
         branches = [b for spec in args.branch for b in spec.split(",") if b]
         selection = Selection(branches=branches, maps=args.map, tags=args.tags, all_refs=args.all_refs, excludes=args.exclude)
-        limit = Config({"x.y": [args.max_pack_bytes]}).get_size("x.y") if args.max_pack_bytes else None
-        source = Endpoint(args.source, env, config, reporter)
-        target = Endpoint(args.target, env, config, reporter)
+        limit = size_value(args.max_pack_bytes, "--max-pack-bytes") if args.max_pack_bytes else None
+        source = endpoint(args.source, env, config, settings, reporter)
+        target = endpoint(args.target, env, config, settings, reporter)
         if source.url.redacted.rstrip("/") == target.url.redacted.rstrip("/"):
             raise RelayError("source and target are the same repository")
         record = run_sync(
@@ -194,13 +203,14 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
     if args.json:
         print(json.dumps(record, indent=2))
     elif not args.quiet or record["status"] != "ok":
-        _print_plan(record, sys.stderr)
-    if record["bytes"] and (reporter.verbosity >= 2 or reporter.tracing):
+        _print_plan(record, reporter)
+    if record["bytes"]:
         from .stats import human
 
-        sys.stderr.write(f"relay: {record['objects'] if record['objects'] is not None else '?'} objects, {human(record['bytes'])} in {record['elapsed']:.1f}s; "
-                         f"peak RSS {human(record['peak_rss'])} relay, {human(record['peak_rss_children'])} largest child\n")
+        objects = record["objects"] if record["objects"] is not None else "?"
+        reporter.info(f"relay: {objects} objects, {human(record['bytes'])} in {record['elapsed']:.1f}s; "
+                      f"peak RSS {human(record['peak_rss'])} relay, {human(record['peak_rss_children'])} largest child")
     if record["status"] == "blocked":
-        sys.stderr.write("fatal: blocked ref updates; nothing was pushed\nhint: use --force-with-lease to overwrite, --prune to delete, or plan to see why\n")
+        _fatal(stderr, "blocked ref updates; nothing was pushed", "use --force-with-lease to overwrite, --prune to delete, or plan to see why")
         sys.exit(3)
     sys.exit(1 if record["status"] == "failed" else 0)

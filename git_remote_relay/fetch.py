@@ -136,7 +136,7 @@ def fetch_pack(
 
         def store(data: memoryview) -> None:
             nonlocal objects, received
-            if objects is None and len(data) >= 12 and data[:4] == b"PACK":
+            if objects is None and len(data) >= 12 and bytes(data[:4]) == b"PACK":
                 objects = int.from_bytes(data[8:12], "big")
                 if on_header is not None:
                     on_header(objects)

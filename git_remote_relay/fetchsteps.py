@@ -251,7 +251,7 @@ def fetch_resumable(
 def _in_steps(open_upload: OpenUpload, drop_upload: Callable[[bool], None], git: Git, reporter: Reporter, wants: list[str], haves: list[str],
               state: RunState, objects: int, step_objects: int, *, include_tag: bool, check_connectivity: bool, host_label: str,
               env: dict[str, str], allow_shallow: bool) -> FetchResult:
-    quiet = Reporter(reporter.stream, verbosity=0, progress=False, trace=reporter.tracing)
+    quiet = reporter.quiet()
     with Scratch(env) as scratch:
         service, adv = open_upload()
         fetch_pack(service, adv, scratch.git, quiet, wants, _dedupe(state.done, haves), include_tag=False, check_connectivity=False,

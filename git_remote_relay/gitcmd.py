@@ -13,7 +13,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import LocalGitError
 
-__all__ = ["Git", "LOCAL_REPO_ENV", "scrubbed_env", "Config", "kill_tree", "widen_pipe"]
+__all__ = ["Git", "LOCAL_REPO_ENV", "scrubbed_env", "Config", "kill_tree", "widen_pipe", "spawn", "run_command", "PIPE", "DEVNULL"]
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
 
 # git's local_repo_env (environment.c): variables that describe *this* repository. A git process
 # started for the *remote* side (a local upload-pack/receive-pack) must not see them, or it would
@@ -45,6 +48,20 @@ def scrubbed_env(env: Mapping[str, str]) -> dict[str, str]:
         if key.startswith("GIT_CONFIG_KEY_") or key.startswith("GIT_CONFIG_VALUE_"):
             del out[key]
     return out
+
+
+def spawn(argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None, stdin: Any, stdout: Any, stderr: Any = None,
+          bufsize: int = -1) -> "subprocess.Popen[bytes]":
+    """Start any child process the relay needs (git, ssh, a user's command). stdout must be given:
+    the helper's own stdout is git's protocol and no child may write to it by accident."""
+    return subprocess.Popen(list(argv), env=dict(env), cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr, bufsize=bufsize)
+
+
+def run_command(argv: Sequence[str], *, env: Mapping[str, str], cwd: str | None, input: bytes | None = None,
+                capture: bool = True, stderr: Any = subprocess.DEVNULL) -> "subprocess.CompletedProcess[bytes]":
+    """Run a child to completion: stdout captured (or discarded), stdin from ``input`` or nothing."""
+    return subprocess.run(list(argv), env=dict(env), cwd=cwd, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                          stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=stderr)
 
 
 class Config:
@@ -119,54 +136,25 @@ class Git:
 
     def config(self) -> Config:
         if self._config is None:
-            proc = subprocess.run(
-                ["git", "config", "--list", "-z"],
-                env=self.env,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-            )
+            proc = run_command(["git", "config", "--list", "-z"], env=self.env, cwd=self.cwd)
             # Outside a repository or with no config at all git exits non-zero with nothing to say.
             self._config = Config.parse_z(proc.stdout if proc.returncode == 0 else b"")
         return self._config
 
     def run(self, args: Sequence[str], input: bytes | None = None, ok_codes: Iterable[int] = (0,)) -> bytes:
         """Run ``git <args>``, return stdout; raise ``LocalGitError`` with git's stderr on failure."""
-        proc = subprocess.run(
-            ["git", *args],
-            env=self.env,
-            cwd=self.cwd,
-            input=input,
-            stdin=None if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        proc = run_command(["git", *args], env=self.env, cwd=self.cwd, input=input, stderr=subprocess.PIPE)
         if proc.returncode not in tuple(ok_codes):
             err = proc.stderr.decode("utf-8", "replace").strip()
             raise LocalGitError(f"git {args[0]} failed: {err or 'exit code %d' % proc.returncode}")
         return proc.stdout
 
     def returncode(self, args: Sequence[str]) -> int:
-        return subprocess.run(
-            ["git", *args],
-            env=self.env,
-            cwd=self.cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        ).returncode
+        return run_command(["git", *args], env=self.env, cwd=self.cwd, capture=False).returncode
 
     def popen(self, args: Sequence[str], *, stdin: Any, stdout: Any, stderr: Any = None, env: Mapping[str, str] | None = None) -> "subprocess.Popen[bytes]":
         """Start ``git <args>``; stdout must be given explicitly (never the helper's own)."""
-        return subprocess.Popen(
-            ["git", *args],
-            env=dict(env) if env is not None else self.env,
-            cwd=self.cwd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-        )
+        return spawn(["git", *args], env=env if env is not None else self.env, cwd=self.cwd, stdin=stdin, stdout=stdout, stderr=stderr)
 
     def existing(self, oids: Iterable[str]) -> set[str]:
         """The subset of ``oids`` present in the local object store."""

@@ -15,10 +15,11 @@ from typing import BinaryIO, Mapping
 
 from .errors import RelayError, ShallowRemoteError, UnsupportedError
 from .gitcmd import Git
-from .pktline import FLUSH
-from .protocol import Advertisement, ls_refs_request, read_ls_refs
-from .transport import Context, Remote, Service
-from .transport.base import timeout_setting
+from .localpush import c_quote
+from .protocol import Advertisement
+from .settings import Settings
+from .transport import Context, Service
+from .transport.session import Session
 from .ui import Reporter
 from .url import InnerUrl, check_allowed, parse
 
@@ -54,27 +55,6 @@ def c_unquote(value: str) -> str:
     return out.decode("utf-8", "replace")
 
 
-def c_quote(text: str) -> str:
-    """git's ``quote_c_style`` when needed (status reasons with newlines or quotes)."""
-    if not any(c in text for c in '"\\\n\t\r') and all(0x20 <= ord(c) < 0x7F for c in text):
-        return text
-    out = ['"']
-    for b in text.encode():
-        c = chr(b)
-        if c in '"\\':
-            out.append("\\" + c)
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif 0x20 <= b < 0x7F:
-            out.append(c)
-        else:
-            out.append("\\%03o" % b)
-    out.append('"')
-    return "".join(out)
-
-
 class Helper:
     """One helper process: ``run()`` reads commands from ``stdin`` until EOF or a blank line."""
 
@@ -86,35 +66,20 @@ class Helper:
         self.config = self.git.config()
         self.url: InnerUrl = parse(address)
         check_allowed(self.url.scheme, self.env, self.config.values)
-        trace = self.env.get("GIT_RELAY_TRACE", "") not in ("", "0", "false")
-        self.reporter = Reporter(stderr, trace=trace)
+        self.settings = Settings(self.env, self.config)
+        self.reporter = Reporter(stderr, trace=self.settings.trace, term=self.env.get("TERM"))
         name = None if remote_name.startswith("relay::") or remote_name == address else remote_name
         self.ctx = Context(env=self.env, git=self.git, config=self.config, remote_name=name, trace=self.reporter.trace,
-                           timeout=timeout_setting(self.env, self.config))
-        self.remote = Remote(self.url, self.ctx)
+                           timeout=self.settings.timeout)
+        self.session = Session(self.url, self.ctx)
         self.servpath: str | None = None  # `option servpath` (--upload-pack/--receive-pack) for the next connect
         self.passthrough_opts: dict[str, str] = {}
         self.followtags = False
         self.cloning = False
         self.check_connectivity = False
-        self.upload: tuple[Service, Advertisement] | None = None
-        self.receive: tuple[Service, Advertisement] | None = None  # from `list for-push`
-        self.upload_fresh = False  # v0 stateful: the open connection still awaits its one request
         self.push_state: object | None = None
-        self.mode = (self.env.get("GIT_RELAY_MODE") or self.config.get("relay.mode") or "relay").lower()
-        if self.mode not in ("relay", "passthrough"):
-            raise RelayError(f"bad relay.mode '{self.mode}'", "use 'relay' (the default) or 'passthrough'")
 
     # -- plumbing -------------------------------------------------------------------------------
-    def size_setting(self, env_name: str, key: str) -> int | None:
-        """A byte size from the environment (override) or git config, with k/m/g suffixes."""
-        from .gitcmd import Config
-
-        value = self.env.get(env_name)
-        if value:
-            return Config({"x.y": [value]}).get_size("x.y")
-        return self.config.get_size(key)
-
     def _reply(self, text: str) -> None:
         self.stdout.write(text.encode())
         self.stdout.flush()
@@ -158,26 +123,7 @@ class Helper:
         return status
 
     def close(self) -> None:
-        if self.upload is not None:
-            service, adv = self.upload
-            if self.upload_fresh and adv.version == 0 and not service.stateless:
-                try:
-                    service.request([FLUSH.wire])  # tell a waiting v0 upload-pack we want nothing
-                    service.wait_sent()
-                except RelayError:
-                    pass
-            service.close()
-            self.upload = None
-        if self.receive is not None:
-            service = self.receive[0]
-            if not service.stateless:
-                try:
-                    service.request([FLUSH.wire])  # receive-pack ends quietly on a flush
-                    service.wait_sent()
-                except RelayError:
-                    pass
-            service.close()
-            self.receive = None
+        self.session.close()
 
     # -- commands -------------------------------------------------------------------------------
     def _do_capabilities(self) -> None:
@@ -231,24 +177,6 @@ class Helper:
         assert isinstance(self.push_state, PushOptions)
         return self.push_state.set(name, value)
 
-    def _open_upload(self) -> tuple[Service, Advertisement]:
-        if self.upload is not None:
-            adv = self.upload[1]
-            # HTTP posts each request anew; a v2 stream serves many; a v0 stream serves one fetch.
-            if self.stateless or adv.version == 2 or self.upload_fresh:
-                return self.upload
-        self.close()
-        self.upload = self.remote.connect("upload-pack")
-        self.upload_fresh = True
-        return self.upload
-
-    def _listed_upload(self) -> tuple[Service, Advertisement]:
-        """upload-pack with its refs read (v2: one ``ls-refs`` round, done once per connection)."""
-        service, adv = self._open_upload()
-        if not adv.listed:
-            read_ls_refs(service.request([ls_refs_request(adv)]), adv)
-        return service, adv
-
     def _needs_git_fetch(self) -> bool:
         """Remotes only git's own fetch-pack serves right, so they go to passthrough:
 
@@ -256,23 +184,17 @@ class Helper:
           to a clone (``list`` cannot say it);
         * a v0 remote that is itself shallow: git's fetch-pack makes a shallow clone of it.
         """
-        if self.mode == "passthrough":
+        if self.settings.mode == "passthrough":
             return False
-        adv = self._listed_upload()[1]
+        adv = self.session.upload(listed=True)[1]
         return (adv.version == 2 and not adv.refs and adv.unborn_head is not None) or bool(adv.shallow)
-
-    def open_receive(self) -> tuple[Service, Advertisement]:
-        """receive-pack's advertisement; kept open so the push reuses the connection."""
-        if self.receive is None:
-            self.receive = self.remote.connect("receive-pack")
-        return self.receive
 
     def _do_list(self, for_push: bool) -> None:
         if for_push:
-            adv = self.open_receive()[1]
+            adv = self.session.receive()[1]
             self._reply("".join(f"{oid} {name}\n" for name, oid in adv.refs.items()) + "\n")
             return
-        adv = self._listed_upload()[1]
+        adv = self.session.upload(listed=True)[1]
         lines: list[str] = []
         head = adv.symrefs.get("HEAD")
         if head:
@@ -299,7 +221,7 @@ class Helper:
     def _do_fetch(self, first: str) -> None:
         from . import stats
         from .fetch import local_haves, record_shallow
-        from .fetchsteps import DEFAULT_STEP_OBJECTS, fetch_resumable
+        from .fetchsteps import fetch_resumable
 
         started = time.monotonic()
         wants: list[str] = []
@@ -314,11 +236,10 @@ class Helper:
             line = self._readline()
         self._check_engine_can_fetch()
         haves = [] if self.cloning else local_haves(self.git)
-        step_objects = self.size_setting("GIT_RELAY_FETCH_STEP_OBJECTS", "relay.fetchStepObjects")
         try:
             result = fetch_resumable(
-                self._upload_for_fetch,
-                self._done_with_upload,
+                self.session.take_upload,
+                self.session.done_upload,
                 self.git,
                 self.reporter,
                 wants,
@@ -326,7 +247,7 @@ class Helper:
                 include_tag=self.followtags,
                 check_connectivity=self.check_connectivity,
                 host_label=self.url.host or "localhost",
-                step_objects=DEFAULT_STEP_OBJECTS if step_objects is None else step_objects,
+                step_objects=self.settings.fetch_step_objects,
                 env=self.env,
                 allow_shallow=self.cloning,
             )
@@ -337,7 +258,8 @@ class Helper:
             ) from exc
         if result.shallow:
             record_shallow(self.git, result.shallow)  # a clone of a shallow remote is shallow there too
-        stats.record(self, "fetch", [{"ref": n, "new": oid} for n, oid in names], result.bytes, result.objects, started)
+        stats.record(self.reporter, self.settings, self.url.redacted, "fetch", [{"ref": n, "new": oid} for n, oid in names],
+                     result.bytes, result.objects, started)
         out = ""
         if result.keep:
             out += f"lock {result.keep}\n"
@@ -345,24 +267,9 @@ class Helper:
             out += "connectivity-ok\n"
         self._reply(out + "\n")
 
-    def _upload_for_fetch(self) -> tuple[Service, Advertisement]:
-        service, adv = self._open_upload()
-        self.upload_fresh = False
-        return service, adv
-
-    def _done_with_upload(self, aborted: bool) -> None:
-        """After one fetch request: drop a stream that cannot serve another (v0, or abandoned)."""
-        if self.upload is None:
-            return
-        service, adv = self.upload
-        if aborted:
-            self.upload = None
-            service.abort()
-        elif adv.version == 0 and not self.stateless:
-            self.close()  # a v0 stream served its one fetch; a later request opens a new one
-
     def _do_push(self, first: str) -> int:
-        from .push import PushOptions, run_push_batch
+        from .localpush import run_push_batch
+        from .push import PushOptions
 
         lines = [first]
         while True:
@@ -372,7 +279,7 @@ class Helper:
             lines.append(line)
         opts = self.push_state if isinstance(self.push_state, PushOptions) else PushOptions()
         self.push_state = None
-        reply, ok = run_push_batch(self, lines, opts)
+        reply, ok = run_push_batch(self.git, self.reporter, self.session, self.settings, lines, opts)
         self._reply(reply)
         return 0 if ok else 1
 
@@ -381,7 +288,7 @@ class Helper:
         return bool(git_dir) and os.path.exists(os.path.join(self.git.cwd or "", git_dir or "", "shallow"))
 
     def _wants_passthrough(self, service: str) -> bool:
-        if self.mode == "passthrough" or service == "git-upload-archive":
+        if self.settings.mode == "passthrough" or service == "git-upload-archive":
             return True
         return service == "git-upload-pack" and (bool(self.passthrough_opts) or self._local_shallow())
 
@@ -400,20 +307,20 @@ class Helper:
 
         self.reporter.trace(f"connect: passthrough for {service}")
         self._reply("\n")
-        return connect(self.remote, service[len("git-"):], self.stdin, self.stdout)
+        return connect(self.session.remote, service[len("git-"):], self.stdin, self.stdout)
 
     def _do_stateless_connect(self, service: str) -> int | None:
         if service != "git-upload-pack" or not (self._wants_passthrough(service) or self._needs_git_fetch()):
             self._reply("fallback\n")
             return None
-        service_obj, adv = self._open_upload()
+        adv = self.session.upload()[1]
         if adv.version != 2:
             self._check_engine_can_fetch()  # raises: the options need v2
             self._reply("fallback\n")
             return None
         from .passthrough import stateless_connect
 
-        self.upload = None
+        service_obj, adv = self.session.hand_over_upload()
         self.reporter.trace("stateless-connect: passthrough")
         self._reply("\n")
         try:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import selectors
 import socket
-import subprocess
 from typing import BinaryIO
 
 from .errors import ProtocolError, TransportError
+from .gitcmd import spawn
 from .pktline import DELIM, FLUSH, RESPONSE_END, PktReader, Special, pkt, pkt_text
 from .protocol import Advertisement
 from .transport import Remote, Service
@@ -46,7 +46,7 @@ def connect(remote: Remote, service: str, stdin: BinaryIO, stdout: BinaryIO) -> 
     argv, env, _label = service_command(url, service, remote.ctx, want_v2)
     remote.ctx.trace(f"passthrough: {argv[0]} ... ({service})")
     stdout.flush()
-    proc = subprocess.Popen(argv, env=env, cwd=remote.ctx.git.cwd, stdin=stdin.fileno(), stdout=stdout.fileno(), stderr=None)
+    proc = spawn(argv, env=env, cwd=remote.ctx.git.cwd, stdin=stdin.fileno(), stdout=stdout.fileno())
     return proc.wait()
 
 

@@ -12,20 +12,19 @@ from __future__ import annotations
 
 import subprocess
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import PackError, ProtocolError, RelayError, TooLargeError
 from .pktline import FLUSH, PktReader, pkt, pkt_text
 from .protocol import AGENT, ZERO_OID, Advertisement
 from .transport.base import SendError, Service
-from . import stats
 
 if TYPE_CHECKING:
-    from .helper import Helper
+    from .gitcmd import Git
     from .ui import Reporter
 
-__all__ = ["PushOptions", "RefUpdate", "run_push_batch", "PackTooLarge", "decide"]
+__all__ = ["PushOptions", "RefUpdate", "PackTooLarge", "PackStream", "decide", "resolve", "exchange", "send_updates", "local_haves",
+           "parse_push_lines"]
 
 _CHUNK = 1 << 16
 _SIZE_REFUSALS = ("exceeds maximum allowed size", "pack exceeds", "too large", "request entity too large")
@@ -43,12 +42,14 @@ class PackTooLarge(PackError):
         self.uncertain = uncertain
 
 
-@dataclass
 class PushOptions:
-    dry_run: bool = False
-    atomic: bool = False
-    push_options: list[str] = field(default_factory=list)
-    cas: dict[str, str] = field(default_factory=dict)
+    """What git said with ``option`` before a push batch (plain class: no dataclasses at start-up)."""
+
+    def __init__(self, dry_run: bool = False, atomic: bool = False) -> None:
+        self.dry_run = dry_run
+        self.atomic = atomic
+        self.push_options: list[str] = []
+        self.cas: dict[str, str] = {}
 
     def set(self, name: str, value: str) -> str:
         """Record ``option <name> <value>``; return the reply for git."""
@@ -73,26 +74,42 @@ class PushOptions:
         return "ok"
 
 
-@dataclass
 class RefUpdate:
-    src: str
-    dst: str
-    force: bool
-    new: str = ZERO_OID
-    old: str = ZERO_OID
-    error: str | None = None  # set when decided locally (or reported by the server)
-    ok: bool = False
+    """One ref to change on a target: what git asked for (or ``git relay`` planned), and the result.
+
+    ``error`` is set when the update was refused (locally, by git's rules, or by the server);
+    ``ok`` only when the server's report said so. ``action``/``reason``/``mode``/``result`` carry
+    ``git relay``'s plan and outcome for its ``plan`` output and ``--json``.
+    """
+
+    def __init__(self, src: str, dst: str, force: bool, new: str = ZERO_OID, old: str = ZERO_OID,
+                 action: str = "", reason: str = "") -> None:
+        self.src = src
+        self.dst = dst
+        self.force = force
+        self.new = new
+        self.old = old
+        self.error: str | None = None
+        self.ok = False
+        self.action = action
+        self.reason = reason
+        self.mode = ""
+        self.result = "planned"
 
     @property
     def delete(self) -> bool:
         return not self.src
 
+    def __repr__(self) -> str:
+        return f"RefUpdate({self.src!r} -> {self.dst!r}, {self.old[:12]}..{self.new[:12]}, ok={self.ok}, error={self.error!r})"
 
-def _resolve(helper: "Helper", updates: list[RefUpdate]) -> None:
+
+def resolve(git: "Git", updates: list[RefUpdate]) -> None:
+    """Turn each update's ``src`` into the object id it names locally (or a ``does not match`` error)."""
     srcs = [u.src for u in updates if not u.delete]
     if not srcs:
         return
-    out = helper.git.run(["cat-file", "--batch-check=%(objectname) %(objecttype)"], input="".join(s + "\n" for s in srcs).encode())
+    out = git.run(["cat-file", "--batch-check=%(objectname) %(objecttype)"], input="".join(s + "\n" for s in srcs).encode())
     it = iter(out.decode().splitlines())
     for u in updates:
         if u.delete:
@@ -105,9 +122,8 @@ def _resolve(helper: "Helper", updates: list[RefUpdate]) -> None:
             u.new = oid
 
 
-def decide(helper: "Helper", updates: list[RefUpdate], adv: Advertisement, opts: PushOptions) -> None:
+def decide(git: "Git", updates: list[RefUpdate], adv: Advertisement, opts: PushOptions) -> None:
     """git's per-ref rules, applied before anything is sent."""
-    git = helper.git
     olds = [adv.refs.get(u.dst, ZERO_OID) for u in updates]
     present = git.existing([o for o in olds if o != ZERO_OID])
     for u, old in zip(updates, olds):
@@ -286,40 +302,38 @@ def _read_report(reader: PktReader, sideband: bool, reporter: "Reporter", remote
     return first[len("unpack "):], statuses
 
 
-def _haves(helper: "Helper", adv: Advertisement) -> list[str]:
+def local_haves(git: "Git", adv: Advertisement) -> list[str]:
+    """Every tip the target advertised (and ``.have``) that exists here: all excluded from the pack."""
     candidates = list(dict.fromkeys([*adv.refs.values(), *adv.extra_haves]))
-    present = helper.git.existing(candidates)
+    present = git.existing(candidates)
     return [oid for oid in candidates if oid in present]
 
 
-def _max_pack_bytes(helper: "Helper") -> int | None:
-    return helper.size_setting("GIT_RELAY_MAX_PACK_BYTES", "relay.maxPackBytes")
-
-
-def send_updates(helper: "Helper", service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, limit: int | None = None, limit_source: str = "relay.maxPackBytes") -> tuple[int, int | None]:
+def send_updates(git: "Git", reporter: "Reporter", service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions,
+                 limit: int | None = None, limit_source: str = "relay.maxPackBytes") -> tuple[int, int | None]:
     """Push ``updates`` with a pack from the local repository; fill in their results.
 
     Returns (pack bytes sent, objects). Raises ``PackTooLarge`` when a limit stopped the pack.
     """
-    progress = helper.reporter.progress
+    progress = reporter.progress
     stream: PackStream | None = None
     if any(not u.delete for u in updates):
         args = ["pack-objects", "--all-progress-implied", "--revs", "--stdout", "--thin"]
         if adv.has("ofs-delta"):
             args.append("--delta-base-offset")
         args.append("--progress" if progress else "-q")
-        if helper.git.run(["rev-parse", "--is-shallow-repository"]).strip() == b"true":
+        if git.run(["rev-parse", "--is-shallow-repository"]).strip() == b"true":
             args.append("--shallow")
-        proc = helper.git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+        proc = git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
         assert proc.stdin is not None
-        revs = [u.new for u in updates if not u.delete] + ["^" + h for h in _haves(helper, adv)]
+        revs = [u.new for u in updates if not u.delete] + ["^" + h for h in local_haves(git, adv)]
         try:
             proc.stdin.write("".join(r + "\n" for r in revs).encode())
             proc.stdin.close()
         except BrokenPipeError:
             pass
         stream = _PackObjects(proc, limit, limit_source)
-    return exchange(service, adv, updates, opts, helper.reporter, stream)
+    return exchange(service, adv, updates, opts, reporter, stream)
 
 
 def exchange(service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, reporter: "Reporter", stream: PackStream | None) -> tuple[int, int | None]:
@@ -392,25 +406,6 @@ def exchange(service: Service, adv: Advertisement, updates: list[RefUpdate], opt
     return sent, stream.objects if stream else None
 
 
-def _recheck_moved(helper: "Helper", updates: list[RefUpdate]) -> None:
-    """A ref the server refused but that already holds what we pushed is reported as pushed."""
-    suspects = [u for u in updates if u.error and not u.ok and not u.delete and u.new != ZERO_OID]
-    if not suspects:
-        return
-    try:
-        service, adv = helper.remote.connect("receive-pack")
-        with service:
-            if not service.stateless:
-                service.request([FLUSH.wire])
-                service.wait_sent()
-    except RelayError:
-        return
-    for u in suspects:
-        if adv.refs.get(u.dst) == u.new:
-            helper.reporter.warn(f"{u.dst}: the server refused the update ({u.error}) but already holds {u.new[:12]}; nothing to do")
-            u.error, u.ok = None, True
-
-
 def parse_push_lines(lines: list[str]) -> list[RefUpdate]:
     updates = []
     for line in lines:
@@ -425,55 +420,3 @@ def parse_push_lines(lines: list[str]) -> list[RefUpdate]:
             raise RelayError(f"bad push line from git: {line[:100]!r}")
         updates.append(RefUpdate(src=src, dst=dst, force=force))
     return updates
-
-
-def run_push_batch(helper: "Helper", lines: list[str], opts: PushOptions) -> tuple[str, bool]:
-    """Push one batch; return (the reply for git, whether every ref succeeded)."""
-    started = time.monotonic()
-    updates = parse_push_lines(lines)
-    service, adv = helper.open_receive()
-    adv.check_object_format()
-    _resolve(helper, updates)
-    decide(helper, updates, adv, opts)
-    if opts.atomic and any(u.error for u in updates):
-        for u in updates:
-            if not u.error:
-                u.error = "atomic push failed"
-    todo = [u for u in updates if not u.error]
-    sent, objects = 0, None
-    try:
-        if todo and not opts.dry_run:
-            from .batch import push_maybe_split
-
-            sent, objects = push_maybe_split(helper, service, adv, todo, opts, _max_pack_bytes(helper))
-            _recheck_moved(helper, todo)
-        elif todo:
-            for u in todo:
-                u.ok = True
-    finally:
-        if not service.stateless and (not todo or opts.dry_run):
-            try:
-                service.request([FLUSH.wire])  # a receive-pack that gets no command ends quietly
-                service.wait_sent()
-            except RelayError:
-                pass
-        service.close()
-        helper.receive = None
-    reply = []
-    for u in updates:
-        if u.ok:
-            reply.append(f"ok {u.dst}")
-        else:
-            from .helper import c_quote
-
-            reply.append(f"error {u.dst} {c_quote(u.error or 'rejected')}")
-    if not opts.dry_run:
-        stats.record(
-            helper,
-            "push",
-            [{"ref": u.dst, "old": u.old, "new": u.new, "result": "ok" if u.ok else u.error} for u in updates],
-            sent,
-            objects,
-            started,
-        )
-    return "".join(x + "\n" for x in reply) + "\n", all(u.ok or u.error == "up to date" for u in updates)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -10,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from .ui import peak_rss
 
 if TYPE_CHECKING:
-    from .helper import Helper
+    from .settings import Settings
+    from .ui import Reporter
 
 __all__ = ["record", "human"]
 
@@ -23,25 +23,28 @@ def human(n: float) -> str:
     return f"{n} B"
 
 
-def record(helper: "Helper", command: str, refs: list[dict[str, Any]], nbytes: int, objects: int | None, started: float) -> None:
-    """Say what moved (at ``-v`` or with tracing) and append a JSON line to ``relay.statsFile``."""
+def record(reporter: "Reporter", settings: "Settings", remote: str, command: str, refs: list[dict[str, Any]], nbytes: int,
+           objects: int | None, started: float) -> None:
+    """Say what moved (at ``-v`` or with tracing) and append a JSON line to ``relay.statsFile``.
+
+    ``remote`` must already be redacted (``InnerUrl.redacted``).
+    """
     elapsed = time.monotonic() - started
     own, children = peak_rss()
     rate = nbytes / elapsed / 2**20 if elapsed > 0 else 0.0
     if nbytes:
         verb = "sent" if command == "push" else "received"
-        helper.reporter.info(
-            f"relay: {verb} {objects if objects is not None else 'a pack of'} objects, {human(nbytes)} in {elapsed:.1f}s "
-            f"({rate:.1f} MiB/s); peak RSS {human(own)} helper, {human(children)} largest child"
-            if objects is not None
-            else f"relay: {verb} {human(nbytes)} in {elapsed:.1f}s ({rate:.1f} MiB/s); peak RSS {human(own)} helper, {human(children)} largest child"
-        )
-    path = helper.env.get("GIT_RELAY_STATS_FILE") or helper.config.get("relay.statsfile")
+        what = f"{objects} objects, " if objects is not None else ""
+        reporter.info(f"relay: {verb} {what}{human(nbytes)} in {elapsed:.1f}s ({rate:.1f} MiB/s); "
+                      f"peak RSS {human(own)} helper, {human(children)} largest child")
+    path = settings.stats_file
     if not path:
         return
+    import json
+
     entry = {
         "command": command,
-        "remote": helper.url.redacted,
+        "remote": remote,
         "refs": refs,
         "bytes": nbytes,
         "objects": objects,
@@ -53,4 +56,4 @@ def record(helper: "Helper", command: str, refs: list[dict[str, Any]], nbytes: i
         with open(os.path.expanduser(path), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
     except OSError as exc:
-        helper.reporter.warn(f"could not write relay.statsFile '{path}': {exc.strerror}")
+        reporter.warn(f"could not write relay.statsFile '{path}': {exc.strerror}")

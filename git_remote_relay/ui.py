@@ -28,16 +28,25 @@ def peak_rss() -> tuple[int, int]:
 
 
 class Reporter:
-    def __init__(self, stream: BinaryIO, *, verbosity: int = 1, progress: bool = False, trace: bool = False, tty: bool | None = None) -> None:
+    """The one way the relay talks to people; every line it writes is redacted."""
+
+    def quiet(self) -> "Reporter":
+        """A reporter for side work (proofs, commit graphs): no progress, no lines, the same trace."""
+        return Reporter(self.stream, verbosity=0, progress=False, trace=self.tracing, tty=self.tty)
+
+    def __init__(self, stream: BinaryIO, *, verbosity: int = 1, progress: bool = False, trace: bool = False, tty: bool | None = None,
+                 term: str | None = None) -> None:
+        """``tty``: whether ``stream`` is a terminal (found out when None); ``term``: ``$TERM``, given by the entry point."""
         self.stream = stream
         self.verbosity = verbosity
         self.progress = progress
         self.tracing = trace
         if tty is None:
             try:
-                tty = os.isatty(stream.fileno()) and os.environ.get("TERM") != "dumb"
+                tty = os.isatty(stream.fileno()) and term != "dumb"
             except (OSError, ValueError, AttributeError):
                 tty = False
+        self.tty = tty
         self._suffix = b"\033[K" if tty else b"        "
         self._partial = b""
         self.started = time.monotonic()
@@ -61,6 +70,10 @@ class Reporter:
         """
         if self.verbosity >= 2 or self.tracing:
             self._write(redact(text).encode("utf-8", "replace") + b"\n")
+
+    def out(self, text: str) -> None:
+        """A line that is always shown (a report the user asked for, like ``git relay plan``)."""
+        self._write(redact(text).encode("utf-8", "replace") + b"\n")
 
     def warn(self, text: str) -> None:
         self._write(b"warning: " + redact(text).encode() + b"\n")

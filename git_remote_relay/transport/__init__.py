@@ -1,47 +1,77 @@
-"""Transports by inner scheme: ssh and local paths (child process), git:// (TCP), http(s)."""
+"""Transports by inner scheme, chosen from a registry: ssh and local paths (child process), git://
+(TCP), http(s), and whatever a test registers (``transport.memory``).
+
+A transport is one object per remote with ``open(service, want_v2) -> Service``; the registry
+maps a scheme to the ``module:Class`` that makes it, imported only when that scheme is used, so
+a run over ssh never imports the HTTP stack.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import importlib
+from typing import TYPE_CHECKING, Callable, Protocol
 
+from ..errors import UnsupportedError
 from ..url import InnerUrl
 from .base import Context, Service, StreamService
 
 if TYPE_CHECKING:
     from ..protocol import Advertisement
 
-__all__ = ["Context", "Service", "StreamService", "Remote"]
+__all__ = ["Context", "Service", "StreamService", "Remote", "Transport", "register", "REGISTRY"]
+
+
+class Transport(Protocol):
+    def open(self, service: str, want_v2: bool) -> Service:
+        """Open ``upload-pack`` or ``receive-pack``; nothing is read yet but the transport's framing."""
+        ...
+
+
+TransportFactory = Callable[[InnerUrl, Context], Transport]
+
+# scheme -> "module:factory" (relative to this package) or a factory registered at run time
+REGISTRY: dict[str, str | TransportFactory] = {
+    "ssh": "process:ProcessTransport",
+    "file": "process:ProcessTransport",
+    "git": "daemon:DaemonTransport",
+    "http": "http:HttpTransport",
+    "https": "http:HttpTransport",
+}
+
+
+def register(scheme: str, factory: TransportFactory) -> None:
+    """Serve ``scheme`` with ``factory`` (tests use it for the in-memory transport)."""
+    REGISTRY[scheme] = factory
+
+
+def _factory(scheme: str) -> TransportFactory:
+    entry = REGISTRY.get(scheme)
+    if entry is None:
+        raise UnsupportedError(f"no transport for '{scheme}'")
+    if isinstance(entry, str):
+        module, _, name = entry.partition(":")
+        factory: TransportFactory = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        return factory
+    return entry
 
 
 class Remote:
-    """A remote repository: opens services on it, reusing the HTTP connection pool."""
+    """A remote repository: opens services on it through its scheme's transport (made once, so
+    an HTTP connection pool and its credentials serve every request)."""
 
     def __init__(self, url: InnerUrl, ctx: Context) -> None:
         self.url = url
         self.ctx = ctx
-        self._http: object | None = None
+        self._transport: Transport | None = None
         version = ctx.config.get("protocol.version")
         # git's default is v2 for fetch; a user who pinned v0/v1 gets v0 from us too.
         self.fetch_v2 = version is None or version.strip() == "2"
 
     def open(self, service: str) -> Service:
         """Open ``upload-pack`` or ``receive-pack`` and read nothing yet but the transport's framing."""
-        want_v2 = service == "upload-pack" and self.fetch_v2
-        scheme = self.url.scheme
-        if scheme in ("http", "https"):
-            from .http import HttpTransport
-
-            if self._http is None:
-                self._http = HttpTransport(self.url, self.ctx)
-            assert isinstance(self._http, HttpTransport)
-            return self._http.open(service, want_v2)
-        if scheme == "git":
-            from .daemon import open_daemon_service
-
-            return open_daemon_service(self.url, service, self.ctx, want_v2)
-        from .process import open_process_service
-
-        return open_process_service(self.url, service, self.ctx, want_v2)
+        if self._transport is None:
+            self._transport = _factory(self.url.scheme)(self.url, self.ctx)
+        return self._transport.open(service, service == "upload-pack" and self.fetch_v2)
 
     def connect(self, service: str) -> "tuple[Service, Advertisement]":
         """Open ``service`` and read its advertisement; nothing is left open on failure."""

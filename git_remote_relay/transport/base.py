@@ -20,28 +20,13 @@ from ..errors import StalledError, TransportError
 from ..gitcmd import Config, Git
 from ..pktline import PktReader
 
-__all__ = ["Context", "Service", "StreamService", "SendError", "NOT_FOUND_HINT", "Activity", "IdleReader", "DEFAULT_TIMEOUT", "stalled", "timeout_setting"]
+__all__ = ["Context", "Service", "StreamService", "SendError", "NOT_FOUND_HINT", "Activity", "IdleReader", "stalled"]
 
 NOT_FOUND_HINT = "Could not read from remote repository: check the URL, that the repository exists and that you have access."
 
 
-# Like http.lowSpeedTime: five minutes without a single byte either way is a stalled server or
-# link, not a slow one (upload-pack and receive-pack send keepalives every 5 s while they think).
-DEFAULT_TIMEOUT = 300.0
 # How often a waiting read looks at the clock; a write in progress elsewhere resets the clock.
 _POLL_SLICE = 5.0
-
-
-def timeout_setting(env: Mapping[str, str], config: Config) -> float | None:
-    """``GIT_RELAY_TIMEOUT`` or ``relay.timeout``: seconds (``0`` = never give up); default 300."""
-    value = env.get("GIT_RELAY_TIMEOUT") or config.get("relay.timeout")
-    if value is None or not value.strip():
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(value.strip().rstrip("s"))
-    except ValueError:
-        raise TransportError(f"bad relay.timeout '{value}'", "give a number of seconds, e.g. 300 (0 waits forever)") from None
-    return seconds if seconds > 0 else None
 
 
 def stalled(label: str, timeout: float) -> StalledError:
@@ -115,7 +100,7 @@ class Context:
     """What a transport needs from its caller; nothing here is read from the process directly."""
 
     def __init__(self, env: Mapping[str, str], git: Git, config: Config, remote_name: str | None = None,
-                 family: str | None = None, trace: Callable[[str], None] = _no_trace, timeout: float | None = DEFAULT_TIMEOUT) -> None:
+                 family: str | None = None, trace: Callable[[str], None] = _no_trace, timeout: float | None = None) -> None:
         self.env = env
         self.timeout = timeout  # relay.timeout: seconds of no traffic before a transfer is given up (None: never)
         self.git = git

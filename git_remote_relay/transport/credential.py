@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 
-from ..gitcmd import Git
+from ..gitcmd import Git, run_command
 
 __all__ = ["Credential", "fill", "approve", "reject"]
 
@@ -33,14 +32,8 @@ class Credential:
 
 
 def _run(git: Git, action: str, cred: Credential) -> bytes:
-    proc = subprocess.run(
-        ["git", "credential", action],
-        env=git.env,
-        cwd=git.cwd,
-        input=cred._describe(),
-        stdout=subprocess.PIPE,
-        stderr=None,  # prompts and helper errors are the user's
-    )
+    # prompts and helper errors are the user's: stderr is passed through
+    proc = run_command(["git", "credential", action], env=git.env, cwd=git.cwd, input=cred._describe(), stderr=None)
     if proc.returncode != 0 and action == "fill":
         return b""
     return proc.stdout

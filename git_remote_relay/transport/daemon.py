@@ -10,7 +10,7 @@ from ..pktline import pkt
 from ..url import InnerUrl
 from .base import NOT_FOUND_HINT, Activity, Context, IdleReader, StreamService
 
-__all__ = ["open_daemon_service", "DEFAULT_PORT"]
+__all__ = ["DaemonTransport", "open_daemon_service", "DEFAULT_PORT"]
 
 DEFAULT_PORT = 9418
 
@@ -72,3 +72,14 @@ def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool
         sock.close()
 
     return StreamService(reader.read, sock.sendall, close_write, close, label, reader.readinto, activity)
+
+
+class DaemonTransport:
+    """git:// (git daemon): one TCP connection per service."""
+
+    def __init__(self, url: InnerUrl, ctx: Context) -> None:
+        self.url = url
+        self.ctx = ctx
+
+    def open(self, service: str, want_v2: bool) -> StreamService:
+        return open_daemon_service(self.url, service, self.ctx, want_v2)

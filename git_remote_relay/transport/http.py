@@ -102,7 +102,7 @@ class HttpTransport:
             all_headers = {"User-Agent": "git/2.39 git-remote-relay", "Pragma": "no-cache", **headers, **self._auth_headers()}
             self.ctx.trace(f"http: {method} {redact(url)}")
             try:
-                resp = self.pool.urlopen(
+                resp: urllib3.BaseHTTPResponse = self.pool.urlopen(
                     method,
                     url,
                     headers=all_headers,

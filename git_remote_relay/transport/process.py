@@ -15,11 +15,11 @@ import shlex
 import subprocess
 
 from ..errors import TransportError, UnsupportedError, UrlError
-from ..gitcmd import kill_tree, scrubbed_env, widen_pipe
+from ..gitcmd import PIPE, kill_tree, run_command, scrubbed_env, spawn, widen_pipe
 from ..url import InnerUrl
 from .base import Activity, Context, IdleReader, StreamService
 
-__all__ = ["open_process_service", "service_command", "sq_quote", "ssh_command"]
+__all__ = ["ProcessTransport", "open_process_service", "service_command", "sq_quote", "ssh_command"]
 
 _PIPE_BUFFER = 1 << 18  # big reads: a 64 KiB pkt-line is read in one go
 
@@ -90,7 +90,7 @@ def _variant(ctx: Context, cmd: list[str], shell: bool, url: InnerUrl) -> str:
             return "ssh"  # takes OpenSSH's options; no `-G` probe needed
     # "auto": git probes with `-G`; an OpenSSH-compatible command exits 0.
     probe = _wrap(cmd, shell, ["-G", *_port_args("ssh", url.port, ctx.family), _dest(url)])
-    rc = subprocess.run(probe, env=dict(ctx.env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+    rc = run_command(probe, env=ctx.env, cwd=ctx.git.cwd, capture=False).returncode
     return "ssh" if rc == 0 else "simple"
 
 
@@ -159,7 +159,7 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
     argv, env, label = service_command(url, service, ctx, want_v2)
     ctx.trace(f"run: {' '.join(shlex.quote(a) for a in argv)}")
     try:
-        proc = subprocess.Popen(argv, env=env, cwd=ctx.git.cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, bufsize=0)
+        proc = spawn(argv, env=env, cwd=ctx.git.cwd, stdin=PIPE, stdout=PIPE, bufsize=0)
     except OSError as exc:
         raise TransportError(f"cannot run {argv[0]}: {exc.strerror}", "check that it is installed and on PATH") from exc
     assert proc.stdin is not None and proc.stdout is not None
@@ -195,3 +195,14 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
             kill_tree(proc)
 
     return StreamService(reader.read, write_all, close_write, close, label, reader.readinto, activity)
+
+
+class ProcessTransport:
+    """ssh (``ssh://``, scp-like) and local paths: one child process per service."""
+
+    def __init__(self, url: InnerUrl, ctx: Context) -> None:
+        self.url = url
+        self.ctx = ctx
+
+    def open(self, service: str, want_v2: bool) -> StreamService:
+        return open_process_service(self.url, service, self.ctx, want_v2)

@@ -1,0 +1,66 @@
+"""Every ``relay.*`` setting, read once at an entry point from the environment and git config.
+
+The engine and the transports get a ``Settings`` object and never look at the environment
+themselves. Environment variables override git config; defaults work with no configuration.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from .errors import RelayError
+from .gitcmd import Config
+
+__all__ = ["Settings", "DEFAULT_TIMEOUT", "DEFAULT_STEP_OBJECTS", "size_value"]
+
+# Like http.lowSpeedTime: five minutes without a single byte either way is a stalled server or
+# link, not a slow one (upload-pack and receive-pack send keepalives every 5 s while they think).
+DEFAULT_TIMEOUT = 300.0
+# About a quarter of git/git's history a step: a killed clone of it loses one step at most,
+# and a repository of a few thousand objects never steps.
+DEFAULT_STEP_OBJECTS = 100_000
+
+
+def _on(value: str | None) -> bool:
+    return (value or "") not in ("", "0", "false")
+
+
+def size_value(value: str, what: str) -> int:
+    """An integer with git's optional k/m/g suffix (``what`` names it in the error)."""
+    size = Config({"x.y": [value]}).get_size("x.y")
+    if size is None:
+        raise RelayError(f"bad size '{value}' for {what}", "use a number with optional k, m or g")
+    return size
+
+
+class Settings:
+    """The relay's knobs; see README "Configuration"."""
+
+    def __init__(self, env: Mapping[str, str], config: Config) -> None:
+        def size(env_name: str, key: str) -> int | None:
+            value = env.get(env_name)
+            if value:
+                return size_value(value, env_name)
+            return config.get_size(key)
+
+        self.mode = (env.get("GIT_RELAY_MODE") or config.get("relay.mode") or "relay").lower()
+        if self.mode not in ("relay", "passthrough"):
+            raise RelayError(f"bad relay.mode '{self.mode}'", "use 'relay' (the default) or 'passthrough'")
+        self.trace = _on(env.get("GIT_RELAY_TRACE"))
+        self.max_pack_bytes = size("GIT_RELAY_MAX_PACK_BYTES", "relay.maxPackBytes")
+        self.max_push_bytes = size("GIT_RELAY_MAX_PUSH_BYTES", "relay.maxPushBytes")
+        steps = size("GIT_RELAY_FETCH_STEP_OBJECTS", "relay.fetchStepObjects")
+        self.fetch_step_objects = DEFAULT_STEP_OBJECTS if steps is None else steps
+        self.stats_file = env.get("GIT_RELAY_STATS_FILE") or config.get("relay.statsfile")
+        self.timeout = _timeout(env.get("GIT_RELAY_TIMEOUT") or config.get("relay.timeout"))
+
+
+def _timeout(value: str | None) -> float | None:
+    """Seconds of no traffic before a transfer is given up; ``0`` = never; default 300."""
+    if value is None or not value.strip():
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(value.strip().rstrip("s"))
+    except ValueError:
+        raise RelayError(f"bad relay.timeout '{value}'", "give a number of seconds, e.g. 300 (0 waits forever)") from None
+    return seconds if seconds > 0 else None

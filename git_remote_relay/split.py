@@ -1,0 +1,235 @@
+"""Pushes too big for the target, in resumable steps: one engine for ``git push`` and ``git relay``.
+
+A target may refuse a pack for its size (``receive.maxInputSize``, HTTP 413, a forge's limit), or
+the user caps each push (``relay.maxPushBytes``). Then each ref's new first-parent history is cut
+into steps, and each step is pushed to a helper ref, ``refs/relay/split/<ref>``, so the user's
+ref moves only once, in the final push, which also removes the helper ref. An interrupted run
+leaves the helper ref on the target; the next one sees it advertised, counts it as a have, and
+does not send that work again.
+
+Where the steps come from is a ``History``: the local repository for ``git push`` (its sizes
+are known, so steps are planned in bytes with ``git rev-list --disk-usage``), or the source
+remote for ``git relay`` (only its commit graph is known, so steps are planned as equal parts
+of the first-parent line). A step the target still refuses halves the step and plans again. A
+connection reset with no reason (git daemon's answer to ``receive.maxInputSize``, or a broken
+link) counts as a refusal at most ``MAX_UNEXPLAINED_RESETS`` times.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+from .errors import PackError
+from .protocol import ZERO_OID, Advertisement
+from .push import PackTooLarge, PushOptions, RefUpdate
+from .transport.base import Service
+from .ui import Reporter
+
+__all__ = ["History", "push_or_split", "split_ref", "target_haves", "SPLIT_PREFIX", "MIN_BUDGET", "MAX_UNEXPLAINED_RESETS"]
+
+SPLIT_PREFIX = "refs/relay/split/"
+# Below this a step in bytes gives up: a single commit bigger than the target's limit cannot be
+# pushed by any split, and tiny steps would only multiply round trips.
+MIN_BUDGET = 16 * 1024
+# A reset without a reason is retried with smaller steps at most this many times, so a link that
+# keeps failing ends in an error, not a loop.
+MAX_UNEXPLAINED_RESETS = 3
+RESET_HINT = ("git daemon resets the connection when a pack exceeds the target's receive.maxInputSize; if that is the cause, "
+              "set relay.maxPushBytes below that limit, otherwise check the network; nothing of your refs was changed")
+
+OpenTarget = Callable[[], "tuple[Service, Advertisement]"]
+
+
+class History(Protocol):
+    """Where a split push gets its commits and its packs."""
+
+    def chain(self, tip: str, target_haves: list[str]) -> list[str]:
+        """Oldest-first first-parent commits of ``tip`` that the target (with these tips) lacks."""
+        ...
+
+    def estimate(self, tip: str, base: list[str]) -> int | None:
+        """About how many bytes a pack of ``tip`` minus ``base`` takes; None when unknown."""
+        ...
+
+    def send(self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions,
+             limit: int | None, limit_source: str) -> tuple[int, int | None]:
+        """Push ``updates`` with a pack from this history; (bytes sent, objects)."""
+        ...
+
+
+def split_ref(dst: str) -> str:
+    return SPLIT_PREFIX + (dst[len("refs/"):] if dst.startswith("refs/") else dst)
+
+
+def target_haves(adv: Advertisement) -> list[str]:
+    return list(dict.fromkeys([*adv.refs.values(), *adv.extra_haves]))
+
+
+class _Limit:
+    """The hard pack limit (never split, only abort) and the name the user knows it by."""
+
+    def __init__(self, size: int | None, name: str) -> None:
+        self.size = size
+        self.name = name
+
+
+class _Budget:
+    """How big a step may be: bytes when the history can estimate, else parts of the chain."""
+
+    def __init__(self, size: int) -> None:
+        self.bytes = size
+        self.parts = 2
+
+    def smaller(self) -> None:
+        self.bytes //= 2
+        self.parts *= 2
+
+    def describe(self, sized: bool) -> str:
+        return f"~{self.bytes} bytes" if sized else f"1/{self.parts} of the history"
+
+
+def _plan(history: History, chain: list[str], base: list[str], budget: _Budget) -> tuple[list[str], bool]:
+    """(the commits to push in turn, whether sizes were known) for ``chain`` within ``budget``."""
+    if not chain:
+        return [], False
+    if history.estimate(chain[0], base) is None:
+        parts = min(budget.parts, len(chain))
+        return [chain[(i * len(chain)) // parts - 1] for i in range(1, parts + 1)], False
+    steps: list[str] = []
+    floor = list(base)
+    start = 0
+    while start < len(chain):
+        lo, hi, best = start, len(chain) - 1, start
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if (history.estimate(chain[mid], floor) or 0) <= budget.bytes:
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        steps.append(chain[best])
+        floor = [*base, chain[best]]
+        start = best + 1
+    return steps, True
+
+
+def push_or_split(history: History, open_target: OpenTarget, first: tuple[Service, Advertisement], todo: list[RefUpdate],
+                  opts: PushOptions, reporter: Reporter, *, max_pack: int | None, max_push: int | None,
+                  max_pack_name: str = "relay.maxPackBytes") -> tuple[int, int | None]:
+    """Push ``todo`` on the open ``first`` connection when it fits, else in steps; (bytes, objects).
+
+    ``max_pack`` (relay.maxPackBytes, or ``max_pack_name``) aborts, never splits; ``max_push`` (relay.maxPushBytes)
+    splits on purpose. The ``first`` connection is closed here; later ones come from ``open_target``.
+    """
+    budget = max_push
+    limit = max_pack if budget is None else (budget if max_pack is None else min(budget, max_pack))
+    source = max_pack_name if budget is None or (max_pack is not None and max_pack <= budget) else "relay.maxPushBytes"
+    if budget is not None and max_pack is not None and max_pack < budget:
+        budget = None  # the hard limit is smaller: a step could never be bigger than it anyway
+    service, adv = first
+    try:
+        return history.send(service, adv, todo, opts, limit, source)
+    except PackTooLarge as exc:
+        if exc.ours and budget is None:
+            raise  # relay.maxPackBytes: abort cleanly, never split
+        first_sent, resets = exc.sent, int(exc.uncertain)
+    finally:
+        service.close()
+    if budget is None:
+        # the refusal came about when the pack passed the limit: start a little under it
+        budget = max(first_sent * 3 // 4, MIN_BUDGET)
+        if resets:
+            reporter.say(f"relay: the target reset the connection after {first_sent} bytes without a reason "
+                         f"(git daemon does that on receive.maxInputSize); pushing in smaller steps")
+        else:
+            reporter.say(f"relay: the target refused a {first_sent}-byte pack for its size; pushing in steps")
+    for u in todo:
+        u.error, u.ok = None, False
+    limits = _Limit(max_pack, max_pack_name)
+    return _in_steps(history, open_target, todo, opts, reporter, _Budget(budget), limits, resets)
+
+
+def _in_steps(history: History, open_target: OpenTarget, todo: list[RefUpdate], opts: PushOptions, reporter: Reporter,
+              budget: _Budget, max_pack: "_Limit", resets: int) -> tuple[int, int | None]:
+    total_sent, total_objects = 0, 0
+    for u in todo:
+        if u.delete:
+            continue
+        while True:
+            refused, resets, sent, objects = _steps_of(history, open_target, u, reporter, budget, max_pack, resets)
+            total_sent += sent
+            total_objects += objects
+            if not refused:
+                break
+            budget.smaller()
+    return _final(history, open_target, todo, opts, reporter, max_pack, total_sent, total_objects)
+
+
+def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter: Reporter, budget: _Budget,
+              max_pack: "_Limit", resets: int) -> tuple[bool, int, int, int]:
+    """Push ``u``'s steps but the last; (refused, resets so far, bytes, objects)."""
+    service, adv = open_target()
+    haves = target_haves(adv)
+    try:
+        chain = history.chain(u.new, haves)
+        steps, sized = _plan(history, chain, haves, budget)
+    except BaseException:
+        service.close()
+        raise
+    if len(steps) <= 1:
+        service.close()
+        return False, resets, 0, 0  # what is left fits in one push: the final push sends it
+    reporter.say(f"relay: {u.dst}: {len(steps)} steps of at most {budget.describe(sized)}")
+    sent_total, objects_total = 0, 0
+    tmp = split_ref(u.dst)
+    for k, commit in enumerate(steps[:-1], start=1):
+        if k > 1:
+            service, adv = open_target()
+        step = RefUpdate(src=commit, dst=tmp, force=True, new=commit, old=adv.refs.get(tmp, ZERO_OID))
+        reporter.say(f"relay: step {k}/{len(steps)}: {u.dst} -> {commit[:12]}")
+        try:
+            sent, objects = history.send(service, adv, [step], PushOptions(), max_pack.size, max_pack.name)
+        except PackTooLarge as exc:
+            if exc.ours:
+                raise
+            resets += int(exc.uncertain)
+            if exc.uncertain and resets > MAX_UNEXPLAINED_RESETS:
+                raise PackError(f"the target reset the connection {resets} times while receiving steps of {u.dst}, "
+                                f"the last after {exc.sent} bytes", RESET_HINT) from exc
+            if not sized and budget.parts >= len(chain):
+                raise PackError(f"the target refuses even one commit of {u.dst} ({commit[:12]}) for its size",
+                                "raise the target's limit; nothing of your refs was changed") from exc
+            if sized and budget.bytes // 2 < MIN_BUDGET:
+                if resets:
+                    raise PackError(f"the target reset the connection {resets} times while receiving steps of {u.dst}, "
+                                    f"down to {budget.describe(sized)}", RESET_HINT) from exc
+                raise PackError(f"the target refuses even a single step of {u.dst} ({budget.describe(sized)})",
+                                "a commit on this branch is larger than the target accepts; nothing of your refs was changed") from exc
+            reporter.say("relay: the target refused a step; trying smaller steps")
+            return True, resets, sent_total, objects_total
+        finally:
+            service.close()
+        sent_total += sent
+        objects_total += objects or 0
+        if not step.ok:
+            raise PackError(f"split push step {k} of {u.dst} was refused by the target: {step.error}",
+                            "nothing of your refs was changed; fix the cause and push again to resume")
+    return False, resets, sent_total, objects_total
+
+
+def _final(history: History, open_target: OpenTarget, todo: list[RefUpdate], opts: PushOptions, reporter: Reporter,
+           max_pack: "_Limit", sent: int, objects: int) -> tuple[int, int | None]:
+    """The user's refs in one command list (atomic if asked), with the helper refs removed."""
+    service, adv = open_target()
+    cleanup = [RefUpdate(src="", dst=split_ref(u.dst), force=True, old=adv.refs[split_ref(u.dst)]) for u in todo if split_ref(u.dst) in adv.refs]
+    for u in todo:
+        if adv.refs.get(u.dst, ZERO_OID) != u.old:
+            u.error = "stale info"  # the target moved while we were working: never overwrite blindly
+    final = [u for u in todo if not u.error]
+    try:
+        more, more_objects = history.send(service, adv, final + (cleanup if adv.has("delete-refs") else []), opts, max_pack.size, max_pack.name)
+    finally:
+        service.close()
+    for c in cleanup:
+        if not c.ok:
+            reporter.warn(f"could not remove the helper ref {c.dst} on the target: {c.error}")
+    return sent + more, objects + (more_objects or 0)
