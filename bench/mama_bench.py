@@ -82,7 +82,18 @@ def main() -> int:
             subprocess.run(mama_cmd, env=mama, check=True)
             status = sh("mama-ssh", "--status", env=mama).stdout
             socket_path = status.split()[-1]
-            direct_cmd = ["ssh", "-o", "ControlMaster=no", "-o", f"ControlPath={socket_path}", *opts.split(), "-p", str(server.port), dest, "true"]
+            direct_cmd = [
+                "ssh",
+                "-o",
+                "ControlMaster=no",
+                "-o",
+                f"ControlPath={socket_path}",
+                *opts.split(),
+                "-p",
+                str(server.port),
+                dest,
+                "true",
+            ]
 
             def median_time(cmd: list[str], e: dict[str, str]) -> float:
                 times = []
@@ -99,9 +110,11 @@ def main() -> int:
     head = ["scenario", "plain ssh s", "mama-ssh s", "ratio", "auths plain / mama", "failures plain / mama"]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for row in [head, ["-" * w for w in widths], *rows]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
-    print(f"\nper-invocation overhead (warm cache, warm master): mama-ssh {t_mama * 1000:.0f} ms vs ssh {t_direct * 1000:.0f} ms "
-          f"= +{(t_mama - t_direct) * 1000:.0f} ms")
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + " |")
+    print(
+        f"\nper-invocation overhead (warm cache, warm master): mama-ssh {t_mama * 1000:.0f} ms vs ssh {t_direct * 1000:.0f} ms "
+        f"= +{(t_mama - t_direct) * 1000:.0f} ms"
+    )
     return 0
 
 

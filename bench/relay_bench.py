@@ -190,9 +190,13 @@ class Bench:
         count = self.base / "native-count"
         count.unlink(missing_ok=True)
         wrapper = self.base / "counting-receive-pack"
-        wrapper.write_text(f"#!/usr/bin/env python3\nimport os, subprocess, sys\np = subprocess.Popen(['git-receive-pack', *sys.argv[1:]], stdin=subprocess.PIPE)\n"
-                           f"n = 0\nwhile True:\n    b = os.read(0, 65536)\n    if not b:\n        break\n    n += len(b)\n    p.stdin.write(b)\n    p.stdin.flush()\n"
-                           f"p.stdin.close()\nrc = p.wait()\nopen('{count}', 'w').write(str(n))\nsys.exit(rc)\n")
+        wrapper.write_text(
+            "#!/usr/bin/env python3\nimport os, subprocess, sys\n"
+            "p = subprocess.Popen(['git-receive-pack', *sys.argv[1:]], stdin=subprocess.PIPE)\n"
+            "n = 0\nwhile True:\n    b = os.read(0, 65536)\n    if not b:\n        break\n"
+            "    n += len(b)\n    p.stdin.write(b)\n    p.stdin.flush()\n"
+            f"p.stdin.close()\nrc = p.wait()\nopen('{count}', 'w').write(str(n))\nsys.exit(rc)\n"
+        )
         wrapper.chmod(0o755)
         extra = [f"--receive-pack={wrapper}"] if transport in ("file", "ssh") else []
         w_n, _ = run_measured(["git", "push", "-q", *extra, self.url(transport, name), "second"], cwd=source, env=self.env)
@@ -200,12 +204,29 @@ class Bench:
         sh("git", "push", "-q", self.url(transport, name), ":second", cwd=source, env=self.env)
         w_r, p_r = run_measured(["git", "push", "-q", "relay::" + self.url(transport, name), "second"], cwd=source, env=self.env)
         st = self.last_stats()
-        self.rows.append(["second-branch push", transport, f"{w_n:.2f}", f"{w_r:.2f}", f"{w_r / w_n:.3f}",
-                          f"{st['peak_rss_helper'] / MiB:.1f}", "", f"{st['bytes']} B vs native " + (f"{native_bytes} B (with commands)" if native_bytes >= 0 else "n/a")])
+        self.rows.append(
+            [
+                "second-branch push",
+                transport,
+                f"{w_n:.2f}",
+                f"{w_r:.2f}",
+                f"{w_r / w_n:.3f}",
+                f"{st['peak_rss_helper'] / MiB:.1f}",
+                "",
+                f"{st['bytes']} B vs native " + (f"{native_bytes} B (with commands)" if native_bytes >= 0 else "n/a"),
+            ]
+        )
         # no-op push: git finds nothing to do after one round trip
-        nn = statistics.median(run_measured(["git", "push", "-q", self.url(transport, name), "second"], cwd=source, env=self.env)[0] for _ in range(5))
-        rr = statistics.median(run_measured(["git", "push", "-q", "relay::" + self.url(transport, name), "second"], cwd=source, env=self.env)[0] for _ in range(5))
-        self.rows.append(["no-op push", transport, f"{nn * 1000:.0f} ms", f"{rr * 1000:.0f} ms", f"+{(rr - nn) * 1000:.0f} ms", "", "", "0"])
+        nn = statistics.median(
+            run_measured(["git", "push", "-q", self.url(transport, name), "second"], cwd=source, env=self.env)[0] for _ in range(5)
+        )
+        rr = statistics.median(
+            run_measured(["git", "push", "-q", "relay::" + self.url(transport, name), "second"], cwd=source, env=self.env)[0]
+            for _ in range(5)
+        )
+        self.rows.append(
+            ["no-op push", transport, f"{nn * 1000:.0f} ms", f"{rr * 1000:.0f} ms", f"+{(rr - nn) * 1000:.0f} ms", "", "", "0"]
+        )
         sh("git", "checkout", "-q", "main", cwd=source)
         # split push: target limited to a quarter of the pack, vs native unlimited
         limited = target()
@@ -215,14 +236,24 @@ class Bench:
         extra = ["-c", f"relay.maxPushBytes={limit * 9 // 10}"] if transport == "git" else []
         w_s, p_s = run_measured(["git", *extra, "push", "-q", "relay::" + self.url(transport, limited), "main"], cwd=source, env=self.env)
         st = self.last_stats()
-        self.rows.append([f"split push (limit {limit // MiB} MiB)", transport, f"{nw:.2f}", f"{w_s:.2f}", f"{w_s / nw:.3f}",
-                          f"{st['peak_rss_helper'] / MiB:.1f}", f"- / {p_s / MiB:.0f}", f"{st['bytes'] / MiB:.1f} MiB (last step)"])
+        self.rows.append(
+            [
+                f"split push (limit {limit // MiB} MiB)",
+                transport,
+                f"{nw:.2f}",
+                f"{w_s:.2f}",
+                f"{w_s / nw:.3f}",
+                f"{st['peak_rss_helper'] / MiB:.1f}",
+                f"- / {p_s / MiB:.0f}",
+                f"{st['bytes'] / MiB:.1f} MiB (last step)",
+            ]
+        )
 
     def print(self) -> None:
         head = ["scenario", "transport", "native s", "relay s", "ratio", "helper RSS MiB", "tree RSS MiB native/relay", "bytes"]
         widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(len(head))]
         for row in [head, ["-" * w for w in widths], *self.rows]:
-            print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+            print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + " |")
 
 
 def main() -> int:
@@ -239,8 +270,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="relay-bench-") as tmp, ExitStack() as stack:
         base = Path(tmp)
         gitconfig = base / "gitconfig"
-        gitconfig.write_text("[user]\n\tname = Bench\n\temail = bench@example.invalid\n[init]\n\tdefaultBranch = main\n"
-                             "[http]\n\treceivepack = true\n[safe]\n\tdirectory = *\n")
+        gitconfig.write_text(
+            "[user]\n\tname = Bench\n\temail = bench@example.invalid\n[init]\n\tdefaultBranch = main\n"
+            "[http]\n\treceivepack = true\n[safe]\n\tdirectory = *\n"
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SSH_"))}
         env.update(GIT_CONFIG_GLOBAL=str(gitconfig), GIT_CONFIG_NOSYSTEM="1", HOME=str(base))
         bench = Bench(args, base, env)

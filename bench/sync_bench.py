@@ -51,7 +51,7 @@ def measured(cmds: list[list[str]], env: dict[str, str], workdir: Path) -> tuple
         proc = subprocess.Popen(cmd, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         done = threading.Event()
 
-        def sample(pid: int = proc.pid) -> None:
+        def sample(pid: int = proc.pid, done: threading.Event = done) -> None:
             nonlocal peak_rss, peak_disk
             while not done.is_set():
                 peak_rss = max(peak_rss, sum(_rss(p) for p in _descendants(pid)))
@@ -121,19 +121,37 @@ def main() -> int:
                         wall, rss, disk, _ = measured(cmds, e, wd)
                         results[how].append((wall, rss, disk, 0))
                     else:
-                        wall, rss, disk, out = measured([["git", "relay", "sync", "-q", "--tags", "--json", url(skind, "source.git"), url(tkind, name)]], e, wd)
+                        wall, rss, disk, out = measured(
+                            [["git", "relay", "sync", "-q", "--tags", "--json", url(skind, "source.git"), url(tkind, name)]], e, wd
+                        )
                         own = json.loads(out)["peak_rss"]
                         results[how].append((wall, rss, disk, own))
             nat, rel = results["native"], results["relay"]
             nw, rw = statistics.median(r[0] for r in nat), statistics.median(r[0] for r in rel)
-            rows.append([f"{skind} -> {tkind}", f"{nw:.2f}", f"{rw:.2f}", f"{rw / nw:.2f}",
-                         f"{max(r[3] for r in rel) / MiB:.1f}", f"{max(r[1] for r in nat) / MiB:.0f} / {max(r[1] for r in rel) / MiB:.0f}",
-                         f"{max(r[2] for r in nat) / MiB:.1f} / {max(r[2] for r in rel) / MiB:.1f}"])
+            rows.append(
+                [
+                    f"{skind} -> {tkind}",
+                    f"{nw:.2f}",
+                    f"{rw:.2f}",
+                    f"{rw / nw:.2f}",
+                    f"{max(r[3] for r in rel) / MiB:.1f}",
+                    f"{max(r[1] for r in nat) / MiB:.0f} / {max(r[1] for r in rel) / MiB:.0f}",
+                    f"{max(r[2] for r in nat) / MiB:.1f} / {max(r[2] for r in rel) / MiB:.1f}",
+                ]
+            )
     print(f"\nbootstrap of a {pack / MiB:.1f} MiB pack, median of {args.runs}, {os.cpu_count()} CPUs\n")
-    head = ["source -> target", "mirror clone+push s", "git relay sync s", "ratio", "relay RSS MiB", "tree RSS MiB native/relay", "local disk MiB native/relay"]
+    head = [
+        "source -> target",
+        "mirror clone+push s",
+        "git relay sync s",
+        "ratio",
+        "relay RSS MiB",
+        "tree RSS MiB native/relay",
+        "local disk MiB native/relay",
+    ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for row in [head, ["-" * w for w in widths], *rows]:
-        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + " |")
     return 0
 
 

@@ -80,7 +80,11 @@ def helper_main(argv: list[str] | None = None) -> NoReturn:
             import traceback
 
             traceback.print_exc()
-        _fatal(stderr, f"internal error in git-remote-relay: {type(exc).__name__}: {exc}", "run again with GIT_RELAY_TRACE=1 and report the output")
+        _fatal(
+            stderr,
+            f"internal error in git-remote-relay: {type(exc).__name__}: {exc}",
+            "run again with GIT_RELAY_TRACE=1 and report the output",
+        )
         code = 128
     sys.stdout.flush()
     sys.exit(code)
@@ -107,21 +111,32 @@ def _relay_parser() -> "argparse.ArgumentParser":
         p.add_argument("source", help="source URL (anything git accepts; relay:: prefix optional)")
         p.add_argument("target", help="target URL")
         p.add_argument("--branch", action="append", default=[], metavar="NAME", help="only this branch (repeatable, or comma-separated)")
-        p.add_argument("--map", action="append", default=[], metavar="SRC:DST", help="relay SRC to DST (repeatable; short names are branches)")
+        p.add_argument(
+            "--map", action="append", default=[], metavar="SRC:DST", help="relay SRC to DST (repeatable; short names are branches)"
+        )
         p.add_argument("--tags", action="store_true", help="also relay tags")
         p.add_argument("--all-refs", action="store_true", help="relay every ref under refs/")
         p.add_argument("--exclude", action="append", default=[], metavar="PREFIX", help="leave refs starting with PREFIX alone")
         p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
-        p.add_argument("-v", "--verbose", action="count", default=0, help="also print transfer statistics; twice: trace what the relay does")
+        p.add_argument(
+            "-v", "--verbose", action="count", default=0, help="also print transfer statistics; twice: trace what the relay does"
+        )
         p.add_argument("--max-pack-bytes", metavar="N", help="abort when the relayed pack grows past N bytes (k/m/g suffixes)")
 
-    for name, text in (("sync", "bring the target's managed refs to the source's"), ("plan", "show what sync would do, and why, without pushing"),
-                       ("bootstrap", "seed an empty target (refuses when a managed target ref exists)")):
+    for name, text in (
+        ("sync", "bring the target's managed refs to the source's"),
+        ("plan", "show what sync would do, and why, without pushing"),
+        ("bootstrap", "seed an empty target (refuses when a managed target ref exists)"),
+    ):
         p = sub.add_parser(name, help=text, description=text, epilog=RELAY_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
         selection(p)
         if name != "bootstrap":
-            p.add_argument("--force-with-lease", action="store_true", help="overwrite diverged branches and moved tags; refused if the target moved meanwhile")
+            p.add_argument(
+                "--force-with-lease",
+                action="store_true",
+                help="overwrite diverged branches and moved tags; refused if the target moved meanwhile",
+            )
             p.add_argument("--prune", action="store_true", help="delete managed target refs that are gone from the source")
         if name != "plan":
             p.add_argument("--atomic", action="store_true", help="all ref updates succeed or none (the target must support it)")
@@ -160,8 +175,9 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
     verbose = getattr(args, "verbose", 0)
     quiet = getattr(args, "quiet", False)
     trace = verbose >= 2 or env.get("GIT_RELAY_TRACE", "") not in ("", "0", "false")
-    reporter = Reporter(stderr, verbosity=0 if quiet else 1 + min(verbose, 1), progress=not quiet and stderr.isatty(), trace=trace,
-                        term=env.get("TERM"))
+    reporter = Reporter(
+        stderr, verbosity=0 if quiet else 1 + min(verbose, 1), progress=not quiet and stderr.isatty(), trace=trace, term=env.get("TERM")
+    )
     try:
         from .settings import Settings, size_value
         from .sync import Selection, endpoint, probe, run_sync
@@ -190,10 +206,16 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
         if source.url.redacted.rstrip("/") == target.url.redacted.rstrip("/"):
             raise RelayError("source and target are the same repository")
         record = run_sync(
-            source, target, selection,
-            force_with_lease=getattr(args, "force_with_lease", False), prune=getattr(args, "prune", False),
-            atomic=getattr(args, "atomic", False), limit=limit, dry_run=args.command == "plan",
-            bootstrap_only=args.command == "bootstrap", reporter=reporter,
+            source,
+            target,
+            selection,
+            force_with_lease=getattr(args, "force_with_lease", False),
+            prune=getattr(args, "prune", False),
+            atomic=getattr(args, "atomic", False),
+            limit=limit,
+            dry_run=args.command == "plan",
+            bootstrap_only=args.command == "bootstrap",
+            reporter=reporter,
         )
     except RelayError as exc:
         _fatal(stderr, exc.message, exc.hint)
@@ -208,9 +230,13 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
         from .stats import human
 
         objects = record["objects"] if record["objects"] is not None else "?"
-        reporter.info(f"relay: {objects} objects, {human(record['bytes'])} in {record['elapsed']:.1f}s; "
-                      f"peak RSS {human(record['peak_rss'])} relay, {human(record['peak_rss_children'])} largest child")
+        reporter.info(
+            f"relay: {objects} objects, {human(record['bytes'])} in {record['elapsed']:.1f}s; "
+            f"peak RSS {human(record['peak_rss'])} relay, {human(record['peak_rss_children'])} largest child"
+        )
     if record["status"] == "blocked":
-        _fatal(stderr, "blocked ref updates; nothing was pushed", "use --force-with-lease to overwrite, --prune to delete, or plan to see why")
+        _fatal(
+            stderr, "blocked ref updates; nothing was pushed", "use --force-with-lease to overwrite, --prune to delete, or plan to see why"
+        )
         sys.exit(3)
     sys.exit(1 if record["status"] == "failed" else 0)

@@ -96,15 +96,7 @@ def fetch_pack(
     pack_dir = git.git_path("objects/pack")
     os.makedirs(pack_dir, exist_ok=True)
     before = _tmp_packs(pack_dir)
-    config = git.config()
-    args = ["index-pack", "--stdin", "--fix-thin", f"--keep=fetch-pack {os.getpid()} on {host_label}"]
-    if reporter.progress:
-        args.append("-v")
-    if check_connectivity:
-        args.append("--check-self-contained-and-connected")
-    fsck_key = "fetch.fsckobjects" if config.get("fetch.fsckobjects") is not None else "transfer.fsckobjects"
-    if config.get_bool(fsck_key):
-        args.append("--strict")
+    args = _index_args(git, reporter, check_connectivity, host_label)
     request = fetch_request(adv, wants, haves, progress=reporter.progress, include_tag=include_tag, filter_spec=filter_spec, thin=thin)
     reporter.trace(f"fetch: {len(wants)} wants, {len(haves)} haves, protocol v{adv.version}")
     index = _start_index(git, args)
@@ -169,14 +161,33 @@ def fetch_pack(
         raise
     if rc not in (0, 1) or (rc == 1 and not check_connectivity):
         _remove_new_tmp(pack_dir, before)
-        raise PackError(f"git index-pack failed (exit code {rc}): the pack from the remote was not stored", "nothing was changed locally; try the fetch again")
+        raise PackError(
+            f"git index-pack failed (exit code {rc}): the pack from the remote was not stored",
+            "nothing was changed locally; try the fetch again",
+        )
     kind, _, pack_hash = out.strip().partition("\t")
     if kind not in ("keep", "pack") or len(pack_hash) < 40:
         raise LocalGitError(f"unexpected output from git index-pack: {out.strip()[:100]!r}")
     keep = os.path.join(pack_dir, f"pack-{pack_hash}.keep") if kind == "keep" else None
     elapsed = time.monotonic() - started
     reporter.trace(f"fetch: {received} pack bytes in {elapsed:.2f}s")
-    return FetchResult(keep=keep, connectivity_ok=check_connectivity and rc == 0, bytes=received, seconds=elapsed, objects=objects, shallow=shallow)
+    return FetchResult(
+        keep=keep, connectivity_ok=check_connectivity and rc == 0, bytes=received, seconds=elapsed, objects=objects, shallow=shallow
+    )
+
+
+def _index_args(git: Git, reporter: Reporter, check_connectivity: bool, host_label: str) -> list[str]:
+    """git fetch-pack's own index-pack command line."""
+    config = git.config()
+    args = ["index-pack", "--stdin", "--fix-thin", f"--keep=fetch-pack {os.getpid()} on {host_label}"]
+    if reporter.progress:
+        args.append("-v")
+    if check_connectivity:
+        args.append("--check-self-contained-and-connected")
+    fsck_key = "fetch.fsckobjects" if config.get("fetch.fsckobjects") is not None else "transfer.fsckobjects"
+    if config.get_bool(fsck_key):
+        args.append("--strict")
+    return args
 
 
 def _start_index(git: Git, args: list[str]) -> "subprocess.Popen[bytes]":
@@ -204,7 +215,9 @@ def record_shallow(git: Git, oids: list[str]) -> None:
     try:
         fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     except FileExistsError:
-        raise LocalGitError(f"unable to create '{lock}': it exists", "another git process may be running; if not, remove the file") from None
+        raise LocalGitError(
+            f"unable to create '{lock}': it exists", "another git process may be running; if not, remove the file"
+        ) from None
     try:
         existing: list[str] = []
         try:

@@ -248,14 +248,40 @@ def fetch_resumable(
         state.release()
 
 
-def _in_steps(open_upload: OpenUpload, drop_upload: Callable[[bool], None], git: Git, reporter: Reporter, wants: list[str], haves: list[str],
-              state: RunState, objects: int, step_objects: int, *, include_tag: bool, check_connectivity: bool, host_label: str,
-              env: dict[str, str], allow_shallow: bool) -> FetchResult:
+def _in_steps(
+    open_upload: OpenUpload,
+    drop_upload: Callable[[bool], None],
+    git: Git,
+    reporter: Reporter,
+    wants: list[str],
+    haves: list[str],
+    state: RunState,
+    objects: int,
+    step_objects: int,
+    *,
+    include_tag: bool,
+    check_connectivity: bool,
+    host_label: str,
+    env: dict[str, str],
+    allow_shallow: bool,
+) -> FetchResult:
     quiet = reporter.quiet()
     with Scratch(env) as scratch:
         service, adv = open_upload()
-        fetch_pack(service, adv, scratch.git, quiet, wants, _dedupe(state.done, haves), include_tag=False, check_connectivity=False,
-                   host_label=host_label, filter_spec="tree:0", thin=False, allow_shallow=allow_shallow)
+        fetch_pack(
+            service,
+            adv,
+            scratch.git,
+            quiet,
+            wants,
+            _dedupe(state.done, haves),
+            include_tag=False,
+            check_connectivity=False,
+            host_label=host_label,
+            filter_spec="tree:0",
+            thin=False,
+            allow_shallow=allow_shallow,
+        )
         drop_upload(False)
         parents = scratch.parents()
     chain = max((first_parent_chain(parents, w) for w in wants), key=len, default=[])
@@ -265,8 +291,19 @@ def _in_steps(open_upload: OpenUpload, drop_upload: Callable[[bool], None], git:
     for i, commit in enumerate(cuts, start=1):
         reporter.say(f"relay: step {i}/{count}: history up to {commit[:12]}")
         service, adv = open_upload()
-        step = fetch_pack(service, adv, git, reporter, [commit], _dedupe(state.done, haves), include_tag=False, check_connectivity=False,
-                          host_label=host_label, on_tmp=state.add_tmp, allow_shallow=allow_shallow)
+        step = fetch_pack(
+            service,
+            adv,
+            git,
+            reporter,
+            [commit],
+            _dedupe(state.done, haves),
+            include_tag=False,
+            check_connectivity=False,
+            host_label=host_label,
+            on_tmp=state.add_tmp,
+            allow_shallow=allow_shallow,
+        )
         drop_upload(False)
         state.add_step(commit, step.keep)
         total += step.bytes
@@ -274,8 +311,19 @@ def _in_steps(open_upload: OpenUpload, drop_upload: Callable[[bool], None], git:
     if cuts:
         reporter.say(f"relay: step {count}/{count}: the rest")
     service, adv = open_upload()
-    final = fetch_pack(service, adv, git, reporter, wants, _dedupe(state.done, haves), include_tag=include_tag,
-                       check_connectivity=check_connectivity, host_label=host_label, on_tmp=state.add_tmp, allow_shallow=allow_shallow)
+    final = fetch_pack(
+        service,
+        adv,
+        git,
+        reporter,
+        wants,
+        _dedupe(state.done, haves),
+        include_tag=include_tag,
+        check_connectivity=check_connectivity,
+        host_label=host_label,
+        on_tmp=state.add_tmp,
+        allow_shallow=allow_shallow,
+    )
     drop_upload(False)
     final.bytes += total
     final.objects = (final.objects or 0) + stored

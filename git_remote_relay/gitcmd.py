@@ -152,7 +152,9 @@ class Git:
     def returncode(self, args: Sequence[str]) -> int:
         return run_command(["git", *args], env=self.env, cwd=self.cwd, capture=False).returncode
 
-    def popen(self, args: Sequence[str], *, stdin: Any, stdout: Any, stderr: Any = None, env: Mapping[str, str] | None = None) -> "subprocess.Popen[bytes]":
+    def popen(
+        self, args: Sequence[str], *, stdin: Any, stdout: Any, stderr: Any = None, env: Mapping[str, str] | None = None
+    ) -> "subprocess.Popen[bytes]":
         """Start ``git <args>``; stdout must be given explicitly (never the helper's own)."""
         return spawn(["git", *args], env=env if env is not None else self.env, cwd=self.cwd, stdin=stdin, stdout=stdout, stderr=stderr)
 
@@ -163,7 +165,7 @@ class Git:
             return set()
         out = self.run(["cat-file", "--batch-check=%(objectname)"], input="\n".join(wanted).encode() + b"\n")
         present: set[str] = set()
-        for line, oid in zip(out.decode().splitlines(), wanted):
+        for line, oid in zip(out.decode().splitlines(), wanted, strict=False):
             if not line.endswith(" missing"):
                 present.add(oid)
         return present
@@ -217,4 +219,3 @@ def widen_pipe(fd: int) -> None:
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
     except (OSError, ValueError):
         pass
-

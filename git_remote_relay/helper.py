@@ -16,9 +16,8 @@ from typing import BinaryIO, Mapping
 from .errors import RelayError, ShallowRemoteError, UnsupportedError
 from .gitcmd import Git
 from .localpush import c_quote
-from .protocol import Advertisement
 from .settings import Settings
-from .transport import Context, Service
+from .transport import Context
 from .transport.session import Session
 from .ui import Reporter
 from .url import InnerUrl, check_allowed, parse
@@ -58,7 +57,16 @@ def c_unquote(value: str) -> str:
 class Helper:
     """One helper process: ``run()`` reads commands from ``stdin`` until EOF or a blank line."""
 
-    def __init__(self, remote_name: str, address: str, env: Mapping[str, str], stdin: BinaryIO, stdout: BinaryIO, stderr: BinaryIO, cwd: str | None = None) -> None:
+    def __init__(
+        self,
+        remote_name: str,
+        address: str,
+        env: Mapping[str, str],
+        stdin: BinaryIO,
+        stdout: BinaryIO,
+        stderr: BinaryIO,
+        cwd: str | None = None,
+    ) -> None:
         self.env = dict(env)
         self.stdin = stdin
         self.stdout = stdout
@@ -69,8 +77,9 @@ class Helper:
         self.settings = Settings(self.env, self.config)
         self.reporter = Reporter(stderr, trace=self.settings.trace, term=self.env.get("TERM"))
         name = None if remote_name.startswith("relay::") or remote_name == address else remote_name
-        self.ctx = Context(env=self.env, git=self.git, config=self.config, remote_name=name, trace=self.reporter.trace,
-                           timeout=self.settings.timeout)
+        self.ctx = Context(
+            env=self.env, git=self.git, config=self.config, remote_name=name, trace=self.reporter.trace, timeout=self.settings.timeout
+        )
         self.session = Session(self.url, self.ctx)
         self.servpath: str | None = None  # `option servpath` (--upload-pack/--receive-pack) for the next connect
         self.passthrough_opts: dict[str, str] = {}
@@ -258,8 +267,16 @@ class Helper:
             ) from exc
         if result.shallow:
             record_shallow(self.git, result.shallow)  # a clone of a shallow remote is shallow there too
-        stats.record(self.reporter, self.settings, self.url.redacted, "fetch", [{"ref": n, "new": oid} for n, oid in names],
-                     result.bytes, result.objects, started)
+        stats.record(
+            self.reporter,
+            self.settings,
+            self.url.redacted,
+            "fetch",
+            [{"ref": n, "new": oid} for n, oid in names],
+            result.bytes,
+            result.objects,
+            started,
+        )
         out = ""
         if result.keep:
             out += f"lock {result.keep}\n"
@@ -297,7 +314,7 @@ class Helper:
             raise UnsupportedError(f"unknown service '{service}'")
         if self.servpath:
             # --upload-pack/--receive-pack: the program to run on the remote, for passthrough and engine alike
-            self.ctx.programs[service[len("git-"):]] = self.servpath
+            self.ctx.programs[service[len("git-") :]] = self.servpath
             self.servpath = None
         if not self._wants_passthrough(service) and not (service == "git-upload-pack" and self._needs_git_fetch()):
             self._reply("fallback\n")
@@ -307,7 +324,7 @@ class Helper:
 
         self.reporter.trace(f"connect: passthrough for {service}")
         self._reply("\n")
-        return connect(self.session.remote, service[len("git-"):], self.stdin, self.stdout)
+        return connect(self.session.remote, service[len("git-") :], self.stdin, self.stdout)
 
     def _do_stateless_connect(self, service: str) -> int | None:
         if service != "git-upload-pack" or not (self._wants_passthrough(service) or self._needs_git_fetch()):
@@ -319,8 +336,10 @@ class Helper:
             self._reply("fallback\n")
             return None
         from .passthrough import stateless_connect
+        from .transport.http import HttpService
 
         service_obj, adv = self.session.hand_over_upload()
+        assert isinstance(service_obj, HttpService)  # stateless-connect is only advertised for http(s)
         self.reporter.trace("stateless-connect: passthrough")
         self._reply("\n")
         try:

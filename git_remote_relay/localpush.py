@@ -13,7 +13,7 @@ from . import stats
 from .errors import RelayError
 from .gitcmd import Git
 from .protocol import ZERO_OID, Advertisement
-from .push import PushOptions, RefUpdate, decide, local_haves, parse_push_lines, resolve, send_updates
+from .push import PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates
 from .settings import Settings
 from .split import push_or_split
 from .transport.base import Service
@@ -54,7 +54,9 @@ class LocalHistory:
     def chain(self, tip: str, target_haves: list[str]) -> list[str]:
         present = self.git.existing(target_haves)
         revs = [tip, *("^" + h for h in target_haves if h in present)]
-        return self.git.run(["rev-list", "--first-parent", "--reverse", "--stdin"], input=("\n".join(revs) + "\n").encode()).decode().split()
+        return (
+            self.git.run(["rev-list", "--first-parent", "--reverse", "--stdin"], input=("\n".join(revs) + "\n").encode()).decode().split()
+        )
 
     def estimate(self, tip: str, base: list[str]) -> int | None:
         present = self.git.existing(base)
@@ -62,8 +64,9 @@ class LocalHistory:
         out = self.git.run(["rev-list", "--objects", "--disk-usage", "--stdin"], input=("\n".join(revs) + "\n").encode())
         return int(out.strip() or 0)
 
-    def send(self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions,
-             limit: int | None, limit_source: str) -> tuple[int, int | None]:
+    def send(
+        self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, limit: int | None, limit_source: str
+    ) -> tuple[int, int | None]:
         return send_updates(self.git, self.reporter, service, adv, updates, opts, limit=limit, limit_source=limit_source)
 
 
@@ -83,7 +86,9 @@ def _recheck_moved(session: Session, reporter: Reporter, updates: list[RefUpdate
             u.error, u.ok = None, True
 
 
-def run_push_batch(git: Git, reporter: Reporter, session: Session, settings: Settings, lines: list[str], opts: PushOptions) -> tuple[str, bool]:
+def run_push_batch(
+    git: Git, reporter: Reporter, session: Session, settings: Settings, lines: list[str], opts: PushOptions
+) -> tuple[str, bool]:
     """Push one batch; return (the reply for git, whether every ref succeeded)."""
     started = time.monotonic()
     updates = parse_push_lines(lines)
@@ -101,8 +106,16 @@ def run_push_batch(git: Git, reporter: Reporter, session: Session, settings: Set
     try:
         if todo and not opts.dry_run:
             used = True
-            sent, objects = push_or_split(LocalHistory(git, reporter), session.new_receive, (service, adv), todo, opts, reporter,
-                                          max_pack=settings.max_pack_bytes, max_push=settings.max_push_bytes)
+            sent, objects = push_or_split(
+                LocalHistory(git, reporter),
+                session.new_receive,
+                (service, adv),
+                todo,
+                opts,
+                reporter,
+                max_pack=settings.max_pack_bytes,
+                max_push=settings.max_push_bytes,
+            )
             _recheck_moved(session, reporter, todo)
         elif todo:
             for u in todo:
@@ -111,6 +124,14 @@ def run_push_batch(git: Git, reporter: Reporter, session: Session, settings: Set
         session.release_receive(used=used)
     reply = [f"ok {u.dst}" if u.ok else f"error {u.dst} {c_quote(u.error or 'rejected')}" for u in updates]
     if not opts.dry_run:
-        stats.record(reporter, settings, session.url.redacted, "push",
-                     [{"ref": u.dst, "old": u.old, "new": u.new, "result": "ok" if u.ok else u.error} for u in updates], sent, objects, started)
+        stats.record(
+            reporter,
+            settings,
+            session.url.redacted,
+            "push",
+            [{"ref": u.dst, "old": u.old, "new": u.new, "result": "ok" if u.ok else u.error} for u in updates],
+            sent,
+            objects,
+            started,
+        )
     return "".join(x + "\n" for x in reply) + "\n", all(u.ok or u.error == "up to date" for u in updates)

@@ -11,15 +11,18 @@ from __future__ import annotations
 import os
 import selectors
 import socket
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import ProtocolError, TransportError
 from .gitcmd import spawn
 from .pktline import DELIM, FLUSH, RESPONSE_END, PktReader, Special, pkt, pkt_text
 from .protocol import Advertisement
-from .transport import Remote, Service
+from .transport import Remote
 from .transport.base import stalled
 from .url import InnerUrl
+
+if TYPE_CHECKING:
+    from .transport.http import HttpService
 
 __all__ = ["connect", "stateless_connect"]
 
@@ -85,7 +88,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def stateless_connect(service: Service, adv: Advertisement, stdin: BinaryIO, stdout: BinaryIO) -> None:
+def stateless_connect(service: HttpService, adv: Advertisement, stdin: BinaryIO, stdout: BinaryIO) -> None:
     """git's v2 stateless relay over HTTP (gitremote-helpers ``stateless-connect``).
 
     The caller has opened upload-pack, checked that it speaks v2 and written the blank line. We
@@ -116,7 +119,7 @@ def stateless_connect(service: Service, adv: Advertisement, stdin: BinaryIO, std
                 body.append(pkt(item))
             item = request_reader.read_pkt()
         service.request([b"".join(body)])
-        read = getattr(service, "raw_read")
+        read = service.raw_read
         while True:
             data = read(_CHUNK)
             if not data:

@@ -76,7 +76,9 @@ def _read_exact(read: Callable[[int], bytes], n: int) -> bytes:
 class PktReader:
     """Reads pkt-lines from ``read(n)``; raises ``TransportError`` on a cut-off stream."""
 
-    def __init__(self, read: Callable[[int], bytes], what: str = "remote", readinto: Callable[[memoryview], int | None] | None = None) -> None:
+    def __init__(
+        self, read: Callable[[int], bytes], what: str = "remote", readinto: Callable[[memoryview], int | None] | None = None
+    ) -> None:
         self._read = read
         self._readinto = readinto
         self._what = what
@@ -233,4 +235,3 @@ def pump_sideband(reader: PktReader, on_data: Callable[[memoryview], object], on
             raise RemoteError(f"remote error: {bytes(view[1:n]).decode('utf-8', 'replace').strip()}")
         else:
             raise ProtocolError(f"protocol error: bad side-band channel {channel}")
-

@@ -7,7 +7,6 @@ tags, capabilities, the object format (sha1 only), and the request lines of a on
 
 from __future__ import annotations
 
-
 from . import __version__
 from .errors import ProtocolError, UnsupportedError
 from .pktline import DELIM, FLUSH, PktReader, Special, pkt_text
@@ -87,27 +86,31 @@ def read_advertisement(reader: PktReader) -> Advertisement:
     if not nul:
         raise ProtocolError(f"protocol error: expected capabilities in the first line, got '{first[:120]}'")
     adv.caps = _parse_caps(capstext)
-    lines = [refline, *reader.read_lines_until_flush()]
-    for line in lines:
-        oid, _, name = line.partition(" ")
-        if name == "capabilities^{}":
-            continue
-        if oid == "shallow":  # "shallow <oid>": the server's repository is itself shallow
-            adv.shallow.append(_check_oid(name, line))
-            continue
-        _check_oid(oid, line)
-        if name == ".have":
-            adv.extra_haves.append(oid)
-        elif name.endswith("^{}"):
-            adv.peeled[name[:-3]] = oid
-        else:
-            adv.refs[name] = oid
+    for line in [refline, *reader.read_lines_until_flush()]:
+        _v0_line(adv, line)
     for pair in (adv.caps.get("symref") or "").split():
         src, _, dst = pair.partition(":")
         if src and dst:
             adv.symrefs[src] = dst
     adv.check_object_format()
     return adv
+
+
+def _v0_line(adv: Advertisement, line: str) -> None:
+    """One ``<oid> <name>`` line of a v0 advertisement (or ``shallow <oid>``)."""
+    oid, _, name = line.partition(" ")
+    if name == "capabilities^{}":
+        return
+    if oid == "shallow":  # "shallow <oid>": the server's repository is itself shallow
+        adv.shallow.append(_check_oid(name, line))
+        return
+    _check_oid(oid, line)
+    if name == ".have":
+        adv.extra_haves.append(oid)
+    elif name.endswith("^{}"):
+        adv.peeled[name[:-3]] = oid
+    else:
+        adv.refs[name] = oid
 
 
 def _common_args(adv: Advertisement) -> list[str]:

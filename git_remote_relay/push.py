@@ -11,7 +11,6 @@ Each ref is reported ``ok`` only when receive-pack's report-status said ``ok`` f
 from __future__ import annotations
 
 import subprocess
-import time
 from typing import TYPE_CHECKING, Iterator
 
 from .errors import PackError, ProtocolError, RelayError, TooLargeError
@@ -126,7 +125,7 @@ def decide(git: "Git", updates: list[RefUpdate], adv: Advertisement, opts: PushO
     """git's per-ref rules, applied before anything is sent."""
     olds = [adv.refs.get(u.dst, ZERO_OID) for u in updates]
     present = git.existing([o for o in olds if o != ZERO_OID])
-    for u, old in zip(updates, olds):
+    for u, old in zip(updates, olds, strict=True):
         u.old = old
         if u.error:
             continue
@@ -336,22 +335,14 @@ def send_updates(git: "Git", reporter: "Reporter", service: Service, adv: Advert
     return exchange(service, adv, updates, opts, reporter, stream)
 
 
-def exchange(service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, reporter: "Reporter", stream: PackStream | None) -> tuple[int, int | None]:
+def exchange(
+    service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, reporter: "Reporter", stream: PackStream | None
+) -> tuple[int, int | None]:
     """Send the commands for ``updates`` and ``stream`` (the pack, None for deletes only) to an
     open receive-pack; set each update's ``ok``/``error`` from report-status only.
     """
     header = _commands(updates, adv, opts, reporter.progress)
-    body: list[bytes] | Iterator[bytes]
-    if stream is not None:
-        pack = stream
-
-        def gen() -> Iterator[bytes]:
-            yield header
-            yield from pack
-
-        body = gen()
-    else:
-        body = [header]
+    body: list[bytes] | Iterator[bytes] = [header] if stream is None else _with_header(header, stream)
     said = bytearray()
     try:
         reader = service.request(body)
@@ -361,24 +352,8 @@ def exchange(service: Service, adv: Advertisement, updates: list[RefUpdate], opt
             stream.stop()
         raise PackTooLarge(exc.message, sent=stream.sent if stream else 0) from exc
     except RelayError as exc:
-        if stream is not None:
-            stream.stop()
-        send_error: RelayError | None = None
-        try:
-            service.wait_sent()
-        except PackTooLarge:
-            raise  # our own limit stopped the pack: that is the real story
-        except RelayError as err:
-            send_error = err
-        if stream is not None and _size_refusal(said.decode("utf-8", "replace")):
-            raise PackTooLarge(f"the server refused the pack for its size ({exc.message})", sent=stream.sent) from exc
-        # a reset is reported once, to the reader or to the writer, whichever asks first
-        if stream is not None and stream.sent and (_was_reset(exc) or (send_error is not None and _was_reset(send_error))):
-            # git daemon resets the socket when receive.maxInputSize stops the pack, before the
-            # reason can reach us: most likely a size refusal, retried smaller a few times only
-            raise PackTooLarge(f"the server reset the connection after {stream.sent} bytes of the pack, without a reason",
-                               sent=stream.sent, uncertain=True) from exc
-        raise exc
+        _explain_failure(exc, service, stream, said)
+        raise
     try:
         service.wait_sent()
     except PackTooLarge:
@@ -392,6 +367,43 @@ def exchange(service: Service, adv: Advertisement, updates: list[RefUpdate], opt
     if stream is not None:
         stream.stop()
     sent = stream.sent if stream else 0
+    _apply_report(updates, unpack, statuses)
+    if unpack != "ok" and _size_refusal(unpack + " " + said.decode("utf-8", "replace")):
+        raise PackTooLarge(f"the server refused the pack for its size: {unpack}", sent=sent)
+    return sent, stream.objects if stream else None
+
+
+def _with_header(header: bytes, stream: PackStream) -> Iterator[bytes]:
+    yield header
+    yield from stream
+
+
+def _explain_failure(exc: RelayError, service: Service, stream: PackStream | None, said: bytearray) -> None:
+    """The exchange broke: raise what it most likely means, or return to let ``exc`` stand."""
+    if stream is not None:
+        stream.stop()
+    send_error: RelayError | None = None
+    try:
+        service.wait_sent()
+    except PackTooLarge:
+        raise  # our own limit stopped the pack: that is the real story
+    except RelayError as err:
+        send_error = err
+    if stream is None:
+        return
+    if _size_refusal(said.decode("utf-8", "replace")):
+        raise PackTooLarge(f"the server refused the pack for its size ({exc.message})", sent=stream.sent) from exc
+    # A reset is reported once, to the reader or to the writer, whichever asks first. git daemon
+    # resets the socket when receive.maxInputSize stops the pack, before the reason can reach us:
+    # most likely a size refusal, retried smaller a few times only.
+    if stream.sent and (_was_reset(exc) or (send_error is not None and _was_reset(send_error))):
+        raise PackTooLarge(
+            f"the server reset the connection after {stream.sent} bytes of the pack, without a reason", sent=stream.sent, uncertain=True
+        ) from exc
+
+
+def _apply_report(updates: list[RefUpdate], unpack: str, statuses: dict[str, str | None]) -> None:
+    """Each update's result, from the server's report only: no report, no ``ok``."""
     for u in updates:
         if u.dst in statuses:
             why = statuses[u.dst]
@@ -401,9 +413,6 @@ def exchange(service: Service, adv: Advertisement, updates: list[RefUpdate], opt
                 u.error = why
         else:
             u.error = f"no report from the server (unpack {unpack})" if unpack != "ok" else "the server did not report on this ref"
-    if unpack != "ok" and _size_refusal(unpack + " " + said.decode("utf-8", "replace")):
-        raise PackTooLarge(f"the server refused the pack for its size: {unpack}", sent=sent)
-    return sent, stream.objects if stream else None
 
 
 def parse_push_lines(lines: list[str]) -> list[RefUpdate]:

@@ -24,7 +24,14 @@ def _full(name: str) -> str:
 class Selection:
     """Which refs are managed and where they go. Validated before any network traffic."""
 
-    def __init__(self, branches: list[str] | None = None, maps: list[str] | None = None, tags: bool = False, all_refs: bool = False, excludes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        branches: list[str] | None = None,
+        maps: list[str] | None = None,
+        tags: bool = False,
+        all_refs: bool = False,
+        excludes: list[str] | None = None,
+    ) -> None:
         self.branches = [_full(b) for b in (branches or [])]
         self.tags = tags
         self.all_refs = all_refs
@@ -36,7 +43,9 @@ class Selection:
             if not sep or not src or not dst:
                 raise UrlError(f"bad --map '{spec}'", "write it as SRC:DST, e.g. --map main:stable")
             if src.startswith("refs/") != dst.startswith("refs/"):
-                raise UrlError(f"ambiguous --map '{spec}': mixes a short name and a full ref", "use two short branch names or two full refs")
+                raise UrlError(
+                    f"ambiguous --map '{spec}': mixes a short name and a full ref", "use two short branch names or two full refs"
+                )
             full_src, full_dst = _full(src), _full(dst)
             if kind(full_src) != kind(full_dst):
                 raise UrlError(f"--map '{spec}' maps a {kind(full_src)} to a {kind(full_dst)}", "map branches to branches and tags to tags")

@@ -220,13 +220,16 @@ def _final(history: History, open_target: OpenTarget, todo: list[RefUpdate], opt
            max_pack: "_Limit", sent: int, objects: int) -> tuple[int, int | None]:
     """The user's refs in one command list (atomic if asked), with the helper refs removed."""
     service, adv = open_target()
-    cleanup = [RefUpdate(src="", dst=split_ref(u.dst), force=True, old=adv.refs[split_ref(u.dst)]) for u in todo if split_ref(u.dst) in adv.refs]
+    helpers = [split_ref(u.dst) for u in todo if split_ref(u.dst) in adv.refs]
+    cleanup = [RefUpdate(src="", dst=ref, force=True, old=adv.refs[ref]) for ref in helpers]
     for u in todo:
         if adv.refs.get(u.dst, ZERO_OID) != u.old:
             u.error = "stale info"  # the target moved while we were working: never overwrite blindly
     final = [u for u in todo if not u.error]
     try:
-        more, more_objects = history.send(service, adv, final + (cleanup if adv.has("delete-refs") else []), opts, max_pack.size, max_pack.name)
+        more, more_objects = history.send(
+            service, adv, final + (cleanup if adv.has("delete-refs") else []), opts, max_pack.size, max_pack.name
+        )
     finally:
         service.close()
     for c in cleanup:

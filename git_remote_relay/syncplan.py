@@ -35,9 +35,22 @@ def prove_fast_forward(source: Session, old: str, new: str, scratch: Scratch, re
     filter_spec = "tree:0" if supports_filter(adv) else None
     if filter_spec is None and not scratch.warned:
         scratch.warned = True
-        reporter.warn("the source does not allow filtered fetches (uploadpack.allowFilter): proving a fast-forward fetches the new history in full")
-    fetch_pack(service, adv, scratch.git, reporter.quiet(), [new], [old], include_tag=False, check_connectivity=False,
-               host_label="git-relay", filter_spec=filter_spec, thin=False)
+        reporter.warn(
+            "the source does not allow filtered fetches (uploadpack.allowFilter): proving a fast-forward fetches the new history in full"
+        )
+    fetch_pack(
+        service,
+        adv,
+        scratch.git,
+        reporter.quiet(),
+        [new],
+        [old],
+        include_tag=False,
+        check_connectivity=False,
+        host_label="git-relay",
+        filter_spec=filter_spec,
+        thin=False,
+    )
     source.done_upload()
     return any(old in parents for parents in scratch.parents().values())
 
@@ -46,8 +59,9 @@ def _update(src: str, dst: str, new: str, old: str, action: str, reason: str) ->
     return RefUpdate(src=src, dst=dst, force=action == "force", new=new, old=old, action=action, reason=reason)
 
 
-def _decide(source: Session, src: str, dst: str, new: str, old: str, get_scratch: "ScratchHolder", force_with_lease: bool,
-            reporter: Reporter) -> RefUpdate:
+def _decide(
+    source: Session, src: str, dst: str, new: str, old: str, get_scratch: "ScratchHolder", force_with_lease: bool, reporter: Reporter
+) -> RefUpdate:
     if old == ZERO_OID:
         return _update(src, dst, new, old, "create", f"new {kind(dst)}")
     if old == new:
@@ -79,8 +93,9 @@ class ScratchHolder:
             self.scratch.close()
 
 
-def plan(source: Session, target: Session, selection: Selection, *, force_with_lease: bool, prune: bool,
-         reporter: Reporter) -> tuple[list[RefUpdate], str]:
+def plan(
+    source: Session, target: Session, selection: Selection, *, force_with_lease: bool, prune: bool, reporter: Reporter
+) -> tuple[list[RefUpdate], str]:
     """Per-ref decisions and the relay mode (``bootstrap`` or ``incremental``)."""
     sadv = source.upload(listed=True)[1]
     if sadv.shallow:
@@ -96,7 +111,9 @@ def plan(source: Session, target: Session, selection: Selection, *, force_with_l
     mode = "bootstrap" if not managed_on_target else "incremental"
     scratch = ScratchHolder()
     try:
-        plans = [_decide(source, src, dst, src_refs[src], tgt_refs.get(dst, ZERO_OID), scratch, force_with_lease, reporter) for src, dst in pairs]
+        plans = [
+            _decide(source, src, dst, src_refs[src], tgt_refs.get(dst, ZERO_OID), scratch, force_with_lease, reporter) for src, dst in pairs
+        ]
     finally:
         scratch.close()
     wanted = {dst for _, dst in pairs}
@@ -108,5 +125,7 @@ def plan(source: Session, target: Session, selection: Selection, *, force_with_l
         else:
             plans.append(_update("", dst, ZERO_OID, tgt_refs[dst], "keep", "not on the source (use --prune to delete)"))
     for p in plans:
-        p.mode = mode if p.action in ("create", "update") else ("lease" if p.action == "force" else "prune" if p.action == "delete" else "none")
+        p.mode = (
+            mode if p.action in ("create", "update") else ("lease" if p.action == "force" else "prune" if p.action == "delete" else "none")
+        )
     return plans, mode

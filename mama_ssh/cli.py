@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Mapping, NoReturn, Sequence
+from typing import Any, Mapping, NoReturn, Sequence
 
 __all__ = ["main", "plan", "Plan"]
 
@@ -51,7 +51,9 @@ def _mux_unsupported(ssh: str) -> str | None:
     if ssh.lower().endswith(".exe"):
         import subprocess
 
-        banner = subprocess.run([ssh, "-V"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10).stdout.decode(errors="replace")
+        banner = subprocess.run(
+            [ssh, "-V"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=10
+        ).stdout.decode(errors="replace")
         if is_windows_openssh(banner):
             return "Microsoft OpenSSH has no multiplexing"
     return None
@@ -95,27 +97,10 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
         return Plan(plain.argv, why=f"no private socket directory: {exc}")
     if state.failed_until(key) > time.time():
         return Plan(plain.argv, why="a recent pre-warm failed")
-    if not master.alive(path):
-        timeout = _number(env, "MAMA_SSH_PREWARM_TIMEOUT", PREWARM_TIMEOUT)
-        from filelock import Timeout
-
-        try:
-            with state.prewarm_lock(key, timeout=timeout + 5):
-                # another process may have finished the pre-warm (or given up) while we waited
-                if state.failed_until(key) > time.time():
-                    return Plan(plain.argv, why="a concurrent pre-warm failed")
-                if not master.alive(path):
-                    try:
-                        pid = master.prewarm(ssh, parsed.options, parsed.dest, path, bool(extra), state, key, env, timeout)
-                    except master.PrewarmFailed as exc:
-                        state.mark_failed(key, str(exc), _number(env, "MAMA_SSH_FAILED_FOR", FAILED_FOR))
-                        return Plan(plain.argv, why=str(exc))
-                    with state.lock():
-                        state.write("masters", key, {"socket": path, "pid": pid, "dest": parsed.dest, "options": parsed.options,
-                                                     "owned": True, "started": time.time(), "by": os.getpid()})
-        except Timeout:
-            return Plan(plain.argv, why="timed out waiting for another process's pre-warm")
-    elif state.read("masters", key) is None:
+    refused = _ensure_master(ssh, parsed, path, key, bool(extra), state, env) if not master.alive(path) else None
+    if refused is not None:
+        return Plan(plain.argv, why=refused)
+    if state.read("masters", key) is None:
         with state.lock():
             if state.read("masters", key) is None:
                 # a master we did not start (a record lost, or started by hand): use it, never close it
@@ -130,7 +115,39 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
         return Plan(plain.argv, why="every session slot of the master stayed busy")
     # ControlMaster=no: a client never becomes a master we don't manage, and if the master is
     # gone, ssh connects directly instead of failing.
-    return Plan([ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={path}", *extra, *args], slot_fd=fd, why="multiplexed", learn=(state, key, limit))
+    return Plan(
+        [ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={path}", *extra, *args],
+        slot_fd=fd,
+        why="multiplexed",
+        learn=(state, key, limit),
+    )
+
+
+def _ensure_master(ssh: str, parsed: Any, path: str, key: str, keepalive: bool, state: Any, env: Mapping[str, str]) -> str | None:
+    """Pre-warm the master for ``key`` under its host lock; the reason to go plain, or None."""
+    from filelock import Timeout
+
+    from . import master
+
+    timeout = _number(env, "MAMA_SSH_PREWARM_TIMEOUT", PREWARM_TIMEOUT)
+    try:
+        with state.prewarm_lock(key, timeout=timeout + 5):
+            # another process may have finished the pre-warm (or given up) while we waited
+            if state.failed_until(key) > time.time():
+                return "a concurrent pre-warm failed"
+            if master.alive(path):
+                return None
+            try:
+                pid = master.prewarm(ssh, parsed.options, parsed.dest, path, keepalive, state, key, env, timeout)
+            except master.PrewarmFailed as exc:
+                state.mark_failed(key, str(exc), _number(env, "MAMA_SSH_FAILED_FOR", FAILED_FOR))
+                return str(exc)
+            with state.lock():
+                state.write("masters", key, {"socket": path, "pid": pid, "dest": parsed.dest, "options": parsed.options,
+                                             "owned": True, "started": time.time(), "by": os.getpid()})
+    except Timeout:
+        return "timed out waiting for another process's pre-warm"
+    return None
 
 
 def _run(p: Plan) -> NoReturn:
@@ -178,7 +195,7 @@ def _relay_stderr(fd: int) -> bool:
         view = memoryview(chunk)
         while view:
             try:
-                view = view[os.write(2, view):]
+                view = view[os.write(2, view) :]
             except InterruptedError:
                 continue
             except OSError:
@@ -221,7 +238,10 @@ def _admin(cmd: str, rest: list[str], env: Mapping[str, str], ssh: str) -> int:
         for key in state.keys("failed"):
             until = state.failed_until(key)
             if until > time.time():
-                print(f"{key}  pre-warm failed, plain connections for {until - time.time():.0f}s more: {(state.read('failed', key) or {}).get('reason')}")
+                print(
+                    f"{key}  pre-warm failed, plain connections for {until - time.time():.0f}s more: "
+                    f"{(state.read('failed', key) or {}).get('reason')}"
+                )
         return 0
     if cmd == "--cleanup":
         stopped = 0

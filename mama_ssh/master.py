@@ -78,7 +78,9 @@ def _check_pid(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> int | 
     return int(m.group(1)) if m else 0
 
 
-def prewarm(ssh: str, options: list[str], dest: str, path: str, keepalive: bool, state: State, key: str, env: Mapping[str, str], timeout: float) -> int:
+def prewarm(
+    ssh: str, options: list[str], dest: str, path: str, keepalive: bool, state: State, key: str, env: Mapping[str, str], timeout: float
+) -> int:
     """Start a master for ``dest`` on ``path``; return its pid. Raises ``PrewarmFailed``."""
     import subprocess
 
@@ -90,17 +92,30 @@ def prewarm(ssh: str, options: list[str], dest: str, path: str, keepalive: bool,
                 os.unlink(path)
             except OSError as exc:
                 raise PrewarmFailed(f"cannot remove stale socket {path}: {exc.strerror}") from exc
-    argv = [ssh, "-f", "-N", "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
-            "-o", f"ControlPersist={PERSIST_SECONDS}", "-o", "SendEnv=GIT_PROTOCOL",
-            "-E", os.path.join(state.root, "logs", f"{key}.log")]
+    argv = [
+        ssh,
+        "-f",
+        "-N",
+        "-o",
+        "ControlMaster=yes",
+        "-o",
+        f"ControlPath={path}",
+        "-o",
+        f"ControlPersist={PERSIST_SECONDS}",
+        "-o",
+        "SendEnv=GIT_PROTOCOL",
+        "-E",
+        os.path.join(state.root, "logs", f"{key}.log"),
+    ]
     if keepalive:
         argv += ["-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}"]
     argv += [*options, "--", dest]
     started = time.monotonic()
     try:
         # stdio to /dev/null: a backgrounded ssh older than 8.4 keeps inherited pipes open forever
-        proc = subprocess.run(argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, timeout=timeout)
+        proc = subprocess.run(
+            argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout
+        )
         rc = proc.returncode
     except subprocess.TimeoutExpired:
         rc = None
@@ -119,8 +134,14 @@ def stop(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> bool:
     import subprocess
 
     try:
-        proc = subprocess.run([ssh, "-o", f"ControlPath={path}", "-O", "stop", "--", dest], env=dict(env),
-                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        proc = subprocess.run(
+            [ssh, "-o", f"ControlPath={path}", "-O", "stop", "--", dest],
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-
 import servers
 from servers import HTTP_PASSWORD, HTTP_USER, Sshd  # noqa: F401 - re-exported for the tests
 
@@ -58,7 +57,9 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-def git(*args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None, check: bool = True, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def git(
+    *args: str, cwd: str | Path | None = None, env: dict[str, str] | None = None, check: bool = True, input: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(["git", *args], cwd=cwd, env=env, input=input.decode() if input else None, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"git {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -82,7 +83,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     gitconfig.write_text(
         "[user]\n\tname = Relay Test\n\temail = relay@example.invalid\n"
         "[init]\n\tdefaultBranch = main\n"
-        "[protocol \"file\"]\n\tallow = always\n"
+        '[protocol "file"]\n\tallow = always\n'
         "[uploadpack]\n\tallowFilter = true\n\tallowAnySHA1InWant = true\n"
         f"\tpackObjectsHook = {hook}\n"
         "[http]\n\treceivepack = true\n"

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,6 +189,48 @@ class Proxy:
         self.connections = 0
 
 
+def _reset(*socks: socket.socket) -> None:
+    """Close with a TCP reset (SO_LINGER 0), as a process that dies with unread data does."""
+    import struct
+
+    for sock in socks:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+
+
+def _pipe(src: socket.socket, dst: socket.socket, stall: int | None, cut: int | None, was_reset: threading.Event,
+          done: threading.Event) -> None:
+    """Copy ``src`` to ``dst``, stalling after ``stall`` bytes or resetting both after ``cut``."""
+    moved = 0
+    try:
+        while not done.is_set():
+            try:
+                data = src.recv(65536)
+            except socket.timeout:
+                continue
+            if was_reset.is_set():
+                return
+            if not data:
+                with contextlib.suppress(OSError):
+                    dst.shutdown(socket.SHUT_WR)
+                return
+            if cut is not None and moved + len(data) > cut:
+                was_reset.set()  # the other direction must not send a FIN first
+                _reset(src, dst)
+                return
+            if stall is not None:
+                data = data[: max(0, stall - moved)]
+            if data:
+                dst.sendall(data)
+            moved += len(data)
+            if stall is not None and moved >= stall:
+                done.wait()  # keep both ends open, move nothing
+                return
+    except OSError:
+        return
+
+
 @contextlib.contextmanager
 def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, reset_after: int | None = None) -> Iterator[Proxy]:
     """A loopback TCP proxy that misbehaves on purpose, per connection:
@@ -199,8 +242,6 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
     * no upstream: accept and never say a word.
 
     Yields a ``Proxy`` (its port, and how many connections it took); closes everything on exit."""
-    import struct
-    import threading
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -210,41 +251,6 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
     done = threading.Event()
     held: list[socket.socket] = []
     proxy = Proxy(int(listener.getsockname()[1]))
-
-    def reset(*socks: socket.socket) -> None:
-        for sock in socks:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                sock.close()
-
-    def pipe(src: socket.socket, dst: socket.socket, stall: int | None, cut: int | None, was_reset: threading.Event) -> None:
-        moved = 0
-        try:
-            while not done.is_set():
-                try:
-                    data = src.recv(65536)
-                except socket.timeout:
-                    continue
-                if was_reset.is_set():
-                    return
-                if not data:
-                    with contextlib.suppress(OSError):
-                        dst.shutdown(socket.SHUT_WR)
-                    return
-                if cut is not None and moved + len(data) > cut:
-                    was_reset.set()  # the other direction must not send a FIN first
-                    reset(src, dst)
-                    return
-                if stall is not None:
-                    data = data[: max(0, stall - moved)]
-                if data:
-                    dst.sendall(data)
-                moved += len(data)
-                if stall is not None and moved >= stall:
-                    done.wait()  # keep both ends open, move nothing
-                    return
-        except OSError:
-            return
 
     def serve() -> None:
         while not done.is_set():
@@ -266,8 +272,8 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
             client.settimeout(0.2)
             up.settimeout(0.2)
             was_reset = threading.Event()
-            threading.Thread(target=pipe, args=(client, up, None, reset_after, was_reset), daemon=True).start()
-            threading.Thread(target=pipe, args=(up, client, stall_after, None, was_reset), daemon=True).start()
+            threading.Thread(target=_pipe, args=(client, up, None, reset_after, was_reset, done), daemon=True).start()
+            threading.Thread(target=_pipe, args=(up, client, stall_after, None, was_reset, done), daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import HTTP_PASSWORD, HTTP_USER, TRANSPORTS, fsck, git, make_source, objects, refs
 
 pytestmark = pytest.mark.integration

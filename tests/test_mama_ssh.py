@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-
 import servers
 from conftest import git, unavailable
 
@@ -105,7 +104,10 @@ def test_twenty_concurrent_operations_authenticate_once(sshd, mama, server_root:
 
 
 def run_many_clones(url: str, env: dict[str, str], base: Path, n: int) -> list[int]:
-    procs = [subprocess.Popen(["git", "clone", "-q", url, str(base / f"clone{i}")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for i in range(n)]
+    procs = [
+        subprocess.Popen(["git", "clone", "-q", url, str(base / f"clone{i}")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for i in range(n)
+    ]
     return [p.wait(timeout=120) for p in procs]
 
 
@@ -144,8 +146,12 @@ def test_stalled_prewarm_of_one_host_does_not_delay_another(sshd, mama, server_r
 
     threading.Thread(target=accept, daemon=True).start()
     env = dict(mama, MAMA_SSH_PREWARM_TIMEOUT="20")
-    stalled = subprocess.Popen(["mama-ssh", *mama["GIT_SSH_COMMAND"].split()[1:], "-o", "ConnectTimeout=60", "-p", str(stall_port), "stall@127.0.0.1", "true"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stalled = subprocess.Popen(
+        ["mama-ssh", *mama["GIT_SSH_COMMAND"].split()[1:], "-o", "ConnectTimeout=60", "-p", str(stall_port), "stall@127.0.0.1", "true"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while not list(Path(mama["MAMA_SSH_STATE_DIR"]).glob("prewarm-*.lock")) and time.monotonic() < deadline:
@@ -166,7 +172,7 @@ def test_failed_prewarm_makes_everyone_connect_plainly(sshd, mama, server_root: 
     log = tmp_path / "prewarms.log"
     fake = tmp_path / "ssh-no-master"
     real = shutil.which("ssh")
-    fake.write_text(f"#!/bin/sh\ncase \" $* \" in *ControlMaster=yes*) echo attempt >> {log}; exit 255;; esac\nexec {real} \"$@\"\n")
+    fake.write_text(f'#!/bin/sh\ncase " $* " in *ControlMaster=yes*) echo attempt >> {log}; exit 255;; esac\nexec {real} "$@"\n')
     fake.chmod(0o755)
     env = dict(mama, MAMA_SSH_SSH=str(fake))
     url = ssh_url(sshd, bare(server_root, "mama-fail"))
@@ -187,14 +193,16 @@ def test_user_multiplexing_is_left_alone(sshd, mama, server_root: Path, tmp_path
     res = git("ls-remote", url, env=env)
     assert "the user's own multiplexing" in res.stderr
     assert masters(env) == {}
-    subprocess.run(["ssh", "-o", f"ControlPath={own}/%C", "-O", "exit", "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"], capture_output=True)
+    subprocess.run(
+        ["ssh", "-o", f"ControlPath={own}/%C", "-O", "exit", "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"], capture_output=True
+    )
     shutil.rmtree(own, ignore_errors=True)
 
 
 def test_killed_master_and_stale_socket_recover(sshd, mama, server_root: Path) -> None:  # type: ignore[no-untyped-def]
     url = ssh_url(sshd, bare(server_root, "mama-kill"))
     git("ls-remote", url, env=mama)
-    (key, rec), = masters(mama).items()
+    ((key, rec),) = masters(mama).items()
     os.kill(rec["pid"], signal.SIGKILL)  # the master dies; its socket file stays behind
     time.sleep(0.2)
     assert Path(rec["socket"]).exists()
@@ -209,15 +217,39 @@ def test_killed_master_and_stale_socket_recover(sshd, mama, server_root: Path) -
 def test_cleanup_stops_only_our_masters(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     url = ssh_url(sshd, bare(server_root, "mama-clean"))
     git("ls-remote", url, env=mama)
-    (key, ours), = masters(mama).items()
+    ((key, ours),) = masters(mama).items()
     # a master started by hand for another identity, at a socket mama-ssh will find and adopt
     other_env = dict(mama, SSH_AUTH_SOCK="/nonexistent/other-agent")
-    explain = subprocess.run(["mama-ssh", "--explain", *mama["GIT_SSH_COMMAND"].split()[1:], "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"],
-                             env=other_env, capture_output=True, text=True, check=True).stdout
+    explain = subprocess.run(
+        ["mama-ssh", "--explain", *mama["GIT_SSH_COMMAND"].split()[1:], "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"],
+        env=other_env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     theirs = explain.split("socket ", 1)[1].split(",", 1)[0]
     opts = mama["GIT_SSH_COMMAND"].split()[1:]
-    subprocess.run(["ssh", *opts, "-f", "-N", "-o", "ControlMaster=yes", "-o", f"ControlPath={theirs}", "-o", "ControlPersist=60",
-                    "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            "ssh",
+            *opts,
+            "-f",
+            "-N",
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            f"ControlPath={theirs}",
+            "-o",
+            "ControlPersist=60",
+            "-p",
+            str(sshd.port),
+            f"{sshd.user}@127.0.0.1",
+        ],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     git("ls-remote", url, env=other_env)
     adopted = [r for r in masters(mama).values() if not r["owned"]]
     assert len(adopted) == 1 and adopted[0]["socket"] == theirs
@@ -279,6 +311,7 @@ def test_no_module_shadowing_from_the_working_directory(tmp_path: Path) -> None:
 def test_low_max_sessions_is_learned_without_configuration(workspace: Path, server_root: Path, tmp_path: Path) -> None:
     with private_sshd(tmp_path, "MaxSessions 2\n") as (server, env):
         url = ssh_url(server, bare(server_root, "mama-learn"))
+
         def learned() -> int:
             caps = list((tmp_path / "state-private" / "caps").glob("*.json"))
             return json.loads(caps[0].read_text())["max"] if caps else 8

@@ -17,7 +17,12 @@ from mama_ssh.state import State, UnsafeDirectory, private_dir
 @pytest.mark.parametrize(
     "argv, options, dest, command",
     [
-        (["-o", "SendEnv=GIT_PROTOCOL", "-p", "2222", "git@host", "git-upload-pack '/r'"], ["-o", "SendEnv=GIT_PROTOCOL", "-p", "2222"], "git@host", ["git-upload-pack '/r'"]),
+        (
+            ["-o", "SendEnv=GIT_PROTOCOL", "-p", "2222", "git@host", "git-upload-pack '/r'"],
+            ["-o", "SendEnv=GIT_PROTOCOL", "-p", "2222"],
+            "git@host",
+            ["git-upload-pack '/r'"],
+        ),
         (["-4", "host", "cmd"], ["-4"], "host", ["cmd"]),
         (["-p22", "-oBatchMode=yes", "h", "c"], ["-p22", "-oBatchMode=yes"], "h", ["c"]),
         (["-F", "/dev/null", "-i", "k", "--", "u@h", "c"], ["-F", "/dev/null", "-i", "k"], "u@h", ["c"]),
@@ -30,8 +35,11 @@ def test_git_ssh_argv(argv: list[str], options: list[str], dest: str, command: l
     assert (parsed.options, parsed.dest, parsed.command) == (options, dest, command)
 
 
-@pytest.mark.parametrize("argv", [["-oProxyCommand=x"], ["--", "-oProxyCommand=x", "c"], ["-u@h", "c"], ["-p", "-1", "h", "c"], ["-p", "99999", "h", "c"], ["-Z", "h"]],
-                         ids=["no destination", "dash destination", "dash user", "negative port", "port range", "unknown option"])
+@pytest.mark.parametrize(
+    "argv",
+    [["-oProxyCommand=x"], ["--", "-oProxyCommand=x", "c"], ["-u@h", "c"], ["-p", "-1", "h", "c"], ["-p", "99999", "h", "c"], ["-Z", "h"]],
+    ids=["no destination", "dash destination", "dash user", "negative port", "port range", "unknown option"],
+)
 def test_refused_argv(argv: list[str]) -> None:
     with pytest.raises(ArgvError):
         parse(argv)
@@ -67,7 +75,9 @@ def test_identities_never_share_a_master() -> None:
     b = Probe.parse("hostname github.com\nuser git\nidentityfile ~/.ssh/me\n")
     assert identity_key(a, "gh-work", None) != identity_key(b, "gh-me", None)
     assert identity_key(a, "gh-work", None) != identity_key(a, "gh-work", "/run/agent2")
-    assert identity_key(a, "gh-work", None) == identity_key(Probe.parse("hostname github.com\nuser git\nidentityfile ~/.ssh/work\n"), "gh-work", None)
+    assert identity_key(a, "gh-work", None) == identity_key(
+        Probe.parse("hostname github.com\nuser git\nidentityfile ~/.ssh/work\n"), "gh-work", None
+    )
 
 
 def test_socket_paths_fit_the_budget(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from conftest import TRANSPORTS, fsck, git, make_source, objects, refs
 
 pytestmark = pytest.mark.integration
@@ -36,7 +35,7 @@ def work(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_push_forms_match_native(transport: str, work: Path, make_remote, tmp_path: Path) -> None:
     ours, theirs = make_remote(transport), make_remote("file")
-    for remote, url in ((ours, ours.relay_url), (theirs, theirs.url)):
+    for _remote, url in ((ours, ours.relay_url), (theirs, theirs.url)):
         push(work, url, "main", "topic", "--follow-tags")  # create, several refs, annotated tag followed
         push(work, url, "HEAD:refs/heads/from-head")  # HEAD as the source
         oid = git("rev-parse", "main~1", cwd=work).stdout.strip()
@@ -90,7 +89,10 @@ def test_rejections_are_reported_like_git(transport: str, work: Path, make_remot
     remote = make_remote(transport)
     push(work, remote.relay_url, "main", "topic")
     hook = remote.path / "hooks" / "pre-receive"
-    hook.write_text("#!/bin/sh\nwhile read old new ref; do case $ref in refs/heads/blocked) echo 'policy: blocked is read-only' >&2; exit 1;; esac; done\nexit 0\n")
+    hook.write_text(
+        "#!/bin/sh\nwhile read old new ref; do case $ref in\n"
+        "  refs/heads/blocked) echo 'policy: blocked is read-only' >&2; exit 1;;\nesac; done\nexit 0\n"
+    )
     hook.chmod(0o755)
     git("checkout", "-q", "-b", "blocked", cwd=work)
     commit(work, "b.txt")
@@ -172,7 +174,7 @@ def test_connection_cut_mid_push_leaves_remote_unchanged(transport: str, tmp_pat
     work = make_source(tmp_path / "work", big=300_000)
     remote = make_remote(transport)
     wrapper = tmp_path / "cut-receive-pack"
-    wrapper.write_text("#!/bin/sh\nhead -c 40000 | git-receive-pack \"$@\"\n")
+    wrapper.write_text('#!/bin/sh\nhead -c 40000 | git-receive-pack "$@"\n')
     wrapper.chmod(0o755)
     git("remote", "add", "target", remote.relay_url, cwd=work)
     git("config", "remote.target.receivepack", str(wrapper), cwd=work)
@@ -202,7 +204,10 @@ def test_push_bigger_than_target_limit_is_split_and_resumes(transport: str, tmp_
     assert native.returncode != 0, "plain git must fail against this target"
     # interrupted half way: the target declines the third step
     hook = remote.path / "hooks" / "pre-receive"
-    hook.write_text(f"#!/bin/sh\nn=$(cat {tmp_path}/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > {tmp_path}/count\n[ $n -ge 3 ] && exit 1\nexit 0\n")
+    hook.write_text(
+        f"#!/bin/sh\nn=$(cat {tmp_path}/count 2>/dev/null || echo 0); n=$((n+1))\n"
+        f"echo $n > {tmp_path}/count\n[ $n -ge 3 ] && exit 1\nexit 0\n"
+    )
     hook.chmod(0o755)
     statfile = tmp_path / "stats.jsonl"
     env = dict(os.environ, GIT_RELAY_STATS_FILE=str(statfile))
@@ -241,8 +246,7 @@ def test_http_auth_settled_before_a_streamed_push_and_redirects(tmp_path: Path, 
     store.write_text(f"http://{HTTP_USER}:{HTTP_PASSWORD}@127.0.0.1:{http_server}\n")
     store.chmod(0o600)
     url = "relay::" + remote.url.replace("/git/", "/postauth/")  # discovery is public, POSTs need a login
-    res = git("-c", f"credential.helper=store --file={store}", "push", url, "main", cwd=work,
-              env=dict(os.environ, GIT_RELAY_TRACE="1"))
+    res = git("-c", f"credential.helper=store --file={store}", "push", url, "main", cwd=work, env=dict(os.environ, GIT_RELAY_TRACE="1"))
     assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
     assert HTTP_PASSWORD not in res.stderr
     assert res.stderr.count("http: POST") >= 2, "an empty probe POST settles the login before the pack streams"
@@ -271,7 +275,7 @@ def test_upload_pack_and_receive_pack_options_are_honoured(work: Path, make_remo
     log = tmp_path / "programs.log"
     for name in ("upload-pack", "receive-pack"):
         wrapper = tmp_path / f"my-{name}"
-        wrapper.write_text(f"#!/bin/sh\necho {name} >> {log}\nexec git-{name} \"$@\"\n")
+        wrapper.write_text(f'#!/bin/sh\necho {name} >> {log}\nexec git-{name} "$@"\n')
         wrapper.chmod(0o755)
     push(work, f"--receive-pack={tmp_path}/my-receive-pack", remote.relay_url, "main")
     git("clone", "-q", f"--upload-pack={tmp_path}/my-upload-pack", remote.relay_url, str(tmp_path / "c"))

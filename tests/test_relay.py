@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from conftest import fsck, git, make_source, objects, refs
 
 pytestmark = pytest.mark.integration
@@ -30,7 +29,9 @@ def heads_and_tags(repo: Path) -> dict[str, str]:
     return {k: v for k, v in refs(repo).items() if k.startswith(("refs/heads/", "refs/tags/"))}
 
 
-@pytest.mark.parametrize("pair", [("http", "ssh"), ("ssh", "http"), ("git", "file"), ("file", "git"), ("path", "http")], ids=lambda p: f"{p[0]}->{p[1]}")
+@pytest.mark.parametrize(
+    "pair", [("http", "ssh"), ("ssh", "http"), ("git", "file"), ("file", "git"), ("path", "http")], ids=lambda p: f"{p[0]}->{p[1]}"
+)
 def test_bootstrap_equals_a_mirror_push(pair: tuple[str, str], tmp_path: Path, make_remote) -> None:
     src_kind, dst_kind = pair
     source = make_remote(src_kind, source=make_source(tmp_path / "work", big=50_000))
@@ -151,8 +152,11 @@ def test_mappings_and_their_validation(tmp_path: Path, make_remote) -> None:
     assert set(heads_and_tags(target.path)) == {"refs/heads/stable", "refs/tags/release-1"}
     assert refs(target.path)["refs/heads/stable"] == refs(work)["refs/heads/main"]
     nowhere = "http://127.0.0.1:1/never-contacted.git"
-    for bad, words in ((["--map", "main:x", "--map", "topic:x"], "both write"), (["--map", "main:refs/tags/t"], "ambiguous"),
-                       (["--map", "refs/heads/main:refs/tags/t"], "maps a branch to a tag")):
+    for bad, words in (
+        (["--map", "main:x", "--map", "topic:x"], "both write"),
+        (["--map", "main:refs/tags/t"], "ambiguous"),
+        (["--map", "refs/heads/main:refs/tags/t"], "maps a branch to a tag"),
+    ):
         res = relay("sync", nowhere, nowhere + "2", *bad, check=False)
         assert res.returncode == 128 and words in res.stderr, res.stderr
         assert "unable to access" not in res.stderr, "refused before any network traffic"
@@ -215,7 +219,10 @@ def test_bootstrap_into_size_limited_target_is_split_and_resumes(transport: str,
     target = make_remote(transport)
     git("config", "receive.maxInputSize", "250k", cwd=target.path)
     hook = target.path / "hooks" / "pre-receive"
-    hook.write_text(f"#!/bin/sh\nn=$(cat {tmp_path}/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > {tmp_path}/count\n[ $n -ge 3 ] && exit 1\nexit 0\n")
+    hook.write_text(
+        f"#!/bin/sh\nn=$(cat {tmp_path}/count 2>/dev/null || echo 0); n=$((n+1))\n"
+        f"echo $n > {tmp_path}/count\n[ $n -ge 3 ] && exit 1\nexit 0\n"
+    )
     hook.chmod(0o755)
     first = relay("sync", source.url, target.url, "--tags", check=False)
     assert first.returncode != 0

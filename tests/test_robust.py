@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 import servers
 from conftest import fsck, git, make_source, refs
 
@@ -108,7 +107,15 @@ def test_a_big_fetch_goes_in_steps_and_ends_like_native(transport: str, tmp_path
     remote = make_remote(transport, source=src)
     work = tmp_path / "work"
     git("init", "-q", str(work))
-    res = git("-c", "relay.fetchStepObjects=15", "fetch", remote.relay_url, "refs/heads/*:refs/remotes/origin/*", "refs/tags/*:refs/tags/*", cwd=work)
+    res = git(
+        "-c",
+        "relay.fetchStepObjects=15",
+        "fetch",
+        remote.relay_url,
+        "refs/heads/*:refs/remotes/origin/*",
+        "refs/tags/*:refs/tags/*",
+        cwd=work,
+    )
     assert "relay: step 1/" in res.stderr and "the rest" in res.stderr, res.stderr
     assert refs(work)["refs/remotes/origin/main"] == refs(src)["refs/heads/main"]
     assert refs(work)["refs/tags/v1"] == refs(src)["refs/tags/v1"]

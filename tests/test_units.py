@@ -46,8 +46,32 @@ def test_url_grammar_follows_git(address: str, scheme: str, host: str, port: int
 
 @pytest.mark.parametrize(
     "address",
-    ["ext::sh -c x", "fd::3", "ssh://-oProxyCommand=x/r", "ssh://-u@h/r", "-oProxyCommand=x:r", "h:-r", "ssh://h:99999/r", "ftp://h/r", "", "a\nb", "ssh://h:x/r"],
-    ids=["ext", "fd", "dash host", "dash user", "dash scp host", "dash scp path", "port range", "ftp", "empty", "newline", "non-numeric port"],
+    [
+        "ext::sh -c x",
+        "fd::3",
+        "ssh://-oProxyCommand=x/r",
+        "ssh://-u@h/r",
+        "-oProxyCommand=x:r",
+        "h:-r",
+        "ssh://h:99999/r",
+        "ftp://h/r",
+        "",
+        "a\nb",
+        "ssh://h:x/r",
+    ],
+    ids=[
+        "ext",
+        "fd",
+        "dash host",
+        "dash user",
+        "dash scp host",
+        "dash scp path",
+        "port range",
+        "ftp",
+        "empty",
+        "newline",
+        "non-numeric port",
+    ],
 )
 def test_url_refusals(address: str) -> None:
     with pytest.raises((UrlError, PolicyError)):
@@ -154,7 +178,9 @@ def test_sha256_remote_is_refused_clearly() -> None:
 
 
 def test_v2_ls_refs_and_fetch_request() -> None:
-    adv = read_advertisement(reader(pkt_text("version 2") + pkt_text("agent=git/2.39") + pkt_text("ls-refs=unborn") + pkt_text("fetch=shallow") + FLUSH.wire))
+    adv = read_advertisement(
+        reader(pkt_text("version 2") + pkt_text("agent=git/2.39") + pkt_text("ls-refs=unborn") + pkt_text("fetch=shallow") + FLUSH.wire)
+    )
     assert adv.version == 2
     read_ls_refs(reader(pkt_text(f"{A} HEAD symref-target:refs/heads/main") + pkt_text(f"{B} refs/tags/v1 peeled:{C}") + FLUSH.wire), adv)
     assert adv.symrefs == {"HEAD": "refs/heads/main"} and adv.peeled == {"refs/tags/v1": C}
@@ -178,7 +204,7 @@ def test_push_options_and_lines() -> None:
     assert opts.set("cas", f"refs/heads/main:{A}") == "ok"
     assert opts.set("push-option", "x") == "ok"
     assert opts.set("pushcert", "true") == "unsupported"
-    assert opts.set("cas", "garbage") .startswith("error")
+    assert opts.set("cas", "garbage").startswith("error")
     assert opts.cas == {"refs/heads/main": A} and opts.push_options == ["x"]
     ups = parse_push_lines(["push +refs/heads/a:refs/heads/b", "push :refs/heads/gone", f"push {A}:refs/heads/c"])
     assert [(u.src, u.dst, u.force, u.delete) for u in ups] == [
@@ -217,7 +243,9 @@ def test_ssh_argv_by_variant(variant: str, expect: list[str]) -> None:
 
 
 def test_ssh_command_runs_through_the_shell_with_safe_arguments() -> None:
-    argv = ssh_argv(_ctx({"GIT_SSH_COMMAND": "ssh -i 'my key'", "GIT_SSH_VARIANT": "ssh"}), parse("h:r"), "git-upload-pack 'r'", want_v2=False)
+    argv = ssh_argv(
+        _ctx({"GIT_SSH_COMMAND": "ssh -i 'my key'", "GIT_SSH_VARIANT": "ssh"}), parse("h:r"), "git-upload-pack 'r'", want_v2=False
+    )
     assert argv[:3] == ["/bin/sh", "-c", "ssh -i 'my key' \"$@\""]
     assert argv[-2:] == ["h", "git-upload-pack 'r'"]
 
@@ -231,7 +259,11 @@ def test_pump_sideband_without_copies_and_with_fallback() -> None:
         r = PktReader(stream.read, "peer", stream.readinto if with_readinto else None)
         got: list[bytes] = []
         progress: list[bytes] = []
-        assert pump_sideband(r, lambda v: got.append(bytes(v)), progress.append) == 12
+
+        def keep(view: memoryview, into: list[bytes] = got) -> None:
+            into.append(bytes(view))
+
+        assert pump_sideband(r, keep, progress.append) == 12
         assert got == [b"PACK0000", b"tail"] and progress == [b"Counting\r"]
     cut = io.BufferedReader(io.BytesIO(pkt(b"\x01PACK0000")[:-3]))
     with pytest.raises(TransportError, match="truncated"):

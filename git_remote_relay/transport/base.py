@@ -32,7 +32,8 @@ _POLL_SLICE = 5.0
 def stalled(label: str, timeout: float) -> StalledError:
     return StalledError(
         f"no data from the {label} for {timeout:g} s (relay.timeout): the server or the network has stalled",
-        "check the server and the network, then try again; a server that is slow to answer needs a larger relay.timeout (seconds, 0 = wait forever)",
+        "check the server and the network, then try again; a server that is slow to answer needs a larger relay.timeout "
+        "(seconds, 0 = wait forever)",
     )
 
 
@@ -99,8 +100,16 @@ def _no_trace(_msg: str) -> None:
 class Context:
     """What a transport needs from its caller; nothing here is read from the process directly."""
 
-    def __init__(self, env: Mapping[str, str], git: Git, config: Config, remote_name: str | None = None,
-                 family: str | None = None, trace: Callable[[str], None] = _no_trace, timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        git: Git,
+        config: Config,
+        remote_name: str | None = None,
+        family: str | None = None,
+        trace: Callable[[str], None] = _no_trace,
+        timeout: float | None = None,
+    ) -> None:
         self.env = env
         self.timeout = timeout  # relay.timeout: seconds of no traffic before a transfer is given up (None: never)
         self.git = git
@@ -142,8 +151,16 @@ class Service:
 class StreamService(Service):
     """A service over one full-duplex byte stream (a child process's pipes or a TCP socket)."""
 
-    def __init__(self, read: Callable[[int], bytes], write: Callable[[bytes], object], close_write: Callable[[], None], close: Callable[[], None], label: str,
-                 readinto: Callable[[memoryview], int | None] | None = None, activity: Activity | None = None) -> None:
+    def __init__(
+        self,
+        read: Callable[[int], bytes],
+        write: Callable[[bytes], object],
+        close_write: Callable[[], None],
+        close: Callable[[], None],
+        label: str,
+        readinto: Callable[[memoryview], int | None] | None = None,
+        activity: Activity | None = None,
+    ) -> None:
         self.reader = PktReader(read, label, readinto)
         self.activity = activity or Activity()
         self._write = write

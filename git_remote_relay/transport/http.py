@@ -72,7 +72,9 @@ class HttpTransport:
 
     def _ask_credentials(self) -> bool:
         split = urlsplit(self.base)
-        want = credential.Credential(split.scheme, split.netloc, path=split.path.lstrip("/"), username=self.cred.username if self.cred else None)
+        want = credential.Credential(
+            split.scheme, split.netloc, path=split.path.lstrip("/"), username=self.cred.username if self.cred else None
+        )
         if not self.ctx.config.get_bool("credential.usehttppath"):
             want.path = ""
         got = credential.fill(self.ctx.git, want)
@@ -84,7 +86,9 @@ class HttpTransport:
     def _refused(self) -> AuthError:
         if self.cred is not None and self.cred_from_helper:
             credential.reject(self.ctx.git, self.cred)
-        return AuthError(f"Authentication failed for '{redact(self.base)}/'", "check the user name and password (or token) your credential helper gives")
+        return AuthError(
+            f"Authentication failed for '{redact(self.base)}/'", "check the user name and password (or token) your credential helper gives"
+        )
 
     def settled(self) -> None:
         """Tell the credential helpers that the credentials worked (once)."""
@@ -93,7 +97,9 @@ class HttpTransport:
             self.approved = True
 
     # -- requests -------------------------------------------------------------------------------
-    def send(self, method: str, url: str, headers: dict[str, str], body: bytes | Iterable[bytes] | None = None) -> "urllib3.BaseHTTPResponse":
+    def send(
+        self, method: str, url: str, headers: dict[str, str], body: bytes | Iterable[bytes] | None = None
+    ) -> "urllib3.BaseHTTPResponse":
         """Send one request; retry a 401 once with credentials when the body can be replayed."""
         import urllib3
 
@@ -285,7 +291,6 @@ class HttpService(Service):
         self.raw_read = _safe_read(resp, self.label, self.transport.ctx.timeout)  # for stateless-connect: relayed undecoded
         self.reader = PktReader(self.raw_read, self.label)
         return self.reader
-
 
     def probe(self) -> None:
         """An empty request (a flush) that settles authentication before a streamed upload."""

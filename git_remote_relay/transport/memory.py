@@ -82,7 +82,7 @@ class MemoryServer:
             return self._report(caps, "unpack error: pack exceeds maximum allowed size", {n: "unpacker error" for _, _, n in commands})
         why = self.hook(commands)
         results: dict[str, str | None] = {}
-        for old, new, name in commands:
+        for old, _new, name in commands:
             if why:
                 results[name] = "pre-receive hook declined"
             elif self.refs.get(name, ZERO_OID) != old:
@@ -91,7 +91,7 @@ class MemoryServer:
                 results[name] = None
         if "atomic" in caps and any(results.values()):
             results = {n: r or "atomic transaction failed" for n, r in results.items()}
-        for old, new, name in commands:
+        for _old, new, name in commands:
             if results[name] is None:
                 if new == ZERO_OID:
                     self.refs.pop(name, None)

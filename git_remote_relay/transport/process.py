@@ -121,9 +121,14 @@ def ssh_argv(ctx: Context, url: InnerUrl, remote_command: str, want_v2: bool) ->
     args: list[str] = []
     if variant == "simple":
         if url.port is not None:
-            raise UnsupportedError(f"ssh variant 'simple' does not support setting port (URL {url.redacted})", "set ssh.variant=ssh if your ssh command accepts OpenSSH options")
+            raise UnsupportedError(
+                f"ssh variant 'simple' does not support setting port (URL {url.redacted})",
+                "set ssh.variant=ssh if your ssh command accepts OpenSSH options",
+            )
         if ctx.family:
-            raise UnsupportedError("ssh variant 'simple' does not support -4/-6", "set ssh.variant=ssh if your ssh command accepts OpenSSH options")
+            raise UnsupportedError(
+                "ssh variant 'simple' does not support -4/-6", "set ssh.variant=ssh if your ssh command accepts OpenSSH options"
+            )
     if variant == "ssh" and want_v2:
         args += ["-o", "SendEnv=GIT_PROTOCOL"]
     if variant == "tortoiseplink":
@@ -175,7 +180,7 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
         view = memoryview(data)
         while view:
             n = stdin.write(view)
-            view = view[n or 0:]
+            view = view[n or 0 :]
 
     def close_write() -> None:
         if not stdin.closed:
