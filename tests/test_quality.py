@@ -30,5 +30,6 @@ def test_mypy_strict_is_clean() -> None:
 
 
 def test_ruff_is_clean() -> None:
-    proc = subprocess.run([tool("ruff"), "check", "git_remote_relay", "mama_ssh", "tests", "bench"], cwd=ROOT, capture_output=True, text=True)
+    paths = ["git_remote_relay", "mama_ssh", "tests", "bench"]
+    proc = subprocess.run([tool("ruff"), "check", *paths], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
