@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ..gitcmd import Git, run_command
 
 __all__ = ["Credential", "fill", "approve", "reject"]
 
 
-@dataclass
 class Credential:
-    protocol: str
-    host: str
-    path: str = ""
-    username: str | None = None
-    password: str | None = None
+    """What ``git credential`` knows about one login (a plain class: no dataclasses at start-up)."""
+
+    def __init__(self, protocol: str, host: str, path: str = "", username: str | None = None, password: str | None = None) -> None:
+        self.protocol = protocol
+        self.host = host
+        self.path = path
+        self.username = username
+        self.password = password
 
     def _describe(self) -> bytes:
         lines = [f"protocol={self.protocol}", f"host={self.host}"]

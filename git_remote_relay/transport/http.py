@@ -1,9 +1,10 @@
 """Smart HTTP (``git http-backend`` and every forge): GET the advertisement, POST each request.
 
-Connection settings come from git config through dulwich's urllib3 pool manager (``http.proxy``,
-``http.sslVerify``, ``http.sslCAInfo``, ``http.extraHeader``, ``http.userAgent``, with
-``http.<url>.*`` matching). Credentials: the URL's own, else ``git credential fill`` after a 401,
-``approve`` after success, ``reject`` after a refusal. Request bodies up to 1 MiB carry a
+Connections and their settings (``http.proxy``, ``http.sslVerify``, ``http.sslCAInfo``,
+``http.extraHeader``, ``http.userAgent``, with ``http.<url>.*`` matching) are ``httpclient``'s,
+a small HTTP/1.1 client that keeps connections alive and costs no import time. Credentials: the
+URL's own, else ``git credential fill`` after a 401, ``approve`` after success, ``reject`` after
+a refusal. Request bodies up to 1 MiB carry a
 Content-Length; larger ones are streamed with ``Transfer-Encoding: chunked`` and are never held in
 memory, so they cannot be replayed: authentication is settled before they start (``probe``).
 """
@@ -11,7 +12,7 @@ memory, so they cannot be replayed: authentication is settled before they start 
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import AuthError, ProtocolError, TooLargeError, TransportError, UnsupportedError
@@ -19,46 +20,30 @@ from ..pktline import FLUSH, PktReader
 from ..url import InnerUrl, redact
 from . import credential
 from .base import NOT_FOUND_HINT, Context, Service, stalled
-
-if TYPE_CHECKING:
-    import urllib3
+from .httpclient import Client, HttpOptions, HttpTimeout, Response
 
 __all__ = ["HttpTransport", "HttpService", "SMALL_BODY"]
 
 SMALL_BODY = 1 << 20  # git's default http.postBuffer: below it a body is sent whole
-
-
-def _dulwich_config(ctx: Context) -> Any:
-    from dulwich.config import ConfigDict
-
-    conf = ConfigDict()
-    for key, values in ctx.config.values.items():
-        if not key.startswith("http."):
-            continue
-        middle, _, name = key[5:].rpartition(".")
-        section = (b"http", middle.encode()) if middle else (b"http",)
-        conf.set(section, name.encode(), values[-1].encode())
-    return conf
+MAX_REDIRECTS = 10
+# A finished reply's last bytes (the chunked terminator) are read before the next request, so
+# its connection can serve that request; anything longer than this was abandoned, not finished.
+_TAIL = 1 << 16
 
 
 class HttpTransport:
     """One repository URL over smart HTTP, shared by the services opened on it."""
 
     def __init__(self, url: InnerUrl, ctx: Context) -> None:
-        from dulwich.client import default_urllib3_manager
-
         self.url = url
         self.ctx = ctx
         self.base = url.http_base
-        self.pool: Any = default_urllib3_manager(_dulwich_config(ctx), base_url=self.base)
+        # relay.timeout bounds each wait for the server; connecting gets at most 30 s, like git:// here
+        wait = ctx.timeout if ctx.timeout and ctx.timeout > 0 else None
+        self.client = Client(HttpOptions(ctx.config, ctx.env, self.base), connect_timeout=min(30.0, wait or 30.0), read_timeout=wait)
         self.cred: credential.Credential | None = None
         self.cred_from_helper = False
         self.approved = False
-        import urllib3
-
-        # relay.timeout bounds each wait for the server; connecting gets at most 30 s, like git:// here
-        wait = ctx.timeout if ctx.timeout and ctx.timeout > 0 else None
-        self.timeout = urllib3.Timeout(connect=min(30.0, wait or 30.0), read=wait)
         if url.user is not None:
             split = urlsplit(self.base)
             self.cred = credential.Credential(split.scheme, split.netloc, username=url.user, password=url.password)
@@ -97,41 +82,37 @@ class HttpTransport:
             self.approved = True
 
     # -- requests -------------------------------------------------------------------------------
-    def send(
-        self, method: str, url: str, headers: dict[str, str], body: bytes | Iterable[bytes] | None = None
-    ) -> "urllib3.BaseHTTPResponse":
-        """Send one request; retry a 401 once with credentials when the body can be replayed."""
-        import urllib3
+    def send(self, method: str, url: str, headers: dict[str, str], body: bytes | Iterable[bytes] | None = None) -> Response:
+        """Send one request; retry a 401 once with credentials when the body can be replayed.
 
+        A GET follows redirects (git's ``http.followRedirects=initial``: the discovery request);
+        the reply's ``url`` is where it ended up. A POST is never redirected or retried: its body
+        is a stream.
+        """
         replayable = body is None or isinstance(body, bytes)
+        label = f"remote end ({redact(self.base)})"
         for attempt in range(2):
-            all_headers = {"User-Agent": "git/2.39 git-remote-relay", "Pragma": "no-cache", **headers, **self._auth_headers()}
+            all_headers = {"Pragma": "no-cache", **headers, **self._auth_headers()}
             self.ctx.trace(f"http: {method} {redact(url)}")
             try:
-                resp: urllib3.BaseHTTPResponse = self.pool.urlopen(
-                    method,
-                    url,
-                    headers=all_headers,
-                    body=body,
-                    chunked=body is not None and not isinstance(body, bytes),
-                    preload_content=False,
-                    redirect=method == "GET",
-                    # follow redirects of the discovery GET (git's http.followRedirects=initial);
-                    # never retry a request on its own: a POST body is a stream
-                    retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10) if method == "GET" else False,
-                    timeout=self.timeout,
-                )
-            except urllib3.exceptions.HTTPError as exc:
-                if isinstance(exc.__cause__, TransportError):
-                    raise exc.__cause__ from exc
-                if _timed_out(exc):
-                    raise stalled(f"remote end ({redact(self.base)})", self.ctx.timeout or 0) from exc
-                raise TransportError(f"unable to access '{redact(url)}': {redact(str(exc))}") from exc
+                resp = self.client.request(method, url, all_headers, body)
+                for _ in range(MAX_REDIRECTS if method == "GET" else 0):
+                    location = resp.headers.get("location")
+                    if resp.status not in (301, 302, 303, 307, 308) or not location:
+                        break
+                    resp.drain()
+                    resp.release()
+                    self.ctx.trace(f"http: {resp.status} -> {redact(urljoin(resp.url, location))}")
+                    resp = self.client.request(method, urljoin(resp.url, location), all_headers, body)
+            except HttpTimeout as exc:
+                raise stalled(label, self.ctx.timeout or 0) from exc
+            except TransportError as exc:
+                raise TransportError(f"unable to access '{redact(url)}': {exc.message}", exc.hint) from exc
             self.ctx.trace(f"http: {resp.status}")
             if resp.status != 401:
                 return resp
-            resp.drain_conn()
-            resp.release_conn()
+            resp.drain()
+            resp.release()
             need = self.cred is None or self.cred.password is None
             if attempt == 0 and replayable and need and not self.cred_from_helper:
                 if self._ask_credentials():
@@ -143,10 +124,10 @@ class HttpTransport:
             raise self._refused()
         raise AssertionError("unreachable")
 
-    def check_status(self, resp: "urllib3.BaseHTTPResponse", url: str, big_body: bool = False) -> None:
+    def check_status(self, resp: Response, url: str, big_body: bool = False) -> None:
         if resp.status == 200:
             return
-        resp.drain_conn()
+        resp.close()  # an error page: not worth reading to keep the connection
         where = redact(url)
         if resp.status == 404:
             raise TransportError(f"repository '{redact(self.base)}/' not found", NOT_FOUND_HINT)
@@ -163,15 +144,14 @@ class HttpTransport:
             headers["Git-Protocol"] = "version=2"
         resp = self.send("GET", url, headers)
         self.check_status(resp, url)
-        history = resp.retries.history if resp.retries is not None else ()
-        final = urljoin(url, history[-1].redirect_location) if history and history[-1].redirect_location else url
+        final = resp.url
         suffix = f"/info/refs?service=git-{service}"
         if final != url and final.endswith(suffix):
             self.base = final[: -len(suffix)]
             self.ctx.trace(f"http: redirected to {redact(self.base)}")
-        ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
+        ctype = (resp.headers.get("content-type") or "").split(";")[0].strip()
         if ctype != f"application/x-git-{service}-advertisement":
-            resp.drain_conn()
+            resp.close()
             raise UnsupportedError(
                 f"'{redact(self.base)}/' is not a smart HTTP git server (dumb HTTP)",
                 "relay:: needs smart HTTP; use the same URL without relay:: (plain git reads dumb HTTP servers)",
@@ -180,37 +160,29 @@ class HttpTransport:
         return HttpService(self, service, resp, want_v2)
 
 
-def _timed_out(exc: BaseException) -> bool:
-    """Did urllib3 give up waiting (read or connect timeout), possibly inside a wrapper error?"""
-    import socket
-
-    import urllib3
-
-    seen: BaseException | None = exc
-    for _ in range(4):
-        if seen is None:
-            return False
-        if isinstance(seen, urllib3.exceptions.NewConnectionError):
-            return False  # urllib3 derives "could not connect" from its connect-timeout error
-        if isinstance(seen, (urllib3.exceptions.ReadTimeoutError, urllib3.exceptions.ConnectTimeoutError, socket.timeout)):
-            return True
-        seen = getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
-    return False
-
-
-def _safe_read(resp: "urllib3.BaseHTTPResponse", label: str, timeout: float | None) -> Callable[[int], bytes]:
-    """``resp.read`` with urllib3's errors (a cut chunked body, a reset, a stall) as ``TransportError``."""
-    import urllib3
+def _safe_read(resp: Response, label: str, timeout: float | None) -> Callable[[int], bytes]:
+    """``resp.read`` with a stall as ``StalledError`` and a broken reply as ``TransportError``."""
 
     def read(n: int) -> bytes:
         try:
             return resp.read(n)
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            if timeout and _timed_out(exc):
-                raise stalled(label, timeout) from exc
-            raise TransportError(f"the {label} hung up unexpectedly ({type(exc).__name__})") from exc
+        except HttpTimeout as exc:
+            raise stalled(label, timeout or 0) from exc
+        except TransportError as exc:
+            raise TransportError(f"the {label} hung up unexpectedly ({exc.message})") from exc
 
     return read
+
+
+def _finish(resp: Response) -> None:
+    """Read the last bytes of a reply the protocol is done with, so its connection is reused."""
+    try:
+        for _ in range(4):
+            if not resp.read(_TAIL):
+                return
+    except TransportError:
+        pass
+    resp.close()
 
 
 def _peek(chunks: Iterator[bytes], limit: int) -> tuple[bytes, Iterator[bytes] | None]:
@@ -240,7 +212,7 @@ class HttpService(Service):
 
     stateless = True
 
-    def __init__(self, transport: HttpTransport, service: str, resp: "urllib3.BaseHTTPResponse", want_v2: bool) -> None:
+    def __init__(self, transport: HttpTransport, service: str, resp: Response, want_v2: bool) -> None:
         self.transport = transport
         self.service = service
         self.want_v2 = want_v2
@@ -264,6 +236,9 @@ class HttpService(Service):
         }
         if self.want_v2:
             headers["Git-Protocol"] = "version=2"
+        for previous in self._responses:
+            _finish(previous)
+        self._responses.clear()
         data: bytes | Iterable[bytes]
         if isinstance(body, (bytes, list, tuple)):
             data = b"".join(body) if not isinstance(body, bytes) else body
@@ -280,12 +255,13 @@ class HttpService(Service):
             else:
                 if self.transport.cred is None or self.transport.cred.password is None:
                     self.probe()
-                data = _chain(head, rest)  # type: ignore[arg-type]
+                assert rest is not None
+                data = _chain(head, rest)
         resp = self.transport.send("POST", url, headers, data)
         self.transport.check_status(resp, url, big_body=big)
-        ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip()
+        ctype = (resp.headers.get("content-type") or "").split(";")[0].strip()
         if ctype != f"application/x-git-{self.service}-result":
-            resp.drain_conn()
+            resp.close()
             raise ProtocolError(f"protocol error: unexpected Content-Type '{ctype}' from '{redact(url)}'")
         self._responses.append(resp)
         self.raw_read = _safe_read(resp, self.label, self.transport.ctx.timeout)  # for stateless-connect: relayed undecoded
@@ -298,23 +274,17 @@ class HttpService(Service):
         headers = {"Content-Type": f"application/x-git-{self.service}-request", "Accept": f"application/x-git-{self.service}-result"}
         resp = self.transport.send("POST", url, headers, b"0000")
         self.transport.check_status(resp, url)
-        resp.drain_conn()
-        resp.release_conn()
+        resp.drain()
+        resp.release()
         self.transport.settled()
 
     def abort(self) -> None:
         """Close, dropping the connections of replies we stopped reading (they cannot be reused)."""
         for resp in self._responses:
-            try:
-                resp.close()
-            except Exception:  # noqa: BLE001 - closing must not mask the real error
-                pass
+            resp.close()
         self._responses.clear()
 
     def close(self) -> None:
         for resp in self._responses:
-            try:
-                resp.release_conn()
-            except Exception:  # noqa: BLE001 - closing a pool connection must not mask the real error
-                pass
+            _finish(resp)
         self._responses.clear()

@@ -1,0 +1,359 @@
+"""A small HTTP/1.1 client for git's smart protocol, on plain sockets.
+
+Why not urllib3 (through dulwich) or http.client: the helper starts on every git operation, and
+importing urllib3 costs ~80 ms, http.client ~30 ms (its e-mail header parser); a no-op fetch or
+push over HTTP paid that every time. This module needs only ``socket`` (and ``ssl`` for https).
+
+What git's HTTP transport needs, and no more: keep-alive connections (one idle connection per
+origin is kept), ``Content-Length`` bodies and streamed ``Transfer-Encoding: chunked`` bodies,
+chunked / length / until-close replies, redirects (followed by the caller), proxies (absolute
+URIs for http, ``CONNECT`` tunnels for https, basic proxy credentials), TLS with verification
+and a CA file, and timeouts (connect; read = ``relay.timeout``). Settings come from git config
+(``http.proxy``, ``http.sslVerify``, ``http.sslCAInfo``, ``http.extraHeader``, ``http.userAgent``,
+also as ``http.<url>.<key>``, the longest matching URL winning) and git's environment variables
+(``GIT_SSL_NO_VERIFY``, ``GIT_SSL_CAINFO``, ``http_proxy``/``https_proxy``/``all_proxy``,
+``no_proxy``), like git's own http.c.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+from typing import TYPE_CHECKING, Iterable, Mapping, cast
+from urllib.parse import unquote, urlsplit
+
+from ..errors import TransportError
+from ..gitcmd import Config
+from ..url import redact
+
+if TYPE_CHECKING:
+    import io
+    import ssl
+
+__all__ = ["HttpOptions", "Client", "Response", "HttpTimeout"]
+
+_MAX_LINE = 65536
+_CHUNK = 1 << 16
+
+
+class HttpTimeout(TransportError):
+    """The server did not answer within the read timeout."""
+
+
+def _config_for(config: Config, url: str, key: str) -> list[str]:
+    """All values of ``http.<key>`` that apply to ``url``: ``http.<url>.<key>`` with the longest
+    matching URL prefix wins over the plain ``http.<key>``."""
+    best: tuple[int, list[str]] | None = None
+    plain: list[str] = []
+    for name, values in config.values.items():
+        if not name.startswith("http.") or not name.endswith("." + key):
+            continue
+        middle = name[len("http."):-len(key) - 1]
+        if not middle:
+            plain = values
+        elif url.lower().startswith(middle.lower().rstrip("/")) and (best is None or len(middle) > best[0]):
+            best = (len(middle), values)
+    return best[1] if best is not None else plain
+
+
+class HttpOptions:
+    """The connection settings for one repository URL."""
+
+    def __init__(self, config: Config, env: Mapping[str, str], url: str) -> None:
+        def last(key: str) -> str | None:
+            values = _config_for(config, url, key)
+            return values[-1] if values else None
+
+        verify = last("sslverify")
+        self.verify = not (env.get("GIT_SSL_NO_VERIFY") or (verify is not None and verify.strip().lower() in ("false", "no", "off", "0")))
+        self.ca_file = env.get("GIT_SSL_CAINFO") or last("sslcainfo")
+        self.user_agent = last("useragent") or "git/2.39 git-remote-relay"
+        self.extra_headers: list[tuple[str, str]] = []
+        for value in _config_for(config, url, "extraheader"):
+            if not value:
+                self.extra_headers = []  # an empty value resets the list, as in git
+                continue
+            name, _, text = value.partition(":")
+            self.extra_headers.append((name.strip(), text.strip()))
+        scheme = urlsplit(url).scheme
+        self.proxy = last("proxy") or env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY") or env.get("all_proxy") \
+            or env.get("ALL_PROXY")
+        self.no_proxy = [h.strip().lower() for h in (env.get("no_proxy") or env.get("NO_PROXY") or "").split(",") if h.strip()]
+
+    def proxy_for(self, host: str) -> str | None:
+        if not self.proxy:
+            return None
+        host = host.lower()
+        for entry in self.no_proxy:
+            if entry == "*" or host == entry.lstrip(".") or host.endswith("." + entry.lstrip(".")):
+                return None
+        return self.proxy if "://" in self.proxy else "http://" + self.proxy
+
+
+class _Connection:
+    """One TCP (or TLS) connection and its buffered reader."""
+
+    def __init__(self, sock: socket.socket, origin: str) -> None:
+        self.sock = sock
+        self.origin = origin
+        self.file = cast("io.BufferedReader", sock.makefile("rb", buffering=1 << 18))
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.sock.close()
+
+
+class Response:
+    """A reply: status, lower-cased headers, and a body read with ``read(n)`` as it arrives."""
+
+    def __init__(self, client: "Client", conn: _Connection, url: str, method: str) -> None:
+        self.client = client
+        self.conn: _Connection | None = conn
+        self.url = url
+        self.status, self.reason, self.headers = _read_head(conn, client.read_timeout)
+        while 100 <= self.status < 200 and self.status != 101:
+            self.status, self.reason, self.headers = _read_head(conn, client.read_timeout)
+        self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
+        length = self.headers.get("content-length")
+        self._left: int | None = int(length) if length and length.isdigit() and not self._chunked else None
+        if method == "HEAD" or self.status in (204, 304):
+            self._left = 0
+        self._chunk_left = 0
+        self._done = self._left == 0
+        self._reusable = self.headers.get("connection", "").lower() != "close" and (self._chunked or self._left is not None)
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes of the body; ``b""`` at its end."""
+        if self._done or self.conn is None:
+            return b""
+        try:
+            data = self._read_chunked(n) if self._chunked else self._read_plain(n)
+        except socket.timeout as exc:
+            raise HttpTimeout(f"no answer from {redact(self.url)}") from exc
+        except OSError as exc:
+            raise TransportError(f"the connection to {redact(self.url)} broke ({exc.strerror or exc})") from exc
+        if self._done:
+            self.release()
+        return data
+
+    def _read_plain(self, n: int) -> bytes:
+        assert self.conn is not None
+        want = n if self._left is None else min(n, self._left)
+        data = self.conn.file.read1(want) if want else b""
+        if self._left is not None:
+            if not data and want:
+                raise TransportError(f"the reply from {redact(self.url)} was cut short")
+            self._left -= len(data)
+            self._done = self._left == 0
+        elif not data:
+            self._done = True
+        return data
+
+    def _read_chunked(self, n: int) -> bytes:
+        assert self.conn is not None
+        if self._chunk_left == 0:
+            line = self.conn.file.readline(_MAX_LINE)
+            if not line:
+                raise TransportError(f"the reply from {redact(self.url)} was cut short")
+            try:
+                self._chunk_left = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise TransportError(f"bad chunked reply from {redact(self.url)}") from None
+            if self._chunk_left == 0:
+                while self.conn.file.readline(_MAX_LINE) not in (b"\r\n", b"\n", b""):
+                    pass  # trailers
+                self._done = True
+                return b""
+        data = self.conn.file.read1(min(n, self._chunk_left))
+        if not data:
+            raise TransportError(f"the reply from {redact(self.url)} was cut short")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0:
+            self.conn.file.readline(_MAX_LINE)  # the CRLF after the chunk
+        return data
+
+    def drain(self) -> None:
+        """Read and drop the rest of a (small) body, so the connection can be reused."""
+        while self.read(_CHUNK):
+            pass
+
+    def release(self) -> None:
+        """Done with this reply: a complete one gives its connection back, else it is closed."""
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        if self._done and self._reusable:
+            self.client.put_back(conn)
+        else:
+            conn.close()
+
+    def close(self) -> None:
+        """Drop the connection, whatever state the body is in."""
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+
+def _read_head(conn: _Connection, timeout: float | None) -> tuple[int, str, dict[str, str]]:
+    try:
+        line = conn.file.readline(_MAX_LINE)
+        if not line:
+            raise ConnectionResetError(104, "the server closed the connection before answering")
+        parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            raise TransportError(f"not an HTTP reply: {line[:80]!r}")
+        headers: dict[str, str] = {}
+        while True:
+            raw = conn.file.readline(_MAX_LINE)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, _, value = raw.decode("latin-1").partition(":")
+            key = name.strip().lower()
+            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+    except socket.timeout as exc:
+        raise HttpTimeout(f"no answer within {timeout:g} s" if timeout else "no answer") from exc
+    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+
+
+class Client:
+    """Requests over kept-alive connections; see the module docstring."""
+
+    def __init__(self, options: HttpOptions, connect_timeout: float, read_timeout: float | None) -> None:
+        self.options = options
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._idle: dict[str, _Connection] = {}
+        self._ssl: "ssl.SSLContext | None" = None
+
+    def put_back(self, conn: _Connection) -> None:
+        old = self._idle.pop(conn.origin, None)
+        if old is not None:
+            old.close()
+        self._idle[conn.origin] = conn
+
+    def close(self) -> None:
+        for conn in self._idle.values():
+            conn.close()
+        self._idle.clear()
+
+    def _tls(self) -> "ssl.SSLContext":
+        if self._ssl is None:
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=self.options.ca_file or None)
+            if not self.options.verify:
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._ssl = ctx
+        return self._ssl
+
+    def _open(self, scheme: str, host: str, port: int) -> _Connection:
+        origin = f"{scheme}://{host}:{port}"
+        proxy = self.options.proxy_for(host)
+        target = urlsplit(proxy) if proxy else None
+        where = (target.hostname or "", target.port or 80) if target else (host, port)
+        try:
+            sock = socket.create_connection(where, timeout=self.connect_timeout)
+        except OSError as exc:
+            raise TransportError(f"unable to connect to {where[0]}:{where[1]} ({exc.strerror or exc})") from exc
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.read_timeout)
+        conn = _Connection(sock, origin)
+        if scheme == "https":
+            if target is not None:
+                self._tunnel(conn, host, port, target)
+            try:
+                tls = self._tls().wrap_socket(sock, server_hostname=host)
+            except OSError as exc:
+                sock.close()
+                raise TransportError(f"TLS with {host}:{port} failed ({exc})", "check http.sslVerify / http.sslCAInfo") from exc
+            conn = _Connection(tls, origin)
+        return conn
+
+    def _tunnel(self, conn: _Connection, host: str, port: int, proxy: "object") -> None:
+        head = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{_proxy_auth(proxy)}\r\n"
+        conn.sock.sendall(head.encode("latin-1"))
+        status, reason, _ = _read_head(conn, self.read_timeout)
+        if status != 200:
+            conn.close()
+            raise TransportError(f"the proxy refused to connect to {host}:{port} (HTTP {status} {reason})")
+
+    def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | Iterable[bytes] | None = None) -> Response:
+        """Send one request; a kept-alive connection the server closed meanwhile is retried once
+        when nothing of a streamed body has been consumed yet."""
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        host = parts.hostname or ""
+        port = parts.port or (443 if scheme == "https" else 80)
+        origin = f"{scheme}://{host}:{port}"
+        proxy = self.options.proxy_for(host) if scheme == "http" else None
+        path = url if proxy else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}", f"User-Agent: {self.options.user_agent}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        lines += [f"{k}: {v}" for k, v in self.options.extra_headers]
+        if proxy:
+            auth = _proxy_auth(urlsplit(proxy)).rstrip("\r\n")
+            if auth:
+                lines.append(auth)
+        streamed = body is not None and not isinstance(body, bytes)
+        if isinstance(body, bytes):
+            lines.append(f"Content-Length: {len(body)}")
+        elif streamed:
+            lines.append("Transfer-Encoding: chunked")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        reused = self._take_idle(origin)
+        if reused is not None:
+            try:
+                return self._send(reused, url, method, head, body)
+            except ConnectionError:
+                if streamed:
+                    raise TransportError(f"the connection to {redact(url)} closed under the request") from None
+        try:
+            return self._send(self._open(scheme, host, port), url, method, head, body)
+        except ConnectionError as exc:
+            raise TransportError(f"the connection to {redact(url)} broke ({exc.strerror or exc})") from exc
+
+    def _take_idle(self, origin: str) -> _Connection | None:
+        """The kept-alive connection to ``origin``, unless the server has closed it meanwhile."""
+        import select
+
+        conn = self._idle.pop(origin, None)
+        if conn is not None and select.select([conn.sock], [], [], 0)[0]:
+            conn.close()  # readable while idle: the server said goodbye (EOF) or sent garbage
+            return None
+        return conn
+
+    def _send(self, conn: _Connection, url: str, method: str, head: bytes, body: bytes | Iterable[bytes] | None) -> Response:
+        try:
+            try:
+                if isinstance(body, bytes) or body is None:
+                    conn.sock.sendall(head + (body or b""))
+                else:
+                    conn.sock.sendall(head)
+                    for chunk in body:
+                        if chunk:
+                            conn.sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                    conn.sock.sendall(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the server stopped reading: it may have said why (413) before it hung up
+            return Response(self, conn, url, method)
+        except socket.timeout as exc:
+            conn.close()
+            raise HttpTimeout(f"no answer from {redact(url)}") from exc
+        except ConnectionError:
+            conn.close()
+            raise
+        except BaseException:
+            conn.close()
+            raise
+
+
+def _proxy_auth(proxy: object) -> str:
+    """``Proxy-Authorization`` for a proxy URL with credentials (as a header line, or empty)."""
+    user = getattr(proxy, "username", None)
+    if not user:
+        return ""
+    token = base64.b64encode(f"{unquote(user)}:{unquote(getattr(proxy, 'password', None) or '')}".encode()).decode()
+    return f"Proxy-Authorization: Basic {token}\r\n"
