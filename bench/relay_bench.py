@@ -4,8 +4,9 @@
 For each transport it times (median of --runs) a bare clone and an initial push into an empty
 target through relay:: and natively, and reports the ratio, the helper's own peak RSS (from its
 stats record), the peak RSS of the whole process tree (sampled from /proc), and bytes sent. It
-also measures the second-branch push (bytes, relay vs native), the added latency of a no-op push,
-and a split push against a target with receive.maxInputSize vs native's unlimited push.
+also measures the second-branch push (bytes, relay vs native), a split push against a target
+with receive.maxInputSize vs native's unlimited push, and (``noop``) the latency the helper adds
+to a fetch and a push that find nothing to do.
 
     .venv/bin/python bench/relay_bench.py --size-mb 200 --transports file,git,http,ssh
 
@@ -216,25 +217,12 @@ class Bench:
                 f"{st['bytes']} B vs native " + (f"{native_bytes} B (with commands)" if native_bytes >= 0 else "n/a"),
             ]
         )
-        # no-op push: git finds nothing to do after one round trip
-        nn = statistics.median(
-            run_measured(["git", "push", "-q", self.url(transport, name), "second"], cwd=source, env=self.env)[0] for _ in range(5)
-        )
-        rr = statistics.median(
-            run_measured(["git", "push", "-q", "relay::" + self.url(transport, name), "second"], cwd=source, env=self.env)[0]
-            for _ in range(5)
-        )
-        self.rows.append(
-            ["no-op push", transport, f"{nn * 1000:.0f} ms", f"{rr * 1000:.0f} ms", f"+{(rr - nn) * 1000:.0f} ms", "", "", "0"]
-        )
         sh("git", "checkout", "-q", "main", cwd=source)
         # split push: target limited to a quarter of the pack, vs native unlimited
         limited = target()
         limit = max(self.args.size_mb * MiB // 4, 1 * MiB)
         sh("git", "config", "receive.maxInputSize", str(limit), cwd=self.root / limited)
-        # git daemon resets the socket before a size refusal's reason arrives (README): tell the relay
-        extra = ["-c", f"relay.maxPushBytes={limit * 9 // 10}"] if transport == "git" else []
-        w_s, p_s = run_measured(["git", *extra, "push", "-q", "relay::" + self.url(transport, limited), "main"], cwd=source, env=self.env)
+        w_s, p_s = run_measured(["git", "push", "-q", "relay::" + self.url(transport, limited), "main"], cwd=source, env=self.env)
         st = self.last_stats()
         self.rows.append(
             [
@@ -249,6 +237,24 @@ class Bench:
             ]
         )
 
+    def noop(self, transport: str) -> None:
+        """A fetch and a push that find nothing to do: what the helper adds to every git operation."""
+        name = f"noop-{transport}.git"
+        small = self.base / "noop-src"
+        if not small.exists():
+            make_repo(small, 1)
+        sh("git", "clone", "-q", "--bare", str(small), str(self.root / name))
+        work = self.base / f"noop-work-{transport}"
+        sh("git", "clone", "-q", str(self.root / name), str(work))
+        url = self.url(transport, name)
+        runs = max(self.args.runs, 11)
+        for what, argv in (("fetch", ["git", "fetch", "-q", url]), ("push", ["git", "push", "-q", url, "main"])):
+            relayed = [*argv[:3], "relay::" + url, *argv[4:]]
+            nn = statistics.median(run_measured(argv, cwd=work, env=self.env)[0] for _ in range(runs))
+            rr = statistics.median(run_measured(relayed, cwd=work, env=self.env)[0] for _ in range(runs))
+            self.rows.append([f"no-op {what} (median of {runs})", transport, f"{nn * 1000:.0f} ms", f"{rr * 1000:.0f} ms",
+                              f"+{(rr - nn) * 1000:.0f} ms", "", "", "0"])
+
     def print(self) -> None:
         head = ["scenario", "transport", "native s", "relay s", "ratio", "helper RSS MiB", "tree RSS MiB native/relay", "bytes"]
         widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(len(head))]
@@ -261,8 +267,12 @@ def main() -> int:
     ap.add_argument("--size-mb", type=int, default=50, help="size of the generated repository (incompressible data)")
     ap.add_argument("--runs", type=int, default=3, help="repetitions per measurement (median)")
     ap.add_argument("--transports", default="file,git,http,ssh")
-    ap.add_argument("--scenarios", default="clone,push")
+    ap.add_argument("--scenarios", default="clone,push,noop", help="any of clone, push (with second-branch and split), noop")
+    ap.add_argument("--bin", help="directory of the git-remote-relay to measure (e.g. a venv made by ./install.sh, whose "
+                    "non-editable install starts faster than the editable one in .venv)")
     args = ap.parse_args()
+    if args.bin:
+        os.environ["PATH"] = args.bin + os.pathsep + os.environ["PATH"]
     if not shutil.which("git-remote-relay"):
         print("git-remote-relay is not on PATH (run ./install.sh --dev and use .venv/bin/python)", file=sys.stderr)
         os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
@@ -301,6 +311,9 @@ def main() -> int:
             if "push" in args.scenarios:
                 print(f"push over {transport} ...", file=sys.stderr)
                 bench.push(transport, source)
+            if "noop" in args.scenarios:
+                print(f"no-op fetch and push over {transport} ...", file=sys.stderr)
+                bench.noop(transport)
         print(f"\npack {pack / MiB:.1f} MiB, git {sh('git', '--version').split()[-1]}, {os.cpu_count()} CPUs, median of {args.runs}\n")
         bench.print()
     return 0

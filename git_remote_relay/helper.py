@@ -15,7 +15,7 @@ from typing import BinaryIO, Mapping
 
 from .errors import RelayError, ShallowRemoteError, UnsupportedError
 from .gitcmd import Git
-from .localpush import c_quote
+from .quoting import c_quote, c_unquote
 from .settings import Settings
 from .transport import Context
 from .transport.session import Session
@@ -24,34 +24,8 @@ from .url import InnerUrl, check_allowed, parse
 
 __all__ = ["Helper", "c_unquote", "c_quote"]
 
-_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11, "\\": 92, '"': 34}
-
 # Options that only git's own fetch-pack implements; the engine routes them to passthrough.
 _PASSTHROUGH_OPTIONS = ("depth", "deepen-since", "deepen-not", "deepen-relative", "filter", "refetch", "from-promisor", "update-shallow")
-
-
-def c_unquote(value: str) -> str:
-    """Undo git's ``quote_c_style`` (used for option values with special characters)."""
-    if len(value) < 2 or not (value.startswith('"') and value.endswith('"')):
-        return value
-    body = value[1:-1].encode("utf-8", "surrogateescape")
-    out = bytearray()
-    i = 0
-    while i < len(body):
-        ch = body[i]
-        if ch == 92 and i + 1 < len(body):
-            nxt = chr(body[i + 1])
-            if nxt in _ESCAPES:
-                out.append(_ESCAPES[nxt])
-                i += 2
-                continue
-            if nxt in "0123":
-                out.append(int(body[i + 1:i + 4], 8))
-                i += 4
-                continue
-        out.append(ch)
-        i += 1
-    return out.decode("utf-8", "replace")
 
 
 class Helper:

@@ -14,34 +14,14 @@ from .errors import RelayError
 from .gitcmd import Git
 from .protocol import ZERO_OID, Advertisement
 from .push import PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates
+from .quoting import c_quote
 from .settings import Settings
 from .split import push_or_split
 from .transport.base import Service
 from .transport.session import Session
 from .ui import Reporter
 
-__all__ = ["LocalHistory", "run_push_batch", "c_quote"]
-
-
-def c_quote(text: str) -> str:
-    """git's ``quote_c_style`` when needed (status reasons with newlines or quotes)."""
-    if not any(c in text for c in '"\\\n\t\r') and all(0x20 <= ord(c) < 0x7F for c in text):
-        return text
-    out = ['"']
-    for b in text.encode():
-        c = chr(b)
-        if c in '"\\':
-            out.append("\\" + c)
-        elif c == "\n":
-            out.append("\\n")
-        elif c == "\t":
-            out.append("\\t")
-        elif 0x20 <= b < 0x7F:
-            out.append(c)
-        else:
-            out.append("\\%03o" % b)
-    out.append('"')
-    return "".join(out)
+__all__ = ["LocalHistory", "run_push_batch"]
 
 
 class LocalHistory:

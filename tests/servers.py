@@ -187,6 +187,7 @@ class Proxy:
     def __init__(self, port: int) -> None:
         self.port = port
         self.connections = 0
+        self.requests: list[str] = []
 
 
 def _reset(*socks: socket.socket) -> None:
@@ -274,6 +275,69 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
             was_reset = threading.Event()
             threading.Thread(target=_pipe, args=(client, up, None, reset_after, was_reset, done), daemon=True).start()
             threading.Thread(target=_pipe, args=(up, client, stall_after, None, was_reset, done), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield proxy
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+@contextlib.contextmanager
+def forward_proxy() -> Iterator[Proxy]:
+    """An HTTP forward proxy on loopback (like a corporate one): takes absolute-URI requests,
+    connects to the origin they name (loopback only) and relays both ways. ``connections`` counts
+    what it accepted; ``requests`` keeps the first request line of each connection."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    done = threading.Event()
+    held: list[socket.socket] = []
+    proxy = Proxy(int(listener.getsockname()[1]))
+
+    def handle(client: socket.socket) -> None:
+        head = b""
+        while b"\r\n" not in head:
+            data = client.recv(65536)
+            if not data:
+                return
+            head += data
+        line = head.split(b"\r\n", 1)[0].decode("latin-1")
+        proxy.requests.append(line)
+        target = line.split(" ")[1]
+        hostport = target.split("://", 1)[1].split("/", 1)[0]
+        host, _, port = hostport.rpartition(":")
+        if host != "127.0.0.1":
+            client.close()  # never anywhere but loopback
+            return
+        up = socket.create_connection((host, int(port)))
+        held.append(up)
+        up.sendall(head)  # absolute-form request lines are valid HTTP/1.1 for the origin too
+        client.settimeout(0.2)
+        up.settimeout(0.2)
+        flag = threading.Event()
+        threading.Thread(target=_pipe, args=(up, client, None, None, flag, done), daemon=True).start()
+        _pipe(client, up, None, None, flag, done)
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                client, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            proxy.connections += 1
+            held.append(client)
+            threading.Thread(target=handle, args=(client,), daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

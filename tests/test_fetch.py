@@ -249,3 +249,27 @@ def test_sha256_repository_is_refused_with_what_to_do(make_remote, tmp_path: Pat
     res = git("clone", "relay::" + f"file://{remote.path}.256", str(tmp_path / "c"), check=False)
     assert res.returncode != 0 and "sha256" in res.stderr and "without 'relay::'" in res.stderr, res.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_http_connections_are_kept_alive(source: Path, make_remote, tmp_path: Path, http_server: int) -> None:
+    """Discovery, ls-refs and the fetch of a clone share one TCP connection (like git's curl)."""
+    import servers
+
+    remote = make_remote("http", source=source)
+    with servers.tcp_proxy(http_server) as proxy:
+        url = remote.url.replace(f":{http_server}/", f":{proxy.port}/")
+        git("clone", "-q", "relay::" + url, str(tmp_path / "work"))
+        connections = proxy.connections
+    assert refs(tmp_path / "work")["refs/remotes/origin/main"] == refs(source)["refs/heads/main"]
+    assert connections == 1, f"{connections} TCP connections for one clone"
+
+
+def test_http_proxy_from_git_config(source: Path, make_remote, tmp_path: Path, http_server: int) -> None:
+    import servers
+
+    remote = make_remote("http", source=source)
+    with servers.forward_proxy() as proxy:
+        git("-c", f"http.proxy=http://127.0.0.1:{proxy.port}", "clone", "-q", remote.relay_url, str(tmp_path / "work"))
+        seen = list(proxy.requests)
+    assert refs(tmp_path / "work")["refs/remotes/origin/main"] == refs(source)["refs/heads/main"]
+    assert seen and all(line.split(" ")[1].startswith(f"http://127.0.0.1:{http_server}/") for line in seen), seen
