@@ -88,8 +88,18 @@ fi
 mkdir -p "$prefix" "$bindir"
 [ -x "$prefix/venv/bin/python" ] || "$python" -m venv "$prefix/venv"
 "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$here"
+# Our own launchers instead of pip's: those import `re` first (~10 ms), and git starts the helper
+# (and mama-ssh) on every operation. -I: no PYTHONPATH, no user site, no script directory on sys.path.
+write_launcher() {  # name module function
+  local target="$prefix/venv/bin/$1"
+  printf '#!%s -I\nimport sys\nfrom %s import %s\nsys.exit(%s())\n' "$prefix/venv/bin/python" "$2" "$3" "$3" > "$target.tmp"
+  chmod 755 "$target.tmp"
+  mv -f "$target.tmp" "$target"
+}
+write_launcher git-remote-relay git_remote_relay.cli helper_main
+write_launcher git-relay git_remote_relay.cli relay_main
+write_launcher mama-ssh mama_ssh.cli main
 for cmd in git-remote-relay git-relay mama-ssh; do
-  [ -e "$prefix/venv/bin/$cmd" ] || continue
   ln -sf "$prefix/venv/bin/$cmd" "$bindir/$cmd"
 done
 say "installed into $prefix/venv; commands linked into $bindir"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import LocalGitError, PackError, ShallowRemoteError, TransportError
 from .gitcmd import Git, widen_pipe

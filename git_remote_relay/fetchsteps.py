@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import LocalGitError
 from .fetch import FetchResult, fetch_pack

@@ -5,7 +5,7 @@ steps (split pushes of ``git relay``, resumable fetches) without downloading the
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .gitcmd import Git
 

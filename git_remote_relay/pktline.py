@@ -7,7 +7,7 @@ flush, ``0001`` a delimiter and ``0002`` a response end (v2 stateless). Payloads
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from .errors import ProtocolError, RemoteError, TransportError
 

@@ -6,7 +6,7 @@ themselves. Environment variables override git config; defaults work with no con
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from .errors import RelayError
 from .gitcmd import Config

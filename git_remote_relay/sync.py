@@ -10,7 +10,7 @@ as the ``History`` (``RemoteHistory``).
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 from .errors import RelayError, ShallowRemoteError, UnsupportedError
 from .fetch import fetch_pack
@@ -26,6 +26,10 @@ from .transport import Context, Service
 from .transport.session import Session
 from .ui import Reporter
 from .url import check_allowed, parse
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["endpoint", "RemoteHistory", "run_sync", "probe", "EMPTY_PACK", "Selection"]
 

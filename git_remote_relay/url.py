@@ -16,9 +16,7 @@ inner URLs (``ext::`` runs arbitrary commands, ``fd::`` reads arbitrary descript
 
 from __future__ import annotations
 
-import re
-from typing import Mapping
-from urllib.parse import unquote
+from collections.abc import Mapping
 
 from .errors import PolicyError, UrlError
 
@@ -33,11 +31,66 @@ _SCHEMES = {
     "https": "https",
     "file": "file",
 }
-_SCHEME_CHARS = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 # Protocols git itself treats as safe by default (transport.c: get_protocol_config).
 _ALWAYS_ALLOWED = frozenset({"http", "https", "git", "ssh", "file"})
 _NEVER_ALLOWED = frozenset({"ext"})
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]*@")
+_SCHEME_REST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+.-")
+_HEX = frozenset("0123456789abcdefABCDEF")
+# (no re, no urllib.parse: they cost ~12 ms of start-up, and the helper starts on every git operation)
+
+
+def _scheme_length(text: str, start: int = 0) -> int:
+    """Length of the URL scheme (``[A-Za-z][A-Za-z0-9+.-]*``) at ``start``; 0 if there is none."""
+    if start >= len(text) or not text[start].isascii() or not text[start].isalpha():
+        return 0
+    end = start + 1
+    while end < len(text) and text[end] in _SCHEME_REST:
+        end += 1
+    return end - start
+
+
+def unquote(text: str) -> str:
+    """Percent-decoding as ``urllib.parse.unquote`` does it (UTF-8, bad bytes replaced)."""
+    if "%" not in text:
+        return text
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        if text[i] == "%" and i + 2 < len(text) and text[i + 1] in _HEX and text[i + 2] in _HEX:
+            out.append(int(text[i + 1:i + 3], 16))
+            i += 3
+        else:
+            out += text[i].encode()
+            i += 1
+    return out.decode("utf-8", "replace")
+
+
+def _strip_userinfo(text: str, count: int = -1) -> str:
+    """Remove ``user[:password]@`` after each ``scheme://`` in ``text`` (at most ``count`` times)."""
+    out: list[str] = []
+    pos = 0
+    while count:
+        mark = text.find("://", pos)
+        if mark < 0:
+            break
+        begin = mark
+        while begin > 0 and text[begin - 1] in _SCHEME_REST:
+            begin -= 1
+        while begin < mark and not (text[begin].isascii() and text[begin].isalpha()):
+            begin += 1  # a scheme starts with a letter
+        authority = mark + 3
+        end = authority
+        while end < len(text) and text[end] not in "/@?#":
+            end += 1
+        if begin < mark and _scheme_length(text, begin) and end < len(text) and text[end] == "@":
+            out.append(text[pos:authority])
+            pos = end + 1
+            count -= 1
+        else:
+            out.append(text[pos:authority])
+            pos = authority
+    out.append(text[pos:])
+    return "".join(out)
 
 
 class InnerUrl:
@@ -72,13 +125,13 @@ class InnerUrl:
         """For http(s): the repository URL without credentials and without a trailing slash."""
         if self.scheme not in ("http", "https"):
             raise ValueError("not an http URL")
-        without = _USERINFO.sub(lambda m: m.group("scheme"), self.raw, count=1)
+        without = _strip_userinfo(self.raw, count=1)
         return without.rstrip("/")
 
 
 def redact(text: str) -> str:
     """Remove ``user:password@`` from every URL in ``text`` (like git's anonymized URLs)."""
-    return _USERINFO.sub(lambda m: m.group("scheme"), text)
+    return _strip_userinfo(text)
 
 
 def split_relay_address(argv1: str, argv2: str | None) -> str:
@@ -211,15 +264,15 @@ def _parse_scp_form(address: str) -> InnerUrl:
 def parse(address: str) -> InnerUrl:
     """Parse an inner address the way git would, refusing what git would refuse."""
     _check_text(address)
-    m = _SCHEME_CHARS.match(address)
-    if m and address[m.end():].startswith("::"):
-        helper = m.group(0)
+    n = _scheme_length(address)
+    if n and address[n:].startswith("::"):
+        helper = address[:n]
         raise PolicyError(
             f"relay cannot wrap another remote helper ('{helper}::'): '{redact(address)}'",
             "ext:: and fd:: run commands or read descriptors; use a URL git connects to directly",
         )
-    if m and address[m.end():].startswith("://"):
-        return _parse_url_form(address, m.group(0), address[m.end() + 3:])
+    if n and address[n:].startswith("://"):
+        return _parse_url_form(address, address[:n], address[n + 3:])
     colon = address.find(":")
     slash = address.find("/")
     if colon < 0 or (0 <= slash < colon):

@@ -277,3 +277,23 @@ def test_http_body_peek_keeps_small_bodies_replayable() -> None:
     assert head == b"a" * 10 + b"b" * 10 and rest is None
     head, rest = _peek(iter([b"a" * 60, b"b" * 60, b"c"]), 100)
     assert head == b"a" * 60 + b"b" * 60 and rest is not None and list(rest) == [b"c"]
+
+
+def test_redact_is_the_userinfo_regex_without_re() -> None:
+    """url.redact avoids `re` for start-up time; it must remove exactly what the regex removes."""
+    import random
+    import re
+
+    from git_remote_relay.url import redact, unquote
+
+    reference = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@?#]*@")
+    rng = random.Random(1234)
+    for _ in range(20_000):
+        text = "".join(rng.choice("ab:/@?#%1.+-hs") for _ in range(rng.randint(0, 18)))
+        assert redact(text) == reference.sub(lambda m: m.group("scheme"), text), text
+    assert redact("fatal: 'https://bob:s3cret@host/r.git' and ssh://al@h/x") == "fatal: 'https://host/r.git' and ssh://h/x"
+    import urllib.parse
+
+    for _ in range(5_000):
+        text = "".join(rng.choice("%41zé2fF0g ") for _ in range(rng.randint(0, 10)))
+        assert unquote(text) == urllib.parse.unquote(text), text

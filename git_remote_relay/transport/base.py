@@ -14,7 +14,7 @@ import os
 import select
 import threading
 import time
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from ..errors import StalledError, TransportError
 from ..gitcmd import Config, Git

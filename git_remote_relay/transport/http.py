@@ -12,7 +12,7 @@ memory, so they cannot be replayed: authentication is settled before they start 
 from __future__ import annotations
 
 import base64
-from typing import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import AuthError, ProtocolError, TooLargeError, TransportError, UnsupportedError

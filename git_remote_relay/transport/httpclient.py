@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import base64
 import socket
-from typing import TYPE_CHECKING, Iterable, Mapping, cast
+from collections.abc import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from ..errors import TransportError
 from ..gitcmd import Config
 from ..url import redact
+
+TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
 
 if TYPE_CHECKING:
     import io
@@ -96,7 +98,7 @@ class _Connection:
     def __init__(self, sock: socket.socket, origin: str) -> None:
         self.sock = sock
         self.origin = origin
-        self.file = cast("io.BufferedReader", sock.makefile("rb", buffering=1 << 18))
+        self.file: io.BufferedReader = sock.makefile("rb", buffering=1 << 18)  # type: ignore[assignment]
 
     def close(self) -> None:
         try:

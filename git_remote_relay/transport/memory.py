@@ -11,7 +11,7 @@ and use URLs ``memory://<name>/``. It checks framing, not objects: a pack is byt
 from __future__ import annotations
 
 import io
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from ..errors import TransportError
 from ..pktline import DELIM, FLUSH, MAX_PAYLOAD, PktReader, pkt, pkt_text
