@@ -13,12 +13,11 @@ local repository gains neither refs nor a half-written pack.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from collections.abc import Callable
 
 from .errors import LocalGitError, PackError, ShallowRemoteError, TransportError
-from .gitcmd import Git, widen_pipe
+from .gitcmd import PIPE, Child, Git, widen_pipe
 from .pktline import pump_sideband
 from .protocol import Advertisement, fetch_request, read_fetch_preamble
 from .transport.base import Service
@@ -190,14 +189,14 @@ def _index_args(git: Git, reporter: Reporter, check_connectivity: bool, host_lab
     return args
 
 
-def _start_index(git: Git, args: list[str]) -> "subprocess.Popen[bytes]":
-    index = git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+def _start_index(git: Git, args: list[str]) -> Child:
+    index = git.popen(args, stdin=PIPE, stdout=PIPE, stderr=None)
     assert index.stdin is not None
     widen_pipe(index.stdin.fileno())
     return index
 
 
-def _await_tmp(pack_dir: str, before: set[str], index: "subprocess.Popen[bytes]") -> list[str]:
+def _await_tmp(pack_dir: str, before: set[str], index: Child) -> list[str]:
     """The temporary files index-pack has just created (waits briefly for it to start)."""
     deadline = time.monotonic() + _TMP_WAIT
     while True:

@@ -10,10 +10,10 @@ Each ref is reported ``ok`` only when receive-pack's report-status said ``ok`` f
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 from .errors import PackError, ProtocolError, RelayError, TooLargeError
+from .gitcmd import PIPE, Child
 from .pktline import FLUSH, PktReader, pkt, pkt_text
 from .protocol import AGENT, ZERO_OID, Advertisement
 from .transport.base import SendError, Service
@@ -200,7 +200,7 @@ class PackStream:
 class _PackObjects(PackStream):
     """``git pack-objects --stdout``'s output."""
 
-    def __init__(self, proc: "subprocess.Popen[bytes]", limit: int | None, limit_source: str) -> None:
+    def __init__(self, proc: Child, limit: int | None, limit_source: str) -> None:
         super().__init__(limit, limit_source)
         self.proc = proc
 
@@ -325,7 +325,7 @@ def send_updates(git: "Git", reporter: "Reporter", service: Service, adv: Advert
         args.append("--progress" if progress else "-q")
         if git.run(["rev-parse", "--is-shallow-repository"]).strip() == b"true":
             args.append("--shallow")
-        proc = git.popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None)
+        proc = git.popen(args, stdin=PIPE, stdout=PIPE, stderr=None)
         assert proc.stdin is not None
         revs = [u.new for u in updates if not u.delete] + ["^" + h for h in local_haves(git, adv)]
         try:

@@ -12,10 +12,9 @@ from __future__ import annotations
 import io
 import os
 import shlex
-import subprocess
 
 from ..errors import TransportError, UnsupportedError, UrlError
-from ..gitcmd import PIPE, kill_tree, run_command, scrubbed_env, spawn, widen_pipe
+from ..gitcmd import PIPE, kill_tree, run_command, scrubbed_env, spawn, wait_for, widen_pipe
 from ..url import InnerUrl
 from .base import Activity, Context, IdleReader, StreamService
 
@@ -194,9 +193,7 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
         # instead of blocking on a full pipe until the wait below runs out.
         reader.close()
         stdout.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
+        if wait_for(proc, 10) is None:
             kill_tree(proc)
 
     return StreamService(reader.read, write_all, close_write, close, label, reader.readinto, activity)
