@@ -193,6 +193,7 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
             else:
                 print(f"url: {info['url']}\nprotocol: v{info['protocol']}\nobject format: {info['object_format']}\nHEAD: {info['head']}")
                 print("capabilities: " + " ".join(info["capabilities"]))
+                print(f"size limit learned from pushes: {info['size_limit']}")
                 if "push_capabilities" in info:
                     pc = info["push_capabilities"]
                     print("push capabilities: " + (" ".join(pc) if isinstance(pc, list) else pc))
@@ -217,6 +218,7 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
             limit=limit,
             dry_run=args.command == "plan",
             bootstrap_only=args.command == "bootstrap",
+            split_interval=settings.split_interval,
             reporter=reporter,
         )
     except RelayError as exc:

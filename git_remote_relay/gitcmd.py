@@ -11,6 +11,7 @@ parameter; tests build one over a temporary repository.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -107,20 +108,33 @@ class Child:
             for fd in theirs:
                 os.close(fd)
         self.returncode: int | None = None
+        self._lock = threading.Lock()  # one waitpid at a time (a writer thread and its owner both wait)
 
     def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
+        """The exit status if the child has ended (never blocks; another thread may be waiting)."""
+        if self.returncode is None and self._lock.acquire(False):
+            try:
+                if self.returncode is None:
+                    self._reap(os.WNOHANG)
+            finally:
+                self._lock.release()
         return self.returncode
 
-    def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is not None:
-            return self.returncode
-        if timeout is None:
-            _, status = os.waitpid(self.pid, 0)
+    def _reap(self, flags: int) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, flags)
+        except ChildProcessError:
+            pid, status = self.pid, 0  # reaped elsewhere: its status is lost, as in subprocess
+        if pid:
             self.returncode = os.waitstatus_to_exitcode(status)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child (one thread reaps; others see its status)."""
+        if timeout is None:
+            with self._lock:
+                if self.returncode is None:
+                    self._reap(0)
+            assert self.returncode is not None
             return self.returncode
         deadline = time.monotonic() + timeout
         delay = 0.0005

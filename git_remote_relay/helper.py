@@ -56,7 +56,8 @@ class Helper:
         self.reporter = Reporter(stderr, trace=self.settings.trace, term=self.env.get("TERM"))
         name = None if remote_name.startswith("relay::") or remote_name == address else remote_name
         self.ctx = Context(
-            env=self.env, git=self.git, config=self.config, remote_name=name, trace=self.reporter.trace, timeout=self.settings.timeout
+            env=self.env, git=self.git, config=self.config, remote_name=name, trace=self.reporter.trace, timeout=self.settings.timeout,
+            say=self.reporter.say,
         )
         self.session = Session(self.url, self.ctx)
         self.servpath: str | None = None  # `option servpath` (--upload-pack/--receive-pack) for the next connect

@@ -12,11 +12,12 @@ import time
 from . import stats
 from .errors import RelayError
 from .gitcmd import Git
+from .limits import Limits, limit_key
 from .protocol import ZERO_OID, Advertisement
 from .push import PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates
 from .quoting import c_quote
 from .settings import Settings
-from .split import push_or_split
+from .split import Learning, push_or_split
 from .transport.base import Service
 from .transport.session import Session
 from .ui import Reporter
@@ -86,6 +87,7 @@ def run_push_batch(
     try:
         if todo and not opts.dry_run:
             used = True
+            learning = Learning(Limits(session.ctx.env), limit_key(session.url))
             sent, objects = push_or_split(
                 LocalHistory(git, reporter),
                 session.new_receive,
@@ -95,6 +97,8 @@ def run_push_batch(
                 reporter,
                 max_pack=settings.max_pack_bytes,
                 max_push=settings.max_push_bytes,
+                learning=learning,
+                interval=settings.split_interval,
             )
             _recheck_moved(session, reporter, todo)
         elif todo:

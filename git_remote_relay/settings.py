@@ -52,7 +52,17 @@ class Settings:
         steps = size("GIT_RELAY_FETCH_STEP_OBJECTS", "relay.fetchStepObjects")
         self.fetch_step_objects = DEFAULT_STEP_OBJECTS if steps is None else steps
         self.stats_file = env.get("GIT_RELAY_STATS_FILE") or config.get("relay.statsfile")
+        self.split_interval = _seconds(env.get("GIT_RELAY_SPLIT_INTERVAL") or config.get("relay.splitInterval"), "relay.splitInterval")
         self.timeout = _timeout(env.get("GIT_RELAY_TIMEOUT") or config.get("relay.timeout"))
+
+
+def _seconds(value: str | None, key: str) -> float:
+    if value is None or not value.strip():
+        return 0.0
+    try:
+        return max(0.0, float(value.strip().rstrip("s")))
+    except ValueError:
+        raise RelayError(f"bad {key} '{value}'", "give a number of seconds, e.g. 2.5") from None
 
 
 def _timeout(value: str | None) -> float | None:

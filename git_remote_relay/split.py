@@ -17,9 +17,11 @@ link) counts as a refusal at most ``MAX_UNEXPLAINED_RESETS`` times.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from .errors import PackError
+from .limits import Limits
 from .protocol import ZERO_OID, Advertisement
 from .push import PackTooLarge, PushOptions, RefUpdate
 from .transport.base import Service
@@ -46,7 +48,7 @@ if TYPE_CHECKING:
             ...
 
 
-__all__ = ["History", "push_or_split", "split_ref", "target_haves", "SPLIT_PREFIX", "MIN_BUDGET", "MAX_UNEXPLAINED_RESETS"]
+__all__ = ["History", "Learning", "push_or_split", "split_ref", "target_haves", "SPLIT_PREFIX", "MIN_BUDGET", "MAX_UNEXPLAINED_RESETS"]
 
 SPLIT_PREFIX = "refs/relay/split/"
 # Below this a step in bytes gives up: a single commit bigger than the target's limit cannot be
@@ -70,11 +72,13 @@ def target_haves(adv: Advertisement) -> list[str]:
 
 
 class _Limit:
-    """The hard pack limit (never split, only abort) and the name the user knows it by."""
+    """The hard pack limit (never split, only abort), the name the user knows it by, and the pause
+    between steps (``relay.splitInterval``, for hosts that rate-limit pushes)."""
 
-    def __init__(self, size: int | None, name: str) -> None:
+    def __init__(self, size: int | None, name: str, interval: float = 0.0) -> None:
         self.size = size
         self.name = name
+        self.interval = interval
 
 
 class _Budget:
@@ -116,60 +120,126 @@ def _plan(history: History, chain: list[str], base: list[str], budget: _Budget) 
     return steps, True
 
 
+class Learning:
+    """What one push learns about its target's size limit, written once at the end (``limits.py``)."""
+
+    def __init__(self, limits: Limits, key: str) -> None:
+        self.limits = limits
+        self.key = key
+        self.known = limits.get(key)
+        self.refused_at: int | None = None  # a stated refusal: certain
+        self.reset_at: int | None = None  # a reset without a reason: a limit only if smaller steps pass
+        self.largest = 0
+
+    def refused(self, sent: int, uncertain: bool) -> None:
+        if uncertain:
+            self.reset_at = sent if self.reset_at is None else min(self.reset_at, sent)
+        else:
+            self.refused_at = sent if self.refused_at is None else min(self.refused_at, sent)
+
+    def accepted(self, sent: int) -> None:
+        self.largest = max(self.largest, sent)
+
+    def save(self, succeeded: bool) -> None:
+        refused = self.refused_at
+        if succeeded and self.reset_at is not None:
+            refused = self.reset_at if refused is None else min(refused, self.reset_at)
+        if refused is not None or (self.largest and self.known.refused is not None):
+            self.limits.record(self.key, refused=refused, accepted=self.largest or None)
+
+
+def _estimate_all(history: History, todo: list[RefUpdate], haves: list[str]) -> int | None:
+    total = 0
+    for u in todo:
+        if u.delete:
+            continue
+        size = history.estimate(u.new, haves)
+        if size is None:
+            return None
+        total += size
+    return total
+
+
 def push_or_split(history: History, open_target: OpenTarget, first: tuple[Service, Advertisement], todo: list[RefUpdate],
                   opts: PushOptions, reporter: Reporter, *, max_pack: int | None, max_push: int | None,
-                  max_pack_name: str = "relay.maxPackBytes") -> tuple[int, int | None]:
+                  max_pack_name: str = "relay.maxPackBytes", learning: Learning | None = None,
+                  interval: float = 0.0) -> tuple[int, int | None]:
     """Push ``todo`` on the open ``first`` connection when it fits, else in steps; (bytes, objects).
 
-    ``max_pack`` (relay.maxPackBytes, or ``max_pack_name``) aborts, never splits; ``max_push`` (relay.maxPushBytes)
-    splits on purpose. The ``first`` connection is closed here; later ones come from ``open_target``.
+    ``max_pack`` (relay.maxPackBytes, or ``max_pack_name``) aborts, never splits; ``max_push``
+    (relay.maxPushBytes) splits on purpose; else a size the target refused before (``learning``)
+    does. A push known to be too big goes to steps at once, without a refused attempt. The
+    ``first`` connection is closed here; later ones come from ``open_target``.
     """
-    budget = max_push
-    limit = max_pack if budget is None else (budget if max_pack is None else min(budget, max_pack))
-    source = max_pack_name if budget is None or (max_pack is not None and max_pack <= budget) else "relay.maxPushBytes"
+    learned = learning.known.budget() if learning is not None and max_push is None else None
+    budget = max_push if max_push is not None else learned
     if budget is not None and max_pack is not None and max_pack < budget:
         budget = None  # the hard limit is smaller: a step could never be bigger than it anyway
     service, adv = first
+    total = _estimate_all(history, todo, target_haves(adv)) if budget is not None else None
+    succeeded = False
     try:
-        return history.send(service, adv, todo, opts, limit, source)
-    except PackTooLarge as exc:
-        if exc.ours and budget is None:
-            raise  # relay.maxPackBytes: abort cleanly, never split
-        first_sent, resets = exc.sent, int(exc.uncertain)
-    finally:
-        service.close()
-    if budget is None:
-        # the refusal came about when the pack passed the limit: start a little under it
-        budget = max(first_sent * 3 // 4, MIN_BUDGET)
-        if resets:
-            reporter.say(f"relay: the target reset the connection after {first_sent} bytes without a reason "
-                         f"(git daemon does that on receive.maxInputSize); pushing in smaller steps")
+        if budget is not None and total is not None and total > budget:
+            service.close()
+            before = learning.known.refused if learning is not None else None
+            why = "relay.maxPushBytes" if max_push is not None else f"this target refused {before} bytes before"
+            reporter.say(f"relay: about {total} bytes to push, more than {budget} ({why}); pushing in steps")
+            resets = 0
         else:
-            reporter.say(f"relay: the target refused a {first_sent}-byte pack for its size; pushing in steps")
-    for u in todo:
-        u.error, u.ok = None, False
-    limits = _Limit(max_pack, max_pack_name)
-    return _in_steps(history, open_target, todo, opts, reporter, _Budget(budget), limits, resets)
+            sent_limit = max_pack if total is not None or budget is None else (budget if max_pack is None else min(budget, max_pack))
+            named = "relay.maxPushBytes" if max_push is not None else "the size refused before"
+            source = max_pack_name if sent_limit == max_pack else named
+            try:
+                result = history.send(service, adv, todo, opts, sent_limit, source)
+                if learning is not None:
+                    learning.accepted(result[0])
+                succeeded = True
+                return result
+            except PackTooLarge as exc:
+                if exc.ours and budget is None:
+                    raise  # relay.maxPackBytes: abort cleanly, never split
+                if not exc.ours and learning is not None:
+                    learning.refused(exc.sent, exc.uncertain)
+                first_sent, resets = exc.sent, int(exc.uncertain)
+            finally:
+                service.close()
+            if budget is None:
+                # the refusal came about when the pack passed the limit: start a little under it
+                budget = max(first_sent * 3 // 4, MIN_BUDGET)
+                if resets:
+                    reporter.say(f"relay: the target reset the connection after {first_sent} bytes without a reason "
+                                 f"(git daemon does that on receive.maxInputSize); pushing in smaller steps")
+                else:
+                    reporter.say(f"relay: the target refused a {first_sent}-byte pack for its size; pushing in steps")
+        for u in todo:
+            u.error, u.ok = None, False
+        rules = _Limit(max_pack, max_pack_name, interval)
+        result = _in_steps(history, open_target, todo, opts, reporter, _Budget(budget), rules, resets, learning)
+        succeeded = all(u.ok for u in todo)
+        return result
+    finally:
+        if learning is not None:
+            learning.save(succeeded)
 
 
 def _in_steps(history: History, open_target: OpenTarget, todo: list[RefUpdate], opts: PushOptions, reporter: Reporter,
-              budget: _Budget, max_pack: "_Limit", resets: int) -> tuple[int, int | None]:
+              budget: _Budget, max_pack: _Limit, resets: int, learning: Learning | None) -> tuple[int, int | None]:
     total_sent, total_objects = 0, 0
     for u in todo:
         if u.delete:
             continue
         while True:
-            refused, resets, sent, objects = _steps_of(history, open_target, u, reporter, budget, max_pack, resets)
+            refused, resets, sent, objects = _steps_of(history, open_target, u, reporter, budget, max_pack, resets, learning)
             total_sent += sent
             total_objects += objects
             if not refused:
                 break
             budget.smaller()
-    return _final(history, open_target, todo, opts, reporter, max_pack, total_sent, total_objects)
+    return _final(history, open_target, todo, opts, reporter, max_pack, total_sent, total_objects, learning)
 
 
 def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter: Reporter, budget: _Budget,
-              max_pack: "_Limit", resets: int) -> tuple[bool, int, int, int]:
+              max_pack: _Limit, resets: int, learning: Learning | None) -> tuple[bool, int, int, int]:
     """Push ``u``'s steps but the last; (refused, resets so far, bytes, objects)."""
     service, adv = open_target()
     haves = target_haves(adv)
@@ -195,6 +265,8 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
         except PackTooLarge as exc:
             if exc.ours:
                 raise
+            if learning is not None:
+                learning.refused(exc.sent, exc.uncertain)
             resets += int(exc.uncertain)
             if exc.uncertain and resets > MAX_UNEXPLAINED_RESETS:
                 raise PackError(f"the target reset the connection {resets} times while receiving steps of {u.dst}, "
@@ -214,14 +286,19 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
             service.close()
         sent_total += sent
         objects_total += objects or 0
+        if learning is not None:
+            learning.accepted(sent)
         if not step.ok:
             raise PackError(f"split push step {k} of {u.dst} was refused by the target: {step.error}",
                             "nothing of your refs was changed; fix the cause and push again to resume")
+        if max_pack.interval > 0:
+            reporter.trace(f"split: waiting {max_pack.interval:g} s (relay.splitInterval)")
+            time.sleep(max_pack.interval)
     return False, resets, sent_total, objects_total
 
 
 def _final(history: History, open_target: OpenTarget, todo: list[RefUpdate], opts: PushOptions, reporter: Reporter,
-           max_pack: "_Limit", sent: int, objects: int) -> tuple[int, int | None]:
+           max_pack: _Limit, sent: int, objects: int, learning: Learning | None) -> tuple[int, int | None]:
     """The user's refs in one command list (atomic if asked), with the helper refs removed."""
     service, adv = open_target()
     helpers = [split_ref(u.dst) for u in todo if split_ref(u.dst) in adv.refs]
@@ -236,6 +313,8 @@ def _final(history: History, open_target: OpenTarget, todo: list[RefUpdate], opt
         )
     finally:
         service.close()
+    if learning is not None:
+        learning.accepted(more)
     for c in cleanup:
         if not c.ok:
             reporter.warn(f"could not remove the helper ref {c.dst} on the target: {c.error}")

@@ -16,11 +16,12 @@ from .errors import RelayError, ShallowRemoteError, UnsupportedError
 from .fetch import fetch_pack
 from .gitcmd import Config, Git
 from .history import Scratch, first_parent_chain
+from .limits import Limits, limit_key
 from .protocol import ZERO_OID, Advertisement, fetch_request, read_fetch_preamble, supports_filter
 from .push import PackStream, PushOptions, RefUpdate, exchange
 from .selection import Selection
 from .settings import Settings
-from .split import push_or_split, target_haves
+from .split import Learning, push_or_split, target_haves
 from .syncplan import PUSHED_ACTIONS, plan
 from .transport import Context, Service
 from .transport.session import Session
@@ -43,7 +44,7 @@ def endpoint(address: str, env: Mapping[str, str], config: Config, settings: Set
     url = parse(address[len("relay::"):] if address.startswith("relay::") else address)
     check_allowed(url.scheme, env, config.values)
     git = Git({k: v for k, v in env.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")})
-    return Session(url, Context(env=env, git=git, config=config, trace=reporter.trace, timeout=settings.timeout))
+    return Session(url, Context(env=env, git=git, config=config, trace=reporter.trace, timeout=settings.timeout, say=reporter.say))
 
 
 class _Bytes(PackStream):
@@ -137,7 +138,7 @@ def _as_json(u: RefUpdate) -> dict[str, Any]:
 
 
 def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: bool, limit: int | None,
-           reporter: Reporter) -> tuple[int, int | None]:
+           reporter: Reporter, interval: float = 0.0) -> tuple[int, int | None]:
     """Push every create/update/force/delete in ``plans`` with the source's pack; set results."""
     todo = [p for p in plans if p.action in PUSHED_ACTIONS]
     if not todo:
@@ -149,8 +150,10 @@ def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: 
     if atomic and not tadv.has("atomic"):
         raise UnsupportedError("the target does not support atomic pushes", "run without --atomic")
     try:
+        learning = Learning(Limits(target.ctx.env), limit_key(target.url))
         sent, objects = push_or_split(RemoteHistory(source, reporter), target.new_receive, first, todo, PushOptions(atomic=atomic),
-                                      reporter, max_pack=limit, max_push=None, max_pack_name="--max-pack-bytes")
+                                      reporter, max_pack=limit, max_push=None, max_pack_name="--max-pack-bytes", learning=learning,
+                                      interval=interval)
     finally:
         target.release_receive()
     for p in todo:
@@ -168,6 +171,7 @@ def probe(session: Session, push: bool) -> dict[str, Any]:
         "head": adv.symrefs.get("HEAD"),
         "refs": dict(adv.refs),
         "peeled": dict(adv.peeled),
+        "size_limit": Limits(session.ctx.env).get(limit_key(session.url)).describe(),
     }
     session.close_upload()
     if push:
@@ -183,11 +187,11 @@ def probe(session: Session, push: bool) -> dict[str, Any]:
 
 def run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool = False, prune: bool = False,
              atomic: bool = False, limit: int | None = None, dry_run: bool = False, bootstrap_only: bool = False,
-             reporter: Reporter) -> dict[str, Any]:
+             reporter: Reporter, split_interval: float = 0.0) -> dict[str, Any]:
     """Plan, refuse what is blocked, relay the rest. Returns the run's record (see ``--json``)."""
     try:
         return _run_sync(source, target, selection, force_with_lease=force_with_lease, prune=prune, atomic=atomic, limit=limit,
-                         dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter)
+                         dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter, interval=split_interval)
     except ShallowRemoteError as exc:
         raise UnsupportedError(
             f"the source repository is shallow: its history stops at {len(exc.shallow)} commit(s) "
@@ -200,7 +204,8 @@ def run_sync(source: Session, target: Session, selection: Selection, *, force_wi
 
 
 def _run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool, prune: bool,
-              atomic: bool, limit: int | None, dry_run: bool, bootstrap_only: bool, reporter: Reporter) -> dict[str, Any]:
+              atomic: bool, limit: int | None, dry_run: bool, bootstrap_only: bool, reporter: Reporter,
+              interval: float) -> dict[str, Any]:
     started = time.monotonic()
     plans, mode = plan(source, target, selection, force_with_lease=force_with_lease, prune=prune, reporter=reporter)
     if bootstrap_only and mode != "bootstrap":
@@ -217,7 +222,7 @@ def _run_sync(source: Session, target: Session, selection: Selection, *, force_w
     elif dry_run:
         status = "planned"
     else:
-        sent, objects = _relay(source, target, plans, atomic=atomic, limit=limit, reporter=reporter)
+        sent, objects = _relay(source, target, plans, atomic=atomic, limit=limit, reporter=reporter, interval=interval)
         for p in plans:
             if p.action in ("up-to-date", "keep"):
                 p.result = "ok"

@@ -228,3 +228,9 @@ def objects(repo: Path) -> set[str]:
 
 def fsck(repo: Path) -> None:
     git("fsck", "--strict", "--no-dangling", cwd=repo)
+
+
+@pytest.fixture(autouse=True)
+def own_relay_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test learns size limits in a state directory of its own (no test sees another's)."""
+    monkeypatch.setenv("GIT_RELAY_STATE_DIR", str(tmp_path / "relay-state"))

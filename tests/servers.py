@@ -89,9 +89,13 @@ server.max-request-size = 0
 server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_file", "mod_redirect")
 auth.backend = "plain"
 auth.backend.plain.userfile = "{base}/htpasswd"
-alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/", "/postauth/" => "{backend}/")
+alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/", "/postauth/" => "{backend}/", "/small/" => "{backend}/")
 url.redirect = ("^/moved/(.*)$" => "/git/$1")
-$HTTP["url"] =~ "^/(git|auth|postauth)/" {{
+$HTTP["url"] =~ "^/small/" {{
+  # a front end with a body limit (like a proxy's client_max_body_size): 413 over 300 KiB
+  server.max-request-size = 300
+}}
+$HTTP["url"] =~ "^/(git|auth|postauth|small)/" {{
   cgi.assign = ("" => "")
   setenv.set-environment = ("GIT_PROJECT_ROOT" => "{root}", "GIT_HTTP_EXPORT_ALL" => "1",
                             "GIT_CONFIG_GLOBAL" => "{gitconfig}", "GIT_CONFIG_NOSYSTEM" => "1", "HOME" => "{home}")
@@ -110,7 +114,8 @@ $HTTP["url"] =~ "^/postauth/" {{
 @contextlib.contextmanager
 def http_server(root: Path, base: Path, gitconfig: str, home: str) -> Iterator[int]:
     """lighttpd running ``git http-backend`` (chunked request bodies accepted): /git/ open,
-    /auth/ basic auth everywhere, /postauth/ basic auth for POSTs only, /moved/ redirects to /git/."""
+    /auth/ basic auth everywhere, /postauth/ basic auth for POSTs only, /moved/ redirects to /git/,
+    /small/ answers 413 to request bodies over 300 KiB (a front end's body limit)."""
     lighttpd = _sbin("lighttpd")
     if not lighttpd:
         raise ServerUnavailable("lighttpd is not installed (run ./install.sh --dev)")
@@ -233,13 +238,16 @@ def _pipe(src: socket.socket, dst: socket.socket, stall: int | None, cut: int | 
 
 
 @contextlib.contextmanager
-def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, reset_after: int | None = None) -> Iterator[Proxy]:
+def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, reset_after: int | None = None,
+              busy_first: int = 0) -> Iterator[Proxy]:
     """A loopback TCP proxy that misbehaves on purpose, per connection:
 
     * ``stall_after``: after that many bytes came back from upstream, pass nothing more back but
       keep the connection open (a server that hung, a link that died without a reset);
     * ``reset_after``: after that many bytes from the client, close both ends with a TCP reset
       (what git daemon does when receive.maxInputSize stops a pack, or a proxy's body limit);
+    * ``busy_first``: answer the first that many connections ``HTTP 429`` with ``Retry-After: 1``
+      (a rate-limiting front end);
     * no upstream: accept and never say a word.
 
     Yields a ``Proxy`` (its port, and how many connections it took); closes everything on exit."""
@@ -264,6 +272,12 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
             proxy.connections += 1
             held.append(client)
             if upstream_port is None:
+                continue
+            if proxy.connections <= busy_first:
+                with contextlib.suppress(OSError):
+                    client.recv(65536)
+                    client.sendall(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    client.close()
                 continue
             try:
                 up = socket.create_connection(("127.0.0.1", upstream_port))

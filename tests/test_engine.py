@@ -194,3 +194,17 @@ def test_session_reuses_a_v2_upload_stream_and_lists_once(server: MemoryServer) 
     again = s.upload(listed=True)[1]
     assert adv is again and adv.refs["refs/heads/main"] == oid(1)
     assert server.connections == 1
+
+
+def test_split_interval_paces_the_steps(server: MemoryServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    import git_remote_relay.split as split
+
+    pauses: list[float] = []
+    monkeypatch.setattr(split.time, "sleep", pauses.append)
+    history = FakeHistory(10, 100_000)
+    main = RefUpdate(src="main", dst="refs/heads/main", force=False, new=oid(10))
+    s = session()
+    push_or_split(history, s.new_receive, s.new_receive(), [main], PushOptions(), quiet(), max_pack=None, max_push=250_000,
+                  interval=1.5)
+    assert main.ok and pauses and set(pauses) == {1.5}
+    assert len(pauses) == len(server.pushes) - 1, "a pause after every step but the last"

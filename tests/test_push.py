@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -281,3 +282,37 @@ def test_upload_pack_and_receive_pack_options_are_honoured(work: Path, make_remo
     git("clone", "-q", f"--upload-pack={tmp_path}/my-upload-pack", remote.relay_url, str(tmp_path / "c"))
     assert refs(tmp_path / "c")["refs/remotes/origin/main"] == refs(work)["refs/heads/main"]
     assert log.read_text().split() == ["receive-pack", "upload-pack"]
+
+
+def test_http_413_from_a_front_end_is_split(tmp_path: Path, make_remote, http_server: int) -> None:
+    """A body limit in front of the git server (HTTP 413) is a size refusal like receive.maxInputSize."""
+    work = make_source(tmp_path / "work")
+    _big_history(work, 8, 90_000)  # ~720 KB, over twice the front end's 300 KiB
+    remote = make_remote("http")
+    url = remote.url.replace("/git/", "/small/")
+    assert push(work, url, "main", check=False).returncode != 0, "plain git cannot get through"
+    res = push(work, "relay::" + url, "main")
+    assert "step 1/" in res.stderr, res.stderr
+    assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    assert not [r for r in refs(remote.path) if r.startswith("refs/relay/")]
+    fsck(remote.path)
+
+
+def test_a_learned_limit_splits_the_next_push_up_front(tmp_path: Path, make_remote, http_server: int) -> None:
+    """After one 413 from a host, the next big push there goes in steps with no refused attempt."""
+    state = tmp_path / "state"
+    env = dict(os.environ, GIT_RELAY_STATE_DIR=str(state))
+    work = make_source(tmp_path / "work")
+    _big_history(work, 8, 90_000)
+    first, second = make_remote("http"), make_remote("http")
+    push(work, "relay::" + first.url.replace("/git/", "/small/"), "main", env=env)
+    assert (state / "limits").exists(), "the refusal was remembered"
+    probe = subprocess.run(["git", "relay", "probe", first.url.replace("/git/", "/small/")], capture_output=True, text=True, env=env)
+    assert "size limit learned from pushes: refused a pack of" in probe.stdout, probe.stdout
+    res = push(work, "relay::" + second.url.replace("/git/", "/small/"), "main", env=env)
+    assert "refused a" not in res.stderr and "pushing in steps" in res.stderr, res.stderr
+    assert refs(second.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    # relay.maxPushBytes still decides when set; another place on the host learned nothing
+    elsewhere = make_remote("http")
+    res = push(work, "relay::" + elsewhere.url, "main", env=env)
+    assert "step" not in res.stderr

@@ -200,3 +200,18 @@ def test_a_link_that_always_resets_ends_in_a_clear_error_not_a_loop(tmp_path: Pa
     assert connections <= 12, f"{connections} connections: the retries must be bounded"
     assert refs(remote.path) == {}, "nothing of the user's refs moved"
     fsck(remote.path)
+
+
+def test_http_429_with_retry_after_is_waited_for_a_bounded_number_of_times(tmp_path: Path, make_remote, http_server: int) -> None:
+    remote = make_remote("http", source=make_source(tmp_path / "src"))
+    with servers.tcp_proxy(http_server, busy_first=2) as proxy:
+        url = remote.url.replace(f":{http_server}/", f":{proxy.port}/")
+        res = run_git("clone", "relay::" + url, str(tmp_path / "work"))
+    assert res.returncode == 0, res.stderr
+    assert "asks to wait 1 s (HTTP 429); retrying (2/3)" in res.stderr, res.stderr
+    with servers.tcp_proxy(http_server, busy_first=100) as proxy:
+        url = remote.url.replace(f":{http_server}/", f":{proxy.port}/")
+        res = run_git("clone", "relay::" + url, str(tmp_path / "never"))
+        connections = proxy.connections
+    assert res.returncode != 0 and "HTTP 429" in res.stderr and "try again later" in res.stderr, res.stderr
+    assert connections == 4, "three waits, then the refusal is the answer"

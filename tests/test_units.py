@@ -297,3 +297,24 @@ def test_redact_is_the_userinfo_regex_without_re() -> None:
     for _ in range(5_000):
         text = "".join(rng.choice("%41zé2fF0g ") for _ in range(rng.randint(0, 10)))
         assert unquote(text) == urllib.parse.unquote(text), text
+
+
+def test_child_can_be_waited_for_from_two_threads() -> None:
+    """The writer thread and its owner may both wait for pack-objects: one reaps, both see 0."""
+    import os
+    import threading
+
+    from git_remote_relay.gitcmd import DEVNULL, PIPE, run_command, spawn
+
+    child = spawn(["sleep", "0.2"], env=dict(os.environ), cwd=None, stdin=DEVNULL, stdout=DEVNULL)
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(child.wait())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    while child.poll() is None:
+        pass
+    for t in threads:
+        t.join()
+    assert results == [0, 0, 0] and child.returncode == 0
+    done = run_command(["sh", "-c", "cat; echo err >&2; exit 3"], env=dict(os.environ), cwd="/", input=b"in", stderr=PIPE)
+    assert (done.returncode, done.stdout, done.stderr) == (3, b"in", b"err\n")

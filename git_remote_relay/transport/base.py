@@ -109,8 +109,10 @@ class Context:
         family: str | None = None,
         trace: Callable[[str], None] = _no_trace,
         timeout: float | None = None,
+        say: Callable[[str], None] = _no_trace,
     ) -> None:
         self.env = env
+        self.say = say  # a line for the user (a wait the server asked for)
         self.timeout = timeout  # relay.timeout: seconds of no traffic before a transfer is given up (None: never)
         self.git = git
         self.config = config

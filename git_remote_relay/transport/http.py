@@ -12,6 +12,7 @@ memory, so they cannot be replayed: authentication is settled before they start 
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
@@ -26,6 +27,10 @@ __all__ = ["HttpTransport", "HttpService", "SMALL_BODY"]
 
 SMALL_BODY = 1 << 20  # git's default http.postBuffer: below it a body is sent whole
 MAX_REDIRECTS = 10
+# A rate-limited server (HTTP 429, or 503 while busy) that says when to come back is waited for,
+# at most MAX_WAITS times and MAX_WAIT seconds a time; after that its answer is the error.
+MAX_WAITS = 3
+MAX_WAIT = 120
 # A finished reply's last bytes (the chunked terminator) are read before the next request, so
 # its connection can serve that request; anything longer than this was abandoned, not finished.
 _TAIL = 1 << 16
@@ -91,7 +96,9 @@ class HttpTransport:
         """
         replayable = body is None or isinstance(body, bytes)
         label = f"remote end ({redact(self.base)})"
-        for attempt in range(2):
+        waits = 0
+        attempt = 0
+        while attempt < 2:
             all_headers = {"Pragma": "no-cache", **headers, **self._auth_headers()}
             self.ctx.trace(f"http: {method} {redact(url)}")
             try:
@@ -109,12 +116,22 @@ class HttpTransport:
             except TransportError as exc:
                 raise TransportError(f"unable to access '{redact(url)}': {exc.message}", exc.hint) from exc
             self.ctx.trace(f"http: {resp.status}")
+            if resp.status in (429, 503) and replayable and waits < MAX_WAITS:
+                delay = _retry_after(resp.headers.get("retry-after"))
+                if delay is not None:
+                    resp.close()
+                    waits += 1
+                    who = redact(self.base)
+                    self.ctx.say(f"relay: {who} asks to wait {delay:g} s (HTTP {resp.status}); retrying ({waits}/{MAX_WAITS})")
+                    time.sleep(delay)
+                    continue
             if resp.status != 401:
                 return resp
+            attempt += 1
             resp.drain()
             resp.release()
             need = self.cred is None or self.cred.password is None
-            if attempt == 0 and replayable and need and not self.cred_from_helper:
+            if attempt == 1 and replayable and need and not self.cred_from_helper:
                 if self._ask_credentials():
                     continue
                 raise AuthError(
@@ -133,6 +150,9 @@ class HttpTransport:
             raise TransportError(f"repository '{redact(self.base)}/' not found", NOT_FOUND_HINT)
         if resp.status == 403:
             raise AuthError(f"access to '{where}' forbidden (HTTP 403)", "check that your account may read (or push to) this repository")
+        if resp.status in (429, 503):
+            raise TransportError(f"'{where}' is refusing requests for now (HTTP {resp.status})",
+                                 "the server is rate-limiting or busy: try again later")
         if resp.status == 413 or (big_body and resp.status in (408, 504)):
             raise TooLargeError(f"the server refused the request for its size (HTTP {resp.status}) at '{where}'")
         raise TransportError(f"unexpected HTTP status {resp.status} from '{where}'")
@@ -158,6 +178,22 @@ class HttpTransport:
             )
         self.settled()
         return HttpService(self, service, resp, want_v2)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (seconds or an HTTP date), capped; None if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(min(int(value), MAX_WAIT))
+    try:
+        from email.utils import parsedate_to_datetime
+
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, min(when - time.time(), float(MAX_WAIT)))
 
 
 def _safe_read(resp: Response, label: str, timeout: float | None) -> Callable[[int], bytes]:
