@@ -255,6 +255,26 @@ class Bench:
             self.rows.append([f"no-op {what} (median of {runs})", transport, f"{nn * 1000:.0f} ms", f"{rr * 1000:.0f} ms",
                               f"+{(rr - nn) * 1000:.0f} ms", "", "", "0"])
 
+    def split413(self, source: Path) -> None:
+        """A push through an HTTP front end that answers 413 over a quarter of the pack, vs native
+        git's unlimited push of the same data (native cannot push through the front end at all)."""
+        name = "split-413.git"
+        sh("git", "init", "-q", "--bare", str(self.root / name))
+        native_target = "native-413.git"
+        sh("git", "init", "-q", "--bare", str(self.root / native_target))
+        nw, _ = run_measured(["git", "push", "-q", self.url("http", native_target), "main"], cwd=source, env=self.env)
+        url = self.url("http", name).replace("/git/", "/small/")
+        env = dict(self.env, GIT_RELAY_STATE_DIR=str(self.base / "state-413"))
+        rw, rp = run_measured(["git", "push", "-q", "relay::" + url, "main"], cwd=source, env=env)
+        st = self.last_stats()
+        self.rows.append([f"split push, 413 over {self.small_kb} KiB", "http", f"{nw:.2f}", f"{rw:.2f}", f"{rw / nw:.3f}",  # type: ignore[attr-defined]
+                          f"{st['peak_rss_helper'] / MiB:.1f}", f"- / {rp / MiB:.0f}", f"{st['bytes'] / MiB:.1f} MiB (last push)"])
+        # the same again into a fresh repository: the limit is known now, so no refused attempt
+        sh("git", "init", "-q", "--bare", str(self.root / "split-413-again.git"))
+        url = self.url("http", "split-413-again.git").replace("/git/", "/small/")
+        lw, _ = run_measured(["git", "push", "-q", "relay::" + url, "main"], cwd=source, env=env)
+        self.rows.append(["  same, limit learned", "http", f"{nw:.2f}", f"{lw:.2f}", f"{lw / nw:.3f}", "", "", ""])
+
     def print(self) -> None:
         head = ["scenario", "transport", "native s", "relay s", "ratio", "helper RSS MiB", "tree RSS MiB native/relay", "bytes"]
         widths = [max(len(r[i]) for r in [head, *self.rows]) for i in range(len(head))]
@@ -267,7 +287,8 @@ def main() -> int:
     ap.add_argument("--size-mb", type=int, default=50, help="size of the generated repository (incompressible data)")
     ap.add_argument("--runs", type=int, default=3, help="repetitions per measurement (median)")
     ap.add_argument("--transports", default="file,git,http,ssh")
-    ap.add_argument("--scenarios", default="clone,push,noop", help="any of clone, push (with second-branch and split), noop")
+    ap.add_argument("--scenarios", default="clone,push,413,noop",
+                    help="any of clone, push (with second-branch and split), 413 (http front end), noop")
     ap.add_argument("--bin", help="directory of the git-remote-relay to measure (e.g. a venv made by ./install.sh, whose "
                     "non-editable install starts faster than the editable one in .venv)")
     args = ap.parse_args()
@@ -294,7 +315,10 @@ def main() -> int:
         if "git" in transports:
             bench.ports["git"] = stack.enter_context(servers.git_daemon(bench.root, base))  # type: ignore[attr-defined]
         if "http" in transports:
-            bench.ports["http"] = stack.enter_context(servers.http_server(bench.root, base / "http", str(gitconfig), str(base)))  # type: ignore[attr-defined]
+            small_kb = max(args.size_mb * 1024 // 4, 1024)  # the 413 front end: a quarter of the pack
+            bench.ports["http"] = stack.enter_context(  # type: ignore[attr-defined]
+                servers.http_server(bench.root, base / "http", str(gitconfig), str(base), small_kb=small_kb))
+            bench.small_kb = small_kb  # type: ignore[attr-defined]
         if "ssh" in transports:
             bench.ssh = stack.enter_context(servers.sshd(base / "ssh", str(gitconfig)))  # type: ignore[attr-defined]
             env["GIT_SSH_COMMAND"] = bench.ssh.ssh_command  # type: ignore[attr-defined]
@@ -311,6 +335,9 @@ def main() -> int:
             if "push" in args.scenarios:
                 print(f"push over {transport} ...", file=sys.stderr)
                 bench.push(transport, source)
+            if "413" in args.scenarios and transport == "http":
+                print("split push through a 413 front end ...", file=sys.stderr)
+                bench.split413(source)
             if "noop" in args.scenarios:
                 print(f"no-op fetch and push over {transport} ...", file=sys.stderr)
                 bench.noop(transport)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import time
 
 from . import stats
-from .errors import RelayError
+from .errors import PackError, RelayError
 from .gitcmd import Git
 from .limits import Limits, limit_key
 from .protocol import ZERO_OID, Advertisement
 from .push import PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates
 from .quoting import c_quote
 from .settings import Settings
-from .split import Learning, push_or_split
+from .split import OVERSIZED_HINT, Learning, push_or_split, target_haves
 from .transport.base import Service
 from .transport.session import Session
 from .ui import Reporter
@@ -45,6 +45,32 @@ class LocalHistory:
         out = self.git.run(["rev-list", "--objects", "--disk-usage", "--stdin"], input=("\n".join(revs) + "\n").encode())
         return int(out.strip() or 0)
 
+    def largest_blobs(self, tips: list[str], base: list[str], count: int = 3) -> list[tuple[int, str, str]]:
+        """(size, path, blob) of the biggest files that ``tips`` add over ``base``, biggest first."""
+        present = self.git.existing(base)
+        revs = ("\n".join([*tips, *("^" + b for b in base if b in present)]) + "\n").encode()
+        named = self.git.run(["rev-list", "--objects", "--stdin"], input=revs).decode().splitlines()
+        paths = {line[:40]: line[41:] for line in named if len(line) > 41}
+        oids = "".join(line[:40] + "\n" for line in named).encode()
+        sizes = self.git.run(["cat-file", "--batch-check=%(objecttype) %(objectsize) %(objectname)"], input=oids)
+        blobs = []
+        for line in sizes.decode().splitlines():
+            kind, size, oid = line.split(" ")
+            if kind == "blob":
+                blobs.append((int(size), paths.get(oid, "?"), oid))
+        return sorted(blobs, reverse=True)[:count]
+
+    def describe(self, commit: str, base: list[str]) -> str:
+        subject = self.git.run(["log", "-1", "--format=%s", commit]).decode().strip()
+        files = ", ".join(f"{path} ({size / 2**20:.1f} MiB)" for size, path, _ in self.largest_blobs([commit], base))
+        return f"{commit[:12]} ('{subject[:60]}')" + (f", which adds {files}" if files else "")
+
+    def commit_adding(self, blob: str, tips: list[str], base: list[str]) -> str:
+        """The oldest commit in ``tips`` minus ``base`` that introduces ``blob``."""
+        present = self.git.existing(base)
+        out = self.git.run(["log", "--format=%H", f"--find-object={blob}", *tips, "--not", *(b for b in base if b in present)])
+        return (out.decode().split() or ["?"])[-1]
+
     def send(
         self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, limit: int | None, limit_source: str
     ) -> tuple[int, int | None]:
@@ -67,6 +93,21 @@ def _recheck_moved(session: Session, reporter: Reporter, updates: list[RefUpdate
             u.error, u.ok = None, True
 
 
+def _refuse_oversized_files(history: LocalHistory, todo: list[RefUpdate], haves: list[str], limit: int) -> None:
+    """relay.maxObjectBytes (a host's file size limit): stop before anything is sent, naming the file."""
+    tips = [u.new for u in todo if not u.delete]
+    if not tips:
+        return
+    big = [b for b in history.largest_blobs(tips, haves, count=5) if b[0] > limit]
+    if not big:
+        return
+    size, path, blob = big[0]
+    commit = history.commit_adding(blob, tips, haves)
+    more = f" (and {len(big) - 1} more)" if len(big) > 1 else ""
+    raise PackError(f"{path} ({size / 2**20:.1f} MiB, added by commit {commit[:12]}) is larger than relay.maxObjectBytes "
+                    f"({limit / 2**20:.1f} MiB){more}; nothing was pushed", OVERSIZED_HINT)
+
+
 def run_push_batch(
     git: Git, reporter: Reporter, session: Session, settings: Settings, lines: list[str], opts: PushOptions
 ) -> tuple[str, bool]:
@@ -82,6 +123,8 @@ def run_push_batch(
             if not u.error:
                 u.error = "atomic push failed"
     todo = [u for u in updates if not u.error]
+    if todo and settings.max_object_bytes is not None and not opts.dry_run:
+        _refuse_oversized_files(LocalHistory(git, reporter), todo, target_haves(adv), settings.max_object_bytes)
     sent, objects = 0, None
     used = False
     try:

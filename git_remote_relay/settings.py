@@ -49,6 +49,7 @@ class Settings:
         self.trace = _on(env.get("GIT_RELAY_TRACE"))
         self.max_pack_bytes = size("GIT_RELAY_MAX_PACK_BYTES", "relay.maxPackBytes")
         self.max_push_bytes = size("GIT_RELAY_MAX_PUSH_BYTES", "relay.maxPushBytes")
+        self.max_object_bytes = size("GIT_RELAY_MAX_OBJECT_BYTES", "relay.maxObjectBytes")
         steps = size("GIT_RELAY_FETCH_STEP_OBJECTS", "relay.fetchStepObjects")
         self.fetch_step_objects = DEFAULT_STEP_OBJECTS if steps is None else steps
         self.stats_file = env.get("GIT_RELAY_STATS_FILE") or config.get("relay.statsfile")

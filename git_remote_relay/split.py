@@ -42,6 +42,10 @@ if TYPE_CHECKING:
             """About how many bytes a pack of ``tip`` minus ``base`` takes; None when unknown."""
             ...
 
+        def describe(self, commit: str, base: list[str]) -> str:
+            """What ``commit`` adds over ``base`` that makes it big (its largest files), for an error."""
+            ...
+
         def send(self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions,
                  limit: int | None, limit_source: str) -> tuple[int, int | None]:
             """Push ``updates`` with a pack from this history; (bytes sent, objects)."""
@@ -57,6 +61,9 @@ MIN_BUDGET = 16 * 1024
 # A reset without a reason is retried with smaller steps at most this many times, so a link that
 # keeps failing ends in an error, not a loop.
 MAX_UNEXPLAINED_RESETS = 3
+OVERSIZED_HINT = ("no split can push one commit bigger than the target's limit: move the large files to Git LFS "
+                  "(git lfs migrate import --include=PATH), or rewrite them out of history (git filter-repo "
+                  "--strip-blobs-bigger-than SIZE), then push again; nothing of your refs was changed")
 RESET_HINT = ("git daemon resets the connection when a pack exceeds the target's receive.maxInputSize; if that is the cause, "
               "set relay.maxPushBytes below that limit, otherwise check the network; nothing of your refs was changed")
 
@@ -238,9 +245,33 @@ def _in_steps(history: History, open_target: OpenTarget, todo: list[RefUpdate], 
     return _final(history, open_target, todo, opts, reporter, max_pack, total_sent, total_objects, learning)
 
 
+def _give_up_if_hopeless(exc: PackTooLarge, history: History, u: RefUpdate, chain: list[str], steps: list[str], k: int,
+                         haves: list[str], budget: _Budget, sized: bool, resets: int) -> None:
+    """Step ``k`` was refused: raise when smaller steps cannot help, else return (try smaller)."""
+    commit = steps[k - 1]
+    if exc.uncertain and resets > MAX_UNEXPLAINED_RESETS:
+        raise PackError(f"the target reset the connection {resets} times while receiving steps of {u.dst}, "
+                        f"the last after {exc.sent} bytes", RESET_HINT) from exc
+    previous = steps[k - 2] if k > 1 else None
+    alone = chain.index(commit) == (chain.index(previous) + 1 if previous else 0)
+    if alone and not exc.uncertain:
+        base = [*haves, previous] if previous else haves
+        raise PackError(f"the target refuses {u.dst}'s commit {history.describe(commit, base)} for its size "
+                        f"({exc.sent} bytes sent when it said no)", OVERSIZED_HINT) from exc
+    if not sized and budget.parts >= len(chain):
+        raise PackError(f"the target refuses even one commit of {u.dst} ({commit[:12]}) for its size",
+                        "raise the target's limit; nothing of your refs was changed") from exc
+    if sized and budget.bytes // 2 < MIN_BUDGET:
+        if resets:
+            raise PackError(f"the target reset the connection {resets} times while receiving steps of {u.dst}, "
+                            f"down to {budget.describe(sized)}", RESET_HINT) from exc
+        raise PackError(f"the target refuses even a single step of {u.dst} ({budget.describe(sized)})",
+                        "a commit on this branch is larger than the target accepts; nothing of your refs was changed") from exc
+
+
 def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter: Reporter, budget: _Budget,
               max_pack: _Limit, resets: int, learning: Learning | None) -> tuple[bool, int, int, int]:
-    """Push ``u``'s steps but the last; (refused, resets so far, bytes, objects)."""
+    """Push ``u``'s steps onto its helper ref; (refused, resets so far, bytes, objects)."""
     service, adv = open_target()
     haves = target_haves(adv)
     try:
@@ -249,13 +280,15 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
     except BaseException:
         service.close()
         raise
-    if len(steps) <= 1:
+    if not steps:
         service.close()
-        return False, resets, 0, 0  # what is left fits in one push: the final push sends it
+        return False, resets, 0, 0  # the target has all of this history already
     reporter.say(f"relay: {u.dst}: {len(steps)} steps of at most {budget.describe(sized)}")
     sent_total, objects_total = 0, 0
     tmp = split_ref(u.dst)
-    for k, commit in enumerate(steps[:-1], start=1):
+    # Every step goes to the helper ref, the last one too: then a commit too big on its own is
+    # found (and named) here, and the final push only moves the refs.
+    for k, commit in enumerate(steps, start=1):
         if k > 1:
             service, adv = open_target()
         step = RefUpdate(src=commit, dst=tmp, force=True, new=commit, old=adv.refs.get(tmp, ZERO_OID))
@@ -268,18 +301,7 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
             if learning is not None:
                 learning.refused(exc.sent, exc.uncertain)
             resets += int(exc.uncertain)
-            if exc.uncertain and resets > MAX_UNEXPLAINED_RESETS:
-                raise PackError(f"the target reset the connection {resets} times while receiving steps of {u.dst}, "
-                                f"the last after {exc.sent} bytes", RESET_HINT) from exc
-            if not sized and budget.parts >= len(chain):
-                raise PackError(f"the target refuses even one commit of {u.dst} ({commit[:12]}) for its size",
-                                "raise the target's limit; nothing of your refs was changed") from exc
-            if sized and budget.bytes // 2 < MIN_BUDGET:
-                if resets:
-                    raise PackError(f"the target reset the connection {resets} times while receiving steps of {u.dst}, "
-                                    f"down to {budget.describe(sized)}", RESET_HINT) from exc
-                raise PackError(f"the target refuses even a single step of {u.dst} ({budget.describe(sized)})",
-                                "a commit on this branch is larger than the target accepts; nothing of your refs was changed") from exc
+            _give_up_if_hopeless(exc, history, u, chain, steps, k, haves, budget, sized, resets)
             reporter.say("relay: the target refused a step; trying smaller steps")
             return True, resets, sent_total, objects_total
         finally:

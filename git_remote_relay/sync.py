@@ -112,6 +112,9 @@ class RemoteHistory:
     def estimate(self, tip: str, base: list[str]) -> int | None:
         return None
 
+    def describe(self, commit: str, base: list[str]) -> str:
+        return commit[:12]  # only the commit graph is known here, not its files
+
     def send(self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions,
              limit: int | None, limit_source: str) -> tuple[int, int | None]:
         wants = list(dict.fromkeys(u.new for u in updates if u.new != ZERO_OID))

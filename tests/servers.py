@@ -93,7 +93,7 @@ alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/", "/postauth/" => 
 url.redirect = ("^/moved/(.*)$" => "/git/$1")
 $HTTP["url"] =~ "^/small/" {{
   # a front end with a body limit (like a proxy's client_max_body_size): 413 over 300 KiB
-  server.max-request-size = 300
+  server.max-request-size = {small_kb}
 }}
 $HTTP["url"] =~ "^/(git|auth|postauth|small)/" {{
   cgi.assign = ("" => "")
@@ -112,10 +112,10 @@ $HTTP["url"] =~ "^/postauth/" {{
 
 
 @contextlib.contextmanager
-def http_server(root: Path, base: Path, gitconfig: str, home: str) -> Iterator[int]:
+def http_server(root: Path, base: Path, gitconfig: str, home: str, small_kb: int = 300) -> Iterator[int]:
     """lighttpd running ``git http-backend`` (chunked request bodies accepted): /git/ open,
     /auth/ basic auth everywhere, /postauth/ basic auth for POSTs only, /moved/ redirects to /git/,
-    /small/ answers 413 to request bodies over 300 KiB (a front end's body limit)."""
+    /small/ answers 413 to request bodies over ``small_kb`` KiB (a front end's body limit)."""
     lighttpd = _sbin("lighttpd")
     if not lighttpd:
         raise ServerUnavailable("lighttpd is not installed (run ./install.sh --dev)")
@@ -124,7 +124,8 @@ def http_server(root: Path, base: Path, gitconfig: str, home: str) -> Iterator[i
     base.mkdir(parents=True, exist_ok=True)
     (base / "htpasswd").write_text(f"{HTTP_USER}:{HTTP_PASSWORD}\n")
     conf = base / "lighttpd.conf"
-    conf.write_text(LIGHTTPD_CONF.format(root=root, port=port, base=base, backend=backend, gitconfig=gitconfig, home=home))
+    conf.write_text(LIGHTTPD_CONF.format(
+        root=root, port=port, base=base, backend=backend, gitconfig=gitconfig, home=home, small_kb=small_kb))
     proc = subprocess.Popen([lighttpd, "-D", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=(base / "stderr.log").open("wb"))
     try:
         wait_port(port, proc, "lighttpd", base / "stderr.log")

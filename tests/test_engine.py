@@ -56,6 +56,9 @@ class FakeHistory:
     def estimate(self, tip: str, base: list[str]) -> int | None:
         return (self.commits.index(tip) + 1 - self._behind(base)) * self.size if self.sized else None
 
+    def describe(self, commit: str, base: list[str]) -> str:
+        return f"{commit[-4:]} (fake)"
+
     def send(self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions,
              limit: int | None, limit_source: str) -> tuple[int, int | None]:
         tips = [u.new for u in updates if not u.delete]
@@ -116,8 +119,9 @@ def test_without_sizes_the_history_is_cut_in_halves_until_it_fits(server: Memory
     main = RefUpdate(src="main", dst="refs/heads/main", force=False, new=oid(8))
     push(history, [main])
     assert main.ok and server.refs == {"refs/heads/main": oid(8)}
-    accepted = [size for cmds, size in server.pushes if size <= 2600]
+    accepted = [size for cmds, size in server.pushes if 12 < size <= 2600]
     assert len(accepted) == 4, "halves refused, quarters of 2 commits each pass"
+    assert server.pushes[-1][1] <= 12, "the final push only moves the ref"
 
 
 def test_a_resumed_split_does_not_send_the_finished_steps_again(server: MemoryServer) -> None:

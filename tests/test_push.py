@@ -316,3 +316,32 @@ def test_a_learned_limit_splits_the_next_push_up_front(tmp_path: Path, make_remo
     elsewhere = make_remote("http")
     res = push(work, "relay::" + elsewhere.url, "main", env=env)
     assert "step" not in res.stderr
+
+
+def test_a_file_over_max_object_bytes_stops_the_push_and_is_named(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    (work / "media").mkdir()
+    commit(work, "media/video.bin", os.urandom(300_000))
+    commit(work, "after.txt")
+    remote = make_remote("file")
+    res = git("-c", "relay.maxObjectBytes=200k", "push", remote.relay_url, "main", cwd=work, check=False)
+    assert res.returncode != 0
+    assert "media/video.bin" in res.stderr and "relay.maxObjectBytes" in res.stderr and "LFS" in res.stderr, res.stderr
+    added = git("log", "--format=%H", "-1", "--", "media/video.bin", cwd=work).stdout.strip()
+    assert added[:12] in res.stderr, "the commit that added the file is named"
+    assert refs(remote.path) == {} and objects(remote.path) == set(), "nothing was sent"
+
+
+def test_one_commit_bigger_than_the_target_is_named_not_retried_forever(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    _big_history(work, 3, 90_000)
+    commit(work, "huge.bin", os.urandom(400_000))  # alone over the target's limit
+    _big_history(work, 2, 90_000)
+    remote = make_remote("file")
+    git("config", "receive.maxInputSize", "250k", cwd=remote.path)
+    res = push(work, remote.relay_url, "main", check=False)
+    assert res.returncode != 0
+    huge = git("log", "--format=%H", "-1", "--", "huge.bin", cwd=work).stdout.strip()
+    assert f"commit {huge[:12]}" in res.stderr and "huge.bin" in res.stderr and "filter-repo" in res.stderr, res.stderr
+    assert "refs/heads/main" not in refs(remote.path)
+    fsck(remote.path)
