@@ -89,10 +89,13 @@ mkdir -p "$prefix" "$bindir"
 [ -x "$prefix/venv/bin/python" ] || "$python" -m venv "$prefix/venv"
 "$prefix/venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade "$here"
 # Our own launchers instead of pip's: those import `re` first (~10 ms), and git starts the helper
-# (and mama-ssh) on every operation. -I: no PYTHONPATH, no user site, no script directory on sys.path.
+# (and mama-ssh) on every operation. -I: no PYTHONPATH, no user site, no script directory on
+# sys.path; -S: no site module (~5 ms), the venv's own package directories are put on sys.path.
+libs=$("$prefix/venv/bin/python" -I -c 'import sysconfig; p = sysconfig.get_paths(); print(repr(sorted({p["purelib"], p["platlib"]})))')
 write_launcher() {  # name module function
   local target="$prefix/venv/bin/$1"
-  printf '#!%s -I\nimport sys\nfrom %s import %s\nsys.exit(%s())\n' "$prefix/venv/bin/python" "$2" "$3" "$3" > "$target.tmp"
+  printf '#!%s -IS\nimport sys\nsys.path[:0] = %s\nfrom %s import %s\nsys.exit(%s())\n' \
+    "$prefix/venv/bin/python" "$libs" "$2" "$3" "$3" > "$target.tmp"
   chmod 755 "$target.tmp"
   mv -f "$target.tmp" "$target"
 }
