@@ -194,6 +194,34 @@ def _ours(path: str, git: Git) -> bool:
     return os.path.dirname(os.path.realpath(path)) == pack_dir and os.path.basename(path).startswith(("tmp_", "pack-"))
 
 
+class _Fetch:
+    """One fetch run's repeated request: upload-pack, haves (plus finished steps), the state."""
+
+    def __init__(self, open_upload: OpenUpload, drop_upload: Callable[[bool], None], git: Git, reporter: Reporter,
+                 haves: list[str], state: RunState, host_label: str, allow_shallow: bool) -> None:
+        self.open_upload = open_upload
+        self.drop_upload = drop_upload
+        self.git = git
+        self.reporter = reporter
+        self.haves = haves
+        self.state = state
+        self.host_label = host_label
+        self.allow_shallow = allow_shallow
+        self.adv: Advertisement | None = None  # of the request under way
+
+    def __call__(self, wants: list[str], *, include_tag: bool = False, check_connectivity: bool = False,
+                 on_header: Callable[[int], None] | None = None, into: Git | None = None, filter_spec: str | None = None) -> FetchResult:
+        """Fetch ``wants`` (into the repository, or ``into`` a scratch one: then commits only, quietly)."""
+        service, adv = self.open_upload()
+        self.adv = adv
+        result = fetch_pack(service, adv, into or self.git, self.reporter.quiet() if into else self.reporter, wants,
+                            _dedupe(self.state.done, self.haves), include_tag=include_tag, check_connectivity=check_connectivity,
+                            host_label=self.host_label, filter_spec=filter_spec, thin=into is None, on_header=on_header,
+                            on_tmp=None if into else self.state.add_tmp, allow_shallow=self.allow_shallow)
+        self.drop_upload(False)
+        return result
+
+
 def fetch_resumable(
     open_upload: OpenUpload,
     drop_upload: Callable[[bool], None],
@@ -224,107 +252,44 @@ def fetch_resumable(
             reporter.trace(f"fetch: removed {removed} temporary pack(s) left by a fetch that died")
         if reused:
             reporter.say(f"relay: resuming an interrupted fetch ({reused} finished step(s) kept)")
-        service, adv = open_upload()
-        stepping = step_objects is not None and step_objects > 0 and supports_filter(adv)
+        fetch = _Fetch(open_upload, drop_upload, git, reporter, haves, state, host_label, allow_shallow)
 
         def check(objects: int) -> None:
-            if stepping and step_objects is not None and objects > step_objects:
+            # steps need the commit graph first (a filtered fetch): without filters, one plain fetch
+            if step_objects and objects > step_objects and fetch.adv is not None and supports_filter(fetch.adv):
                 raise _TooBig(objects)
 
         try:
-            result = fetch_pack(service, adv, git, reporter, wants, _dedupe(state.done, haves), include_tag=include_tag,
-                                check_connectivity=check_connectivity, host_label=host_label, on_header=check, on_tmp=state.add_tmp,
-                                allow_shallow=allow_shallow)
-            drop_upload(False)
+            result = fetch(wants, include_tag=include_tag, check_connectivity=check_connectivity, on_header=check)
         except _TooBig as big:
             drop_upload(True)
             reporter.trace(f"fetch: the pack has {big.objects} objects; fetching in steps")
-            result = _in_steps(open_upload, drop_upload, git, reporter, wants, haves, state, big.objects, step_objects or 1,
-                               include_tag=include_tag, check_connectivity=check_connectivity, host_label=host_label, env=env,
-                               allow_shallow=allow_shallow)
+            result = _in_steps(fetch, wants, big.objects, step_objects or 1, include_tag=include_tag,
+                               check_connectivity=check_connectivity, env=env)
         state.finish(result.keep)
         return result
     finally:
         state.release()
 
 
-def _in_steps(
-    open_upload: OpenUpload,
-    drop_upload: Callable[[bool], None],
-    git: Git,
-    reporter: Reporter,
-    wants: list[str],
-    haves: list[str],
-    state: RunState,
-    objects: int,
-    step_objects: int,
-    *,
-    include_tag: bool,
-    check_connectivity: bool,
-    host_label: str,
-    env: dict[str, str],
-    allow_shallow: bool,
-) -> FetchResult:
-    quiet = reporter.quiet()
+def _in_steps(fetch: _Fetch, wants: list[str], objects: int, step_objects: int, *, include_tag: bool, check_connectivity: bool,
+              env: dict[str, str]) -> FetchResult:
     with Scratch(env) as scratch:
-        service, adv = open_upload()
-        fetch_pack(
-            service,
-            adv,
-            scratch.git,
-            quiet,
-            wants,
-            _dedupe(state.done, haves),
-            include_tag=False,
-            check_connectivity=False,
-            host_label=host_label,
-            filter_spec="tree:0",
-            thin=False,
-            allow_shallow=allow_shallow,
-        )
-        drop_upload(False)
+        fetch(wants, into=scratch.git, filter_spec="tree:0")
         parents = scratch.parents()
     chain = max((first_parent_chain(parents, w) for w in wants), key=len, default=[])
     count = min(MAX_STEPS, -(-objects // step_objects), len(chain))
     cuts = [chain[(i * len(chain)) // count - 1] for i in range(1, count)] if count >= 2 else []
     total, stored = 0, 0
     for i, commit in enumerate(cuts, start=1):
-        reporter.say(f"relay: step {i}/{count}: history up to {commit[:12]}")
-        service, adv = open_upload()
-        step = fetch_pack(
-            service,
-            adv,
-            git,
-            reporter,
-            [commit],
-            _dedupe(state.done, haves),
-            include_tag=False,
-            check_connectivity=False,
-            host_label=host_label,
-            on_tmp=state.add_tmp,
-            allow_shallow=allow_shallow,
-        )
-        drop_upload(False)
-        state.add_step(commit, step.keep)
+        fetch.reporter.say(f"relay: step {i}/{count}: history up to {commit[:12]}")
+        step = fetch([commit])
+        fetch.state.add_step(commit, step.keep)
         total += step.bytes
         stored += step.objects or 0
     if cuts:
-        reporter.say(f"relay: step {count}/{count}: the rest")
-    service, adv = open_upload()
-    final = fetch_pack(
-        service,
-        adv,
-        git,
-        reporter,
-        wants,
-        _dedupe(state.done, haves),
-        include_tag=include_tag,
-        check_connectivity=check_connectivity,
-        host_label=host_label,
-        on_tmp=state.add_tmp,
-        allow_shallow=allow_shallow,
-    )
-    drop_upload(False)
+        fetch.reporter.say(f"relay: step {count}/{count}: the rest")
+    final = fetch(wants, include_tag=include_tag, check_connectivity=check_connectivity)
     final.bytes += total
     final.objects = (final.objects or 0) + stored
     return final
