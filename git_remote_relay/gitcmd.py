@@ -62,6 +62,18 @@ DEVNULL = -3
 _RESET_SIGNALS = (13, 25)  # SIGPIPE, SIGXFSZ on Linux and the BSDs
 
 
+def _above_stdio(fd: int) -> int:
+    """A pipe end numbered 0-2 (our own stdin was closed) would not survive the child's dup2
+    onto itself: move it above them (close-on-exec, like every descriptor we open)."""
+    if fd > 2:
+        return fd
+    import fcntl
+
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return moved
+
+
 class TimeoutExpired(Exception):
     """``Child.wait(timeout)`` ran out of time."""
 
@@ -83,7 +95,7 @@ class Child:
             if how is None:
                 continue
             if how == PIPE:
-                r, w = os.pipe()
+                r, w = (_above_stdio(x) for x in os.pipe())
                 child_end, our_end = (r, w) if fd == 0 else (w, r)
                 theirs.append(child_end)
                 mine.append(our_end)

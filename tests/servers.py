@@ -365,3 +365,67 @@ def forward_proxy() -> Iterator[Proxy]:
         for sock in held:
             with contextlib.suppress(OSError):
                 sock.close()
+
+
+@contextlib.contextmanager
+def tls_proxy(upstream_port: int, base: Path) -> Iterator[tuple[int, Path]]:
+    """HTTPS in front of a plain HTTP server: a self-signed certificate for 127.0.0.1 (made with
+    the openssl command), TLS terminated here, bytes relayed both ways. Yields (port, CA file)."""
+    import ssl
+
+    base.mkdir(parents=True, exist_ok=True)
+    cert, key = base / "cert.pem", base / "key.pem"
+    if not cert.exists():
+        made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                               "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                              capture_output=True, text=True)
+        if made.returncode != 0:
+            raise ServerUnavailable(f"openssl could not make a test certificate: {made.stderr[-500:]}")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.2)
+    done = threading.Event()
+    held: list[socket.socket] = []
+
+    def handle(raw: socket.socket) -> None:
+        try:
+            raw.settimeout(10)
+            client = context.wrap_socket(raw, server_side=True)
+        except (OSError, ssl.SSLError):
+            raw.close()  # a client that refused our certificate: that is its right
+            return
+        held.append(client)
+        up = socket.create_connection(("127.0.0.1", upstream_port))
+        held.append(up)
+        client.settimeout(0.2)
+        up.settimeout(0.2)
+        flag = threading.Event()
+        threading.Thread(target=_pipe, args=(up, client, None, None, flag, done), daemon=True).start()
+        _pipe(client, up, None, None, flag, done)
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                raw, _ = listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            held.append(raw)
+            threading.Thread(target=handle, args=(raw,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1]), cert
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        listener.close()
+        for sock in held:
+            with contextlib.suppress(OSError):
+                sock.close()

@@ -273,3 +273,30 @@ def test_http_proxy_from_git_config(source: Path, make_remote, tmp_path: Path, h
         seen = list(proxy.requests)
     assert refs(tmp_path / "work")["refs/remotes/origin/main"] == refs(source)["refs/heads/main"]
     assert seen and all(line.split(" ")[1].startswith(f"http://127.0.0.1:{http_server}/") for line in seen), seen
+
+
+def test_https_verifies_the_server_and_honours_ssl_settings(source: Path, make_remote, tmp_path: Path, http_server: int,
+                                                             workspace: Path) -> None:
+    import servers
+    from conftest import unavailable
+
+    remote = make_remote("http", source=source)
+    try:
+        proxy = servers.tls_proxy(http_server, workspace / "tls")
+        port, ca = proxy.__enter__()
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        url = f"relay::https://127.0.0.1:{port}/git/{remote.path.name}"
+        untrusted = git("clone", url, str(tmp_path / "untrusted"), check=False)
+        assert untrusted.returncode != 0 and "TLS" in untrusted.stderr and "sslCAInfo" in untrusted.stderr, untrusted.stderr
+        git("-c", f"http.sslCAInfo={ca}", "clone", "-q", url, str(tmp_path / "trusted"))
+        assert refs(tmp_path / "trusted")["refs/remotes/origin/main"] == refs(source)["refs/heads/main"]
+        git("-c", "http.sslVerify=false", "clone", "-q", url, str(tmp_path / "unverified"))
+        (source / "https.txt").write_text("over https\n")
+        git("add", ".", cwd=source)
+        git("commit", "-q", "-m", "https", cwd=source)
+        git("-c", f"http.sslCAInfo={ca}", "push", "-q", url, "main", cwd=source)
+        assert refs(remote.path)["refs/heads/main"] == refs(source)["refs/heads/main"]
+    finally:
+        proxy.__exit__(None, None, None)

@@ -318,3 +318,16 @@ def test_child_can_be_waited_for_from_two_threads() -> None:
     assert results == [0, 0, 0] and child.returncode == 0
     done = run_command(["sh", "-c", "cat; echo err >&2; exit 3"], env=dict(os.environ), cwd="/", input=b"in", stderr=PIPE)
     assert (done.returncode, done.stdout, done.stderr) == (3, b"in", b"err\n")
+
+
+def test_children_get_their_pipes_even_when_our_stdin_is_closed() -> None:
+    """With fd 0 closed, a new pipe can be numbered 0; it must still reach the child's stdin."""
+    import subprocess
+    import sys
+
+    script = ("import os; os.close(0)\n"
+              "from git_remote_relay.gitcmd import run_command\n"
+              "done = run_command(['cat'], env=dict(os.environ), cwd=None, input=b'through the pipe')\n"
+              "print(done.returncode, done.stdout.decode())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0 through the pipe"

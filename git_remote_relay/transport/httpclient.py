@@ -114,9 +114,9 @@ class Response:
         self.client = client
         self.conn: _Connection | None = conn
         self.url = url
-        self.status, self.reason, self.headers = _read_head(conn, client.read_timeout)
+        self.version, self.status, self.reason, self.headers = _read_head(conn, client.read_timeout)
         while 100 <= self.status < 200 and self.status != 101:
-            self.status, self.reason, self.headers = _read_head(conn, client.read_timeout)
+            self.version, self.status, self.reason, self.headers = _read_head(conn, client.read_timeout)
         self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         length = self.headers.get("content-length")
         self._left: int | None = int(length) if length and length.isdigit() and not self._chunked else None
@@ -124,7 +124,9 @@ class Response:
             self._left = 0
         self._chunk_left = 0
         self._done = self._left == 0
-        self._reusable = self.headers.get("connection", "").lower() != "close" and (self._chunked or self._left is not None)
+        connection = self.headers.get("connection", "").lower()
+        keep = connection == "keep-alive" if self.version == "HTTP/1.0" else connection != "close"
+        self._reusable = keep and (self._chunked or self._left is not None)
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes of the body; ``b""`` at its end."""
@@ -198,7 +200,7 @@ class Response:
             conn.close()
 
 
-def _read_head(conn: _Connection, timeout: float | None) -> tuple[int, str, dict[str, str]]:
+def _read_head(conn: _Connection, timeout: float | None) -> tuple[str, int, str, dict[str, str]]:
     try:
         line = conn.file.readline(_MAX_LINE)
         if not line:
@@ -216,7 +218,7 @@ def _read_head(conn: _Connection, timeout: float | None) -> tuple[int, str, dict
             headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
     except socket.timeout as exc:
         raise HttpTimeout(f"no answer within {timeout:g} s" if timeout else "no answer") from exc
-    return int(parts[1]), parts[2] if len(parts) > 2 else "", headers
+    return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "", headers
 
 
 class Client:
@@ -262,22 +264,23 @@ class Client:
             raise TransportError(f"unable to connect to {where[0]}:{where[1]} ({exc.strerror or exc})") from exc
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.read_timeout)
-        conn = _Connection(sock, origin)
-        if scheme == "https":
-            if target is not None:
-                self._tunnel(conn, host, port, target)
-            try:
-                tls = self._tls().wrap_socket(sock, server_hostname=host)
-            except OSError as exc:
-                sock.close()
-                raise TransportError(f"TLS with {host}:{port} failed ({exc})", "check http.sslVerify / http.sslCAInfo") from exc
-            conn = _Connection(tls, origin)
-        return conn
+        if scheme != "https":
+            return _Connection(sock, origin)
+        if target is not None:
+            tunnel = _Connection(sock, origin)
+            self._tunnel(tunnel, host, port, target)
+            tunnel.file.close()  # the CONNECT reply is read; TLS takes the socket from here
+        try:
+            tls = self._tls().wrap_socket(sock, server_hostname=host)
+        except OSError as exc:
+            sock.close()
+            raise TransportError(f"TLS with {host}:{port} failed ({exc})", "check http.sslVerify / http.sslCAInfo") from exc
+        return _Connection(tls, origin)
 
     def _tunnel(self, conn: _Connection, host: str, port: int, proxy: "object") -> None:
         head = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{_proxy_auth(proxy)}\r\n"
         conn.sock.sendall(head.encode("latin-1"))
-        status, reason, _ = _read_head(conn, self.read_timeout)
+        _, status, reason, _ = _read_head(conn, self.read_timeout)
         if status != 200:
             conn.close()
             raise TransportError(f"the proxy refused to connect to {host}:{port} (HTTP {status} {reason})")
