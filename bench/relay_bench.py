@@ -236,6 +236,17 @@ class Bench:
                 f"{st['bytes'] / MiB:.1f} MiB (last step)",
             ]
         )
+        mama = shutil.which("mama-ssh")
+        if transport == "ssh" and mama and self.ssh is not None:  # type: ignore[attr-defined]
+            # the same split push with every step's ssh session riding one mama-ssh master
+            again = target()
+            sh("git", "config", "receive.maxInputSize", str(limit), cwd=self.root / again)
+            env = dict(self.env, GIT_SSH_COMMAND=f"{mama} {self.ssh.ssh_command.split(' ', 1)[1]}",  # type: ignore[attr-defined]
+                       MAMA_SSH_STATE_DIR=str(self.base / "mama-state"), MAMA_SSH_SOCKET_DIR=str(self.base / "mama-sock"))
+            (self.base / "mama-sock").mkdir(mode=0o700, exist_ok=True)
+            w_m, _ = run_measured(["git", "push", "-q", "relay::" + self.url(transport, again), "main"], cwd=source, env=env)
+            self.rows.append(["  same, ssh through mama-ssh", transport, f"{nw:.2f}", f"{w_m:.2f}", f"{w_m / nw:.3f}", "", "", ""])
+            subprocess.run([mama, "--cleanup"], env=env, capture_output=True)
 
     def noop(self, transport: str) -> None:
         """A fetch and a push that find nothing to do: what the helper adds to every git operation."""
