@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 HTTP_USER, HTTP_PASSWORD = "alice", "s3cr3t-Pa55word"
 
@@ -238,6 +238,53 @@ def _pipe(src: socket.socket, dst: socket.socket, stall: int | None, cut: int | 
         return
 
 
+class _Server:
+    """A loopback listener that hands each accepted connection, with its number, to ``handle``
+    on a thread of its own. ``close()`` ends it and closes every socket put in ``held``."""
+
+    def __init__(self, handle: Callable[[socket.socket, int], None]) -> None:
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.listener.settimeout(0.2)
+        self.done = threading.Event()
+        self.held: list[socket.socket] = []
+        self.proxy = Proxy(int(self.listener.getsockname()[1]))
+        self.handle = handle
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self.done.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.proxy.connections += 1
+            self.held.append(client)
+            threading.Thread(target=self.handle, args=(client, self.proxy.connections), daemon=True).start()
+
+    def relay(self, client: socket.socket, up: socket.socket, stall_after: int | None = None, reset_after: int | None = None) -> None:
+        """Copy both ways until either side ends (misbehaving as asked)."""
+        self.held.append(up)
+        client.settimeout(0.2)
+        up.settimeout(0.2)
+        was_reset = threading.Event()
+        threading.Thread(target=_pipe, args=(up, client, stall_after, None, was_reset, self.done), daemon=True).start()
+        _pipe(client, up, None, reset_after, was_reset, self.done)
+
+    def close(self) -> None:
+        self.done.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+        for sock in self.held:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
 @contextlib.contextmanager
 def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, reset_after: int | None = None,
               busy_first: int = 0) -> Iterator[Proxy]:
@@ -253,55 +300,26 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
 
     Yields a ``Proxy`` (its port, and how many connections it took); closes everything on exit."""
 
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.settimeout(0.2)
-    done = threading.Event()
-    held: list[socket.socket] = []
-    proxy = Proxy(int(listener.getsockname()[1]))
-
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                client, _ = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            proxy.connections += 1
-            held.append(client)
-            if upstream_port is None:
-                continue
-            if proxy.connections <= busy_first:
-                with contextlib.suppress(OSError):
-                    client.recv(65536)
-                    client.sendall(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    client.close()
-                continue
-            try:
-                up = socket.create_connection(("127.0.0.1", upstream_port))
-            except OSError:
-                continue
-            held.append(up)
-            client.settimeout(0.2)
-            up.settimeout(0.2)
-            was_reset = threading.Event()
-            threading.Thread(target=_pipe, args=(client, up, None, reset_after, was_reset, done), daemon=True).start()
-            threading.Thread(target=_pipe, args=(up, client, stall_after, None, was_reset, done), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield proxy
-    finally:
-        done.set()
-        thread.join(timeout=5)
-        listener.close()
-        for sock in held:
+    def handle(client: socket.socket, number: int) -> None:
+        if upstream_port is None:
+            return  # held open, never answered
+        if number <= busy_first:
             with contextlib.suppress(OSError):
-                sock.close()
+                client.recv(65536)
+                client.sendall(b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                client.close()
+            return
+        try:
+            up = socket.create_connection(("127.0.0.1", upstream_port))
+        except OSError:
+            return
+        server.relay(client, up, stall_after=stall_after, reset_after=reset_after)
+
+    server = _Server(handle)
+    try:
+        yield server.proxy
+    finally:
+        server.close()
 
 
 @contextlib.contextmanager
@@ -309,16 +327,8 @@ def forward_proxy() -> Iterator[Proxy]:
     """An HTTP forward proxy on loopback (like a corporate one): takes absolute-URI requests,
     connects to the origin they name (loopback only) and relays both ways. ``connections`` counts
     what it accepted; ``requests`` keeps the first request line of each connection."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.settimeout(0.2)
-    done = threading.Event()
-    held: list[socket.socket] = []
-    proxy = Proxy(int(listener.getsockname()[1]))
 
-    def handle(client: socket.socket) -> None:
+    def handle(client: socket.socket, _number: int) -> None:
         head = b""
         while b"\r\n" not in head:
             data = client.recv(65536)
@@ -326,45 +336,21 @@ def forward_proxy() -> Iterator[Proxy]:
                 return
             head += data
         line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        proxy.requests.append(line)
-        target = line.split(" ")[1]
-        hostport = target.split("://", 1)[1].split("/", 1)[0]
+        server.proxy.requests.append(line)
+        hostport = line.split(" ")[1].split("://", 1)[1].split("/", 1)[0]
         host, _, port = hostport.rpartition(":")
         if host != "127.0.0.1":
             client.close()  # never anywhere but loopback
             return
         up = socket.create_connection((host, int(port)))
-        held.append(up)
         up.sendall(head)  # absolute-form request lines are valid HTTP/1.1 for the origin too
-        client.settimeout(0.2)
-        up.settimeout(0.2)
-        flag = threading.Event()
-        threading.Thread(target=_pipe, args=(up, client, None, None, flag, done), daemon=True).start()
-        _pipe(client, up, None, None, flag, done)
+        server.relay(client, up)
 
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                client, _ = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            proxy.connections += 1
-            held.append(client)
-            threading.Thread(target=handle, args=(client,), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    server = _Server(handle)
     try:
-        yield proxy
+        yield server.proxy
     finally:
-        done.set()
-        thread.join(timeout=5)
-        listener.close()
-        for sock in held:
-            with contextlib.suppress(OSError):
-                sock.close()
+        server.close()
 
 
 @contextlib.contextmanager
@@ -383,49 +369,18 @@ def tls_proxy(upstream_port: int, base: Path) -> Iterator[tuple[int, Path]]:
             raise ServerUnavailable(f"openssl could not make a test certificate: {made.stderr[-500:]}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert), str(key))
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.settimeout(0.2)
-    done = threading.Event()
-    held: list[socket.socket] = []
-
-    def handle(raw: socket.socket) -> None:
+    def handle(raw: socket.socket, _number: int) -> None:
         try:
             raw.settimeout(10)
             client = context.wrap_socket(raw, server_side=True)
         except (OSError, ssl.SSLError):
             raw.close()  # a client that refused our certificate: that is its right
             return
-        held.append(client)
-        up = socket.create_connection(("127.0.0.1", upstream_port))
-        held.append(up)
-        client.settimeout(0.2)
-        up.settimeout(0.2)
-        flag = threading.Event()
-        threading.Thread(target=_pipe, args=(up, client, None, None, flag, done), daemon=True).start()
-        _pipe(client, up, None, None, flag, done)
+        server.held.append(client)
+        server.relay(client, socket.create_connection(("127.0.0.1", upstream_port)))
 
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                raw, _ = listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            held.append(raw)
-            threading.Thread(target=handle, args=(raw,), daemon=True).start()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
+    server = _Server(handle)
     try:
-        yield int(listener.getsockname()[1]), cert
+        yield server.proxy.port, cert
     finally:
-        done.set()
-        thread.join(timeout=5)
-        listener.close()
-        for sock in held:
-            with contextlib.suppress(OSError):
-                sock.close()
+        server.close()
