@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Mapping, NoReturn, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 __all__ = ["main", "plan", "Plan"]
 
@@ -219,73 +219,120 @@ def _learn_refusal(p: Plan) -> None:
 
 
 def _admin(cmd: str, rest: list[str], env: Mapping[str, str], ssh: str) -> int:
-    from . import master, slots
+    from . import slots
     from .state import State, default_state_dir
 
+    as_json = "--json" in rest
+    rest = [a for a in rest if a != "--json"]
     state = State(default_state_dir(env))
     limit = int(_number(env, "MAMA_SSH_MAX_SESSIONS", slots.DEFAULT_MAX_SESSIONS))
     if cmd == "--status":
-        keys = state.keys("masters")
-        print(f"state: {state.root}")
-        if not keys:
-            print("no masters")
-        for key in keys:
-            rec = state.read("masters", key) or {}
-            up = master.alive(rec.get("socket", ""))
-            used = slots.in_use(os.path.join(state.root, "slots"), key, limit)
-            who = f"started by mama-ssh (pid {rec.get('pid')})" if rec.get("owned") else "adopted (never closed by mama-ssh)"
-            print(f"{key}  {rec.get('dest')}  {'up' if up else 'down'}  {who}  sessions {used}/{limit}  {rec.get('socket')}")
-        for key in state.keys("failed"):
-            until = state.failed_until(key)
-            if until > time.time():
-                print(
-                    f"{key}  pre-warm failed, plain connections for {until - time.time():.0f}s more: "
-                    f"{(state.read('failed', key) or {}).get('reason')}"
-                )
-        return 0
+        return _show(_status(state, limit), as_json, _status_text)
     if cmd == "--cleanup":
-        stopped = 0
-        for key in state.keys("masters"):
-            rec = state.read("masters", key) or {}
-            if not rec.get("owned"):
-                continue
-            if master.alive(rec.get("socket", "")):
-                master.stop(ssh, rec["socket"], rec.get("dest", "localhost"), env)
-                stopped += 1
-            with state.lock():
-                state.remove("masters", key)
-        print(f"stopped {stopped} master(s) started by mama-ssh; running transfers finish first")
-        return 0
+        return _cleanup(state, ssh, env)
     if cmd == "--explain":
         if not rest:
-            print("usage: mama-ssh --explain [ssh options] [user@]host", file=sys.stderr)
+            print("usage: mama-ssh --explain [--json] [ssh options] [user@]host", file=sys.stderr)
             return 2
-        p = plan([*rest, "true"], dict(env, MAMA_SSH_EXPLAIN="1", MAMA_SSH_MULTIPLEX="0"), ssh)
-        from .argv import parse
-        from .options import identity_key, needs_keepalive, user_multiplexes
-        from .probe import probe
-
-        parsed = parse([*rest, "true"])
-        result = probe(ssh, parsed.options, parsed.dest, env, None)
-        print(f"destination: {parsed.dest}")
-        print(f"keepalives: {'add ServerAliveInterval (yours is 0)' if needs_keepalive(result) else 'yours are kept'}")
-        if user_multiplexes(result):
-            print("multiplexing: yours (ControlMaster/ControlPath configured): nothing added")
-        else:
-            key = identity_key(result, parsed.dest, env.get("SSH_AUTH_SOCK"))
-            try:
-                where = master.socket_path(master.socket_dir(env), key)
-            except Exception as exc:  # noqa: BLE001 - explain, don't fail
-                where = f"none ({exc})"
-            print(f"multiplexing: one pre-warmed master per identity, socket {where}, ControlPersist {600}s")
-            print(f"session slots: {limit} per master (MAMA_SSH_MAX_SESSIONS)")
-        print(f"would run: {' '.join(p.argv[:-1])} <command>")
-        return 0
+        return _show(_explain(rest, env, ssh, limit), as_json, _explain_text)
     return 2
 
 
+def _show(data: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], list[str]]) -> int:
+    if as_json:
+        import json
+
+        print(json.dumps(data, indent=2))
+    else:
+        print("\n".join(text(data)))
+    return 0
+
+
+def _status(state: Any, limit: int) -> dict[str, Any]:
+    from . import master, slots
+
+    masters = []
+    for key in state.keys("masters"):
+        rec = state.read("masters", key) or {}
+        masters.append({"key": key, "dest": rec.get("dest"), "up": master.alive(rec.get("socket", "")), "owned": bool(rec.get("owned")),
+                        "pid": rec.get("pid"), "sessions": slots.in_use(os.path.join(state.root, "slots"), key, limit),
+                        "limit": limit, "socket": rec.get("socket")})
+    failed = []
+    for key in state.keys("failed"):
+        left = state.failed_until(key) - time.time()
+        if left > 0:
+            failed.append({"key": key, "seconds_left": round(left), "reason": (state.read("failed", key) or {}).get("reason")})
+    return {"state": state.root, "masters": masters, "failed": failed}
+
+
+def _status_text(data: dict[str, Any]) -> list[str]:
+    lines = [f"state: {data['state']}"]
+    if not data["masters"]:
+        lines.append("no masters")
+    for m in data["masters"]:
+        who = f"started by mama-ssh (pid {m['pid']})" if m["owned"] else "adopted (never closed by mama-ssh)"
+        lines.append(f"{m['key']}  {m['dest']}  {'up' if m['up'] else 'down'}  {who}  sessions {m['sessions']}/{m['limit']}  {m['socket']}")
+    for f in data["failed"]:
+        lines.append(f"{f['key']}  pre-warm failed, plain connections for {f['seconds_left']}s more: {f['reason']}")
+    return lines
+
+
+def _cleanup(state: Any, ssh: str, env: Mapping[str, str]) -> int:
+    from . import master
+
+    stopped = 0
+    for key in state.keys("masters"):
+        rec = state.read("masters", key) or {}
+        if not rec.get("owned"):
+            continue
+        if master.alive(rec.get("socket", "")):
+            master.stop(ssh, rec["socket"], rec.get("dest", "localhost"), env)
+            stopped += 1
+        with state.lock():
+            state.remove("masters", key)
+    print(f"stopped {stopped} master(s) started by mama-ssh; running transfers finish first")
+    return 0
+
+
+def _explain(rest: list[str], env: Mapping[str, str], ssh: str, limit: int) -> dict[str, Any]:
+    from . import master
+    from .argv import parse
+    from .options import identity_key, needs_keepalive, user_multiplexes
+    from .probe import probe
+
+    p = plan([*rest, "true"], dict(env, MAMA_SSH_EXPLAIN="1", MAMA_SSH_MULTIPLEX="0"), ssh)
+    parsed = parse([*rest, "true"])
+    result = probe(ssh, parsed.options, parsed.dest, env, None)
+    data: dict[str, Any] = {"destination": parsed.dest, "add_keepalive": needs_keepalive(result),
+                            "multiplexing": "yours" if user_multiplexes(result) else "mama-ssh"}
+    if data["multiplexing"] == "mama-ssh":
+        key = identity_key(result, parsed.dest, env.get("SSH_AUTH_SOCK"))
+        try:
+            data["socket"] = master.socket_path(master.socket_dir(env), key)
+        except Exception as exc:  # noqa: BLE001 - explain, don't fail
+            data["socket"] = None
+            data["socket_problem"] = str(exc)
+        data["control_persist"] = 600
+        data["session_slots"] = limit
+    data["would_run"] = p.argv[:-1]
+    return data
+
+
+def _explain_text(data: dict[str, Any]) -> list[str]:
+    lines = [f"destination: {data['destination']}",
+             f"keepalives: {'add ServerAliveInterval (yours is 0)' if data['add_keepalive'] else 'yours are kept'}"]
+    if data["multiplexing"] == "yours":
+        lines.append("multiplexing: yours (ControlMaster/ControlPath configured): nothing added")
+    else:
+        where = data["socket"] or f"none ({data.get('socket_problem')})"
+        lines.append(f"multiplexing: one pre-warmed master per identity, socket {where}, ControlPersist {data['control_persist']}s")
+        lines.append(f"session slots: {data['session_slots']} per master (MAMA_SSH_MAX_SESSIONS)")
+    lines.append(f"would run: {' '.join(data['would_run'])} <command>")
+    return lines
+
+
 USAGE = """usage: mama-ssh [ssh options] [user@]host [command]   (what git runs)
-       mama-ssh --status | --cleanup | --explain [user@]host | --version
+       mama-ssh --status [--json] | --cleanup | --explain [--json] [user@]host | --version
 
 Use it as git's ssh command:  git config --global core.sshCommand mama-ssh
 Environment: MAMA_SSH_MAX_SESSIONS (8), MAMA_SSH_SLOT_WAIT (10 s), MAMA_SSH_PREWARM_TIMEOUT (30 s),

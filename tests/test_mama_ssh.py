@@ -326,3 +326,20 @@ def test_low_max_sessions_is_learned_without_configuration(workspace: Path, serv
         results = run_many(["git", "ls-remote", url], env, 12)
         assert [r.returncode for r in results] == [0] * 12
         assert server.auth_count() == before, "once learned, every session rides the master"
+
+
+def test_status_and_explain_as_json_for_scripts(sshd, mama, server_root: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    url = ssh_url(sshd, bare(server_root, "mama-json"))
+    git("ls-remote", url, env=mama)
+    status = json.loads(subprocess.run(["mama-ssh", "--status", "--json"], env=mama, capture_output=True, text=True, check=True).stdout)
+    assert status["state"] == mama["MAMA_SSH_STATE_DIR"]
+    (entry,) = status["masters"]
+    assert entry["up"] and entry["owned"] and entry["dest"].endswith("@127.0.0.1") and entry["limit"] == 8
+    assert status["failed"] == []
+    opts = mama["GIT_SSH_COMMAND"].split()[1:]
+    explain = json.loads(subprocess.run(["mama-ssh", "--explain", "--json", *opts, "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"],
+                                        env=mama, capture_output=True, text=True, check=True).stdout)
+    assert explain["multiplexing"] == "mama-ssh" and explain["socket"] == entry["socket"]
+    assert explain["would_run"][0] == "ssh" and explain["destination"] == f"{sshd.user}@127.0.0.1"
