@@ -276,6 +276,12 @@ class _Server:
         threading.Thread(target=_pipe, args=(up, client, stall_after, None, was_reset, self.done), daemon=True).start()
         _pipe(client, up, None, reset_after, was_reset, self.done)
 
+    def __enter__(self) -> "_Server":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         self.done.set()
         self.thread.join(timeout=5)
@@ -315,11 +321,8 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
             return
         server.relay(client, up, stall_after=stall_after, reset_after=reset_after)
 
-    server = _Server(handle)
-    try:
+    with _Server(handle) as server:
         yield server.proxy
-    finally:
-        server.close()
 
 
 @contextlib.contextmanager
@@ -346,11 +349,8 @@ def forward_proxy() -> Iterator[Proxy]:
         up.sendall(head)  # absolute-form request lines are valid HTTP/1.1 for the origin too
         server.relay(client, up)
 
-    server = _Server(handle)
-    try:
+    with _Server(handle) as server:
         yield server.proxy
-    finally:
-        server.close()
 
 
 @contextlib.contextmanager
@@ -379,8 +379,5 @@ def tls_proxy(upstream_port: int, base: Path) -> Iterator[tuple[int, Path]]:
         server.held.append(client)
         server.relay(client, socket.create_connection(("127.0.0.1", upstream_port)))
 
-    server = _Server(handle)
-    try:
+    with _Server(handle) as server:
         yield server.proxy.port, cert
-    finally:
-        server.close()
