@@ -11,21 +11,28 @@ import sys
 import time
 from typing import Any, Callable, Mapping, NoReturn, Sequence
 
+from .slots import Pool, member
+
 __all__ = ["main", "plan", "Plan"]
 
 PREWARM_TIMEOUT = 30.0  # an authentication that needs longer than this is not worth waiting for
 FAILED_FOR = 300.0  # after a failed pre-warm, connect plainly for 5 minutes instead of retrying
 SLOT_WAIT = 10.0  # how long a process waits for a free session slot before connecting plainly
+RETRIES = 4  # runs of ssh after the server dropped it during key exchange (MaxStartups), with backoff
+RETRY_BASE = 0.25
+GROW_BACKOFF = 60.0  # after a further master of a pool failed to start, don't try that one again for a minute
 
 
 class Plan:
     """What to run: ``argv`` and, when it rides a master, the fd of its session slot."""
 
-    def __init__(self, argv: list[str], slot_fd: int | None = None, why: str = "", learn: "tuple[object, str, int] | None" = None) -> None:
+    def __init__(self, argv: list[str], slot_fd: int | None = None, why: str = "", learn: "tuple[object, str, int] | None" = None,
+                 wake: Any = None) -> None:
         self.argv = argv
         self.slot_fd = slot_fd
         self.why = why
         self.learn = learn  # (state, key, session limit used): where a refused session is recorded
+        self.wake = wake  # the pool whose waiters are told when the slot is free again
 
 
 def _debug(env: Mapping[str, str], text: str) -> None:
@@ -95,111 +102,257 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
         path = master.socket_path(master.socket_dir(env), key)
     except UnsafeDirectory as exc:
         return Plan(plain.argv, why=f"no private socket directory: {exc}")
-    if state.failed_until(key) > time.time():
-        return Plan(plain.argv, why="a recent pre-warm failed")
-    refused = _ensure_master(ssh, parsed, path, key, bool(extra), state, env) if not master.alive(path) else None
-    if refused is not None:
-        return Plan(plain.argv, why=refused)
-    if state.read("masters", key) is None:
-        with state.lock():
-            if state.read("masters", key) is None:
-                # a master we did not start (a record lost, or started by hand): use it, never close it
-                state.write("masters", key, {"socket": path, "pid": None, "dest": parsed.dest, "options": parsed.options,
-                                             "owned": False, "started": time.time(), "by": None})
     limit = max(int(_number(env, "MAMA_SSH_MAX_SESSIONS", slots.DEFAULT_MAX_SESSIONS)), 1)
     learned = state.read("caps", key)
     if learned and isinstance(learned.get("max"), int):
         limit = max(1, min(limit, learned["max"]))
-    fd = slots.acquire(os.path.join(state.root, "slots"), key, limit, _number(env, "MAMA_SSH_SLOT_WAIT", SLOT_WAIT))
-    if fd is None:
-        return Plan(plain.argv, why="every session slot of the master stayed busy")
+    pool = Pool(os.path.join(state.root, "slots"), key, limit, int(_number(env, "MAMA_SSH_MAX_MASTERS", slots.DEFAULT_MAX_MASTERS)))
+    sockets = [master.socket_path(os.path.dirname(path), slots.member(key, m)) for m in range(pool.max_masters)]
+    got = _slot(pool, sockets, ssh, parsed, key, bool(extra), state, env)
+    if isinstance(got, str):
+        return Plan(plain.argv, why=got)
+    fd, m = got
     # ControlMaster=no: a client never becomes a master we don't manage, and if the master is
     # gone, ssh connects directly instead of failing.
     return Plan(
-        [ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={path}", *extra, *args],
+        [ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={sockets[m]}", *extra, *args],
         slot_fd=fd,
-        why="multiplexed",
+        why=f"multiplexed (master {m + 1} of up to {pool.max_masters})",
         learn=(state, key, limit),
+        wake=pool,
     )
 
 
-def _ensure_master(ssh: str, parsed: Any, path: str, key: str, keepalive: bool, state: Any, env: Mapping[str, str]) -> str | None:
-    """Pre-warm the master for ``key`` under its host lock; the reason to go plain, or None."""
-    from filelock import Timeout
-
+def _live(sockets: list[str]) -> list[int]:
     from . import master
 
-    timeout = _number(env, "MAMA_SSH_PREWARM_TIMEOUT", PREWARM_TIMEOUT)
+    return [m for m, path in enumerate(sockets) if master.alive(path)]
+
+
+def _slot(pool: Pool, sockets: list[str], ssh: str, parsed: Any, key: str, keepalive: bool, state: Any,
+          env: Mapping[str, str]) -> "tuple[int, int] | str":
+    """A session slot on a live master of the pool, starting a master when the waiters outnumber
+    the free slots; or the reason to connect plainly."""
+    live = _live(sockets)
+    got = pool.take_slot(live)
+    if got is not None:
+        _adopt(state, key, got[1], sockets, parsed)
+        return got
+    deadline = time.monotonic() + _number(env, "MAMA_SSH_SLOT_WAIT", SLOT_WAIT)
+    ticket = pool.enqueue()
+    waker = pool.waker()
     try:
-        with state.prewarm_lock(key, timeout=timeout + 5):
-            # another process may have finished the pre-warm (or given up) while we waited
-            if state.failed_until(key) > time.time():
-                return "a concurrent pre-warm failed"
-            if master.alive(path):
-                return None
-            try:
-                pid = master.prewarm(ssh, parsed.options, parsed.dest, path, keepalive, state, key, env, timeout)
-            except master.PrewarmFailed as exc:
-                state.mark_failed(key, str(exc), _number(env, "MAMA_SSH_FAILED_FOR", FAILED_FOR))
-                return str(exc)
-            with state.lock():
-                state.write("masters", key, {"socket": path, "pid": pid, "dest": parsed.dest, "options": parsed.options,
-                                             "owned": True, "started": time.time(), "by": os.getpid()})
-    except Timeout:
-        return "timed out waiting for another process's pre-warm"
+        while True:
+            got = pool.take_slot(live)
+            if got is not None:
+                _adopt(state, key, got[1], sockets, parsed)
+                return got
+            if not live and state.failed_until(key) > time.time():
+                return "a recent pre-warm failed"
+            m = _claim_start(pool, sockets, key, state)
+            if m is not None:
+                start_fd, index = m
+                try:
+                    problem = _start(ssh, parsed, sockets[index], member(key, index), keepalive, state, env, others=bool(live))
+                finally:
+                    os.close(start_fd)
+                    pool.wake(pool.limit)
+                if problem is not None and not live:
+                    return problem
+                live = _live(sockets)
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "every session slot of the pool stayed busy"
+            waker.wait(left)
+            live = _live(sockets)
+    finally:
+        waker.close()
+        if ticket is not None:
+            os.close(ticket)
+
+
+def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple[int, int] | None":
+    """Under the pool's decision lock: (start lock fd, master) if this process should start one.
+
+    Another master starts when the waiting processes outnumber the slots that are free or about
+    to come up (``limit`` per master being started), and the pool is not full. The starts are
+    staggered: at most one while no master is up, and never more than the pool's size, so our
+    unauthenticated connections stay well under sshd's MaxStartups (10)."""
+    with pool.decide():
+        live = _live(sockets)
+        starting = pool.starting(state.root)
+        if len(set(live) | set(starting)) >= pool.max_masters:
+            return None
+        if starting and not live:
+            return None  # the first master proves this host takes one before any other starts
+        if live and pool.waiters() <= pool.free(live) + pool.limit * len(starting):
+            return None
+        for m in range(pool.max_masters):
+            if m in live or m in starting or state.failed_until(member(key, m)) > time.time():
+                continue
+            fd = pool.try_start(m, state.root)
+            if fd is not None:
+                return fd, m
     return None
 
 
-def _run(p: Plan) -> NoReturn:
+def _start(ssh: str, parsed: Any, path: str, name: str, keepalive: bool, state: Any, env: Mapping[str, str], others: bool) -> str | None:
+    """Pre-warm one master of the pool (its start lock is held); the reason it failed, or None."""
+    from . import master
+
+    if master.alive(path):
+        return None
+    timeout = _number(env, "MAMA_SSH_PREWARM_TIMEOUT", PREWARM_TIMEOUT)
+    try:
+        pid = master.prewarm(ssh, parsed.options, parsed.dest, path, keepalive, state, name, env, timeout)
+    except master.PrewarmFailed as exc:
+        # The first master failing sends everyone to plain ssh for a while; a further one failing
+        # (the server's MaxStartups, a slow link) only stops the pool growing for a minute.
+        if others:
+            state.mark_failed(name, str(exc), GROW_BACKOFF)
+        else:
+            state.mark_failed(name.split("-")[0], str(exc), _number(env, "MAMA_SSH_FAILED_FOR", FAILED_FOR))
+        return str(exc)
+    with state.lock():
+        state.write("masters", name, {"socket": path, "pid": pid, "dest": parsed.dest, "options": parsed.options,
+                                      "owned": True, "started": time.time(), "by": os.getpid()})
+    return None
+
+
+def _adopt(state: Any, key: str, m: int, sockets: list[str], parsed: Any) -> None:
+    """Record a live master nobody recorded (a lost record, or one started by hand): used, never closed."""
+    name = member(key, m)
+    if state.read("masters", name) is None:
+        with state.lock():
+            if state.read("masters", name) is None:
+                state.write("masters", name, {"socket": sockets[m], "pid": None, "dest": parsed.dest, "options": parsed.options,
+                                              "owned": False, "started": time.time(), "by": None})
+
+
+def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
     if sys.platform == "win32":
         import subprocess  # os.execvp on Windows does not wait and loses the exit code (cpython#101191)
 
         sys.exit(subprocess.call(p.argv))
-    if p.slot_fd is None:
+    if env.get("MAMA_SSH_RETRIES") == "0" and p.slot_fd is None:
         os.execvp(p.argv[0], p.argv)
-    # Keep the slot while the session runs: wait for ssh, forward signals, return its status.
+    # Stay ssh's parent: to keep the slot while the session runs, to notice a refused session in its
+    # stderr, and to run it again when the server dropped it during key exchange (sshd's MaxStartups
+    # does that to an unauthenticated connection): no git byte went through yet, so a retry is safe.
     # (posix_spawn rather than subprocess: this is the warm path, and subprocess costs ~12 ms to import.)
+    import random
     import signal
 
-    # ssh's stderr passes through us so that a "Session open refused" (the server's MaxSessions is
-    # lower than our slots) is noticed and the slot count for this master halved for next time.
-    r, w = os.pipe()
-    pid = os.posix_spawnp(p.argv[0], p.argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_CLOSE, r)])
-    os.close(w)
+    retries = int(_number(env, "MAMA_SSH_RETRIES", RETRIES))
+    child = [0]
+
+    def forward(signum: int, _frame: object) -> None:
+        if child[0]:
+            os.kill(child[0], signum)
+
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _frame: os.kill(pid, signum))
-    if _relay_stderr(r):
-        _learn_refusal(p)
+        signal.signal(sig, forward)
+    attempt = 0
+    while True:
+        r, w = os.pipe()
+        child[0] = os.posix_spawnp(p.argv[0], p.argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_CLOSE, r)])
+        os.close(w)
+        relay = _StderrRelay()
+        if relay.run(r):
+            _learn_refusal(p)
+        code = _wait(child[0])
+        if code == 255 and relay.dropped and attempt < retries:
+            attempt += 1
+            delay = min(RETRY_BASE * 2 ** (attempt - 1), 4.0) * random.uniform(0.5, 1.5)
+            _debug(env, f"the server dropped the connection during key exchange; attempt {attempt + 1} in {delay:.2f}s")
+            time.sleep(delay)
+            continue
+        relay.flush()
+        break
+    if p.slot_fd is not None:
+        os.close(p.slot_fd)
+        try:
+            p.wake.wake(1)
+        except Exception:  # noqa: BLE001 - waiters also look again on their own
+            pass
+    sys.exit(code)
+
+
+def _wait(pid: int) -> int:
     while True:
         try:
             _, status = os.waitpid(pid, 0)
             break
         except InterruptedError:
             continue
-    sys.exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
 
 
-def _relay_stderr(fd: int) -> bool:
-    """Copy ssh's stderr to ours until it closes; True if ssh said a session was refused."""
-    refused, tail = False, b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except InterruptedError:
-            continue
-        if not chunk:
-            os.close(fd)
-            return refused
-        refused = refused or b"Session open refused" in tail + chunk
-        tail = chunk[-64:]
-        view = memoryview(chunk)
-        while view:
+class _StderrRelay:
+    """Copies ssh's stderr to ours as it comes, except the lines of a connection dropped during
+    key exchange: those are held back, and dropped if the connection is retried."""
+
+    HOLD = (b"kex_exchange_identification", b"ssh_exchange_identification")
+    AFTER = (b"Connection closed by ", b"Connection reset by ")
+
+    def __init__(self) -> None:
+        self.partial = b""
+        self.held: list[bytes] = []
+        self.dropped = False
+        self.refused = False
+
+    def _holds(self, line: bytes) -> bool:
+        text = line.lstrip()
+        if text.startswith(self.HOLD):
+            self.dropped = True
+            return True
+        return self.dropped and text.startswith(self.AFTER)
+
+    def _maybe_held(self, partial: bytes) -> bool:
+        text = partial.lstrip()
+        return any(p.startswith(text) or text.startswith(p) for p in (*self.HOLD, *self.AFTER))
+
+    def feed(self, chunk: bytes) -> bytes:
+        self.refused = self.refused or b"Session open refused" in self.partial[-64:] + chunk
+        data = self.partial + chunk
+        out = []
+        *lines, self.partial = data.split(b"\n")
+        for line in lines:
+            if self._holds(line):
+                self.held.append(line + b"\n")
+            else:
+                out.append(line + b"\n")
+        if self.partial and not self._maybe_held(self.partial):
+            out.append(self.partial)  # progress without a newline goes out at once
+            self.partial = b""
+        return b"".join(out)
+
+    def run(self, fd: int) -> bool:
+        """Relay until ssh closes its stderr; True if ssh said a session was refused."""
+        while True:
             try:
-                view = view[os.write(2, view) :]
+                chunk = os.read(fd, 65536)
             except InterruptedError:
                 continue
-            except OSError:
-                break  # nobody reads our stderr any more: keep draining so ssh never blocks
+            if not chunk:
+                os.close(fd)
+                return self.refused
+            _write_all(self.feed(chunk))
+
+    def flush(self) -> None:
+        _write_all(b"".join(self.held) + self.partial)
+
+
+def _write_all(data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(2, view) :]
+        except InterruptedError:
+            continue
+        except OSError:
+            return  # nobody reads our stderr any more: keep draining so ssh never blocks
 
 
 def _learn_refusal(p: Plan) -> None:
@@ -361,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         p = Plan([ssh, *args], why="internal error")
     _debug(env, f"{p.why}: {' '.join(p.argv[:-1])} ...")
     try:
-        _run(p)
+        _run(p, env)
     except OSError as exc:
         sys.stderr.write(f"mama-ssh: cannot run {p.argv[0]}: {exc.strerror}\n")
         sys.exit(255)

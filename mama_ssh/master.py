@@ -21,6 +21,9 @@ __all__ = ["socket_dir", "socket_path", "alive", "prewarm", "stop", "MAX_SOCKET_
 MAX_SOCKET_PATH = 86
 
 
+PREWARM_ATTEMPTS = 4
+
+
 class PrewarmFailed(RuntimeError):
     pass
 
@@ -110,23 +113,46 @@ def prewarm(
     if keepalive:
         argv += ["-o", f"ServerAliveInterval={KEEPALIVE_INTERVAL}"]
     argv += [*options, "--", dest]
+    log = os.path.join(state.root, "logs", f"{key}.log")
     started = time.monotonic()
+    for attempt in range(PREWARM_ATTEMPTS):
+        try:
+            seen = os.path.getsize(log)
+        except OSError:
+            seen = 0
+        left = timeout - (time.monotonic() - started)
+        try:
+            # stdio to /dev/null: a backgrounded ssh older than 8.4 keeps inherited pipes open forever
+            proc = subprocess.run(
+                argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=max(left, 1.0)
+            )
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+        except OSError as exc:
+            raise PrewarmFailed(f"cannot run {ssh}: {exc.strerror}") from exc
+        # `ssh -fN` exiting 0 proves nothing (a lost race leaves a plain connection): ask the socket.
+        pid = _check_pid(ssh, path, dest, env) if alive(path) else None
+        if pid is not None:
+            return pid
+        if rc is None or not _dropped_in_key_exchange(log, seen) or attempt + 1 == PREWARM_ATTEMPTS:
+            break
+        # sshd's MaxStartups drops unauthenticated connections at random under load: try again soon
+        import random
+
+        time.sleep(min(0.25 * 2**attempt, 2.0) * random.uniform(0.5, 1.5))
+    reason = "timed out" if rc is None else f"ssh exited {rc}"
+    raise PrewarmFailed(f"pre-warm of {dest} failed after {time.monotonic() - started:.1f}s ({reason})")
+
+
+def _dropped_in_key_exchange(log: str, offset: int) -> bool:
     try:
-        # stdio to /dev/null: a backgrounded ssh older than 8.4 keeps inherited pipes open forever
-        proc = subprocess.run(
-            argv, env=dict(env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout
-        )
-        rc = proc.returncode
-    except subprocess.TimeoutExpired:
-        rc = None
-    except OSError as exc:
-        raise PrewarmFailed(f"cannot run {ssh}: {exc.strerror}") from exc
-    # `ssh -fN` exiting 0 proves nothing (a lost race leaves a plain connection): ask the socket.
-    pid = _check_pid(ssh, path, dest, env) if alive(path) else None
-    if pid is None:
-        reason = "timed out" if rc is None else f"ssh exited {rc}"
-        raise PrewarmFailed(f"pre-warm of {dest} failed after {time.monotonic() - started:.1f}s ({reason})")
-    return pid
+        with open(log, "rb") as fh:
+            fh.seek(offset)
+            text = fh.read(65536)
+    except OSError:
+        return False
+    return b"kex_exchange_identification" in text or b"ssh_exchange_identification" in text
 
 
 def stop(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> bool:

@@ -1,59 +1,178 @@
-"""Session slots per master, across all processes: one ``flock`` per session in use.
+"""The pool of masters per host identity: session slots, waiters and starts, across processes.
 
-A slot is held by the mama-ssh process that waits for its ssh client, so it is released when
-that process ends, however it ends (kernel-released locks cannot leak). ``fcntl.flock`` is used
-directly because the lock must belong to exactly this open file: filelock's reentrancy and
-lock-file handling add nothing here.
+Everything here is an ``flock`` on a small file under ``<state>/slots``, held by the mama-ssh
+process that waits for its ssh client, so the kernel releases it however that process ends and
+nothing can leak:
+
+  <member>.<n>        session slot n of one master (a member of the pool: ``<key>`` or ``<key>-<m>``)
+  <key>.q<n>          one waiting process (how many wait decides whether another master starts)
+  <key>.decide        held for the few microseconds a process decides to start a master
+  <key>.wake          a FIFO: a process that frees a slot, or whose master came up, writes a byte;
+                      waiters sleep in ``select`` on it, so a slot is handed over at once, not by polling
+
+``fcntl.flock`` is used directly because a lock must belong to exactly one open file: filelock's
+reentrancy and lock-file handling add nothing here.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
-import time
+import select
+import stat
 
-__all__ = ["acquire", "in_use", "DEFAULT_MAX_SESSIONS"]
+__all__ = ["Pool", "DEFAULT_MAX_SESSIONS", "DEFAULT_MAX_MASTERS", "in_use"]
 
 # sshd's default MaxSessions is 10; 8 leaves room for a user's own interactive sessions and for the
 # session the master itself may hold, so a git operation never meets "Session open refused".
 DEFAULT_MAX_SESSIONS = 8
+# Four masters stay well under sshd's default MaxStartups (10 unauthenticated connections) even
+# when all of them authenticate at once, and give 32 sessions per host.
+DEFAULT_MAX_MASTERS = 4
+_MAX_WAITERS = 256
+# A holder killed with SIGKILL frees its slot without a wake-up byte: waiters look again this often.
+_RECHECK = 0.5
 
 
-def _slot_path(directory: str, key: str, n: int) -> str:
-    return os.path.join(directory, f"{key}.{n}")
+def member(key: str, m: int) -> str:
+    """The name of master ``m`` of ``key``'s pool (sockets, records, slots, logs)."""
+    return key if m == 0 else f"{key}-{m}"
 
 
-def acquire(directory: str, key: str, limit: int, wait: float) -> int | None:
-    """An fd holding a free slot, or None when all ``limit`` slots stayed busy for ``wait`` s."""
-    deadline = time.monotonic() + wait
-    delay = 0.01
-    while True:
-        for n in range(limit):
-            fd = os.open(_slot_path(directory, key, n), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
-            except BlockingIOError:
-                os.close(fd)
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(delay)
-        delay = min(delay * 2, 0.1)
+def _try_lock(path: str) -> int | None:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return fd
+    except BlockingIOError:
+        os.close(fd)
+        return None
 
 
-def in_use(directory: str, key: str, limit: int) -> int:
-    """How many slots are held right now (for --status)."""
-    busy = 0
-    for n in range(limit):
-        path = _slot_path(directory, key, n)
-        if not os.path.exists(path):
-            continue
+def _held(path: str) -> bool:
+    try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def in_use(directory: str, name: str, limit: int) -> int:
+    """How many session slots of master ``name`` are held right now (for --status)."""
+    return sum(1 for n in range(limit) if _held(os.path.join(directory, f"{name}.{n}")))
+
+
+class Pool:
+    def __init__(self, directory: str, key: str, limit: int, max_masters: int) -> None:
+        self.directory = directory
+        self.key = key
+        self.limit = max(1, limit)
+        self.max_masters = max(1, max_masters)
+
+    def _file(self, suffix: str) -> str:
+        return os.path.join(self.directory, f"{self.key}{suffix}")
+
+    # -- slots ----------------------------------------------------------------------------------
+    def take_slot(self, live: list[int]) -> tuple[int, int] | None:
+        """(fd, master) holding a free session slot on one of the ``live`` masters, or None."""
+        for m in live:
+            for n in range(self.limit):
+                fd = _try_lock(os.path.join(self.directory, f"{member(self.key, m)}.{n}"))
+                if fd is not None:
+                    return fd, m
+        return None
+
+    def free(self, live: list[int]) -> int:
+        return sum(1 for m in live for n in range(self.limit) if not _held(os.path.join(self.directory, f"{member(self.key, m)}.{n}")))
+
+    # -- waiting --------------------------------------------------------------------------------
+    def enqueue(self) -> int | None:
+        """Count this process among the waiters (None when the count is full: it simply isn't counted)."""
+        for n in range(_MAX_WAITERS):
+            fd = _try_lock(self._file(f".q{n}"))
+            if fd is not None:
+                return fd
+        return None
+
+    def waiters(self) -> int:
+        n, seen = 0, 0
+        while n < _MAX_WAITERS and os.path.exists(self._file(f".q{n}")):
+            seen += _held(self._file(f".q{n}"))
+            n += 1
+        return seen
+
+    def decide(self) -> "_Flock":
+        """Serialises the decision to start a master (held only while counting)."""
+        return _Flock(self._file(".decide"))
+
+    def try_start(self, m: int, lock_dir: str) -> int | None:
+        """The start lock of master ``m`` (``prewarm-<member>.lock``), if nobody is starting it."""
+        return _try_lock(os.path.join(lock_dir, f"prewarm-{member(self.key, m)}.lock"))
+
+    def starting(self, lock_dir: str) -> list[int]:
+        return [m for m in range(self.max_masters) if _held(os.path.join(lock_dir, f"prewarm-{member(self.key, m)}.lock"))]
+
+    # -- hand-over ------------------------------------------------------------------------------
+    def waker(self) -> "Waker":
+        return Waker(self._file(".wake"))
+
+    def wake(self, n: int = 1) -> None:
+        """Tell waiters a slot is free or a master is up (nobody waiting: nothing to do)."""
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        except BlockingIOError:
-            busy += 1
+            fd = os.open(self._file(".wake"), os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return  # no FIFO yet, or no reader (ENXIO): nobody waits
+        try:
+            os.write(fd, b"." * max(1, min(n, 512)))
+        except OSError:
+            pass  # a full FIFO already wakes everyone
         finally:
             os.close(fd)
-    return busy
+
+
+class _Flock:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> "_Flock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+class Waker:
+    """A waiter's end of the wake-up FIFO. Opened before the waiter's last look at the slots, so a
+    byte written after that look is still in the pipe when the waiter sleeps: no lost wake-up."""
+
+    def __init__(self, path: str) -> None:
+        try:
+            os.mkfifo(path, 0o600)
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+        if not stat.S_ISFIFO(st.st_mode) or st.st_uid != os.geteuid():
+            raise OSError(f"{path} is not our FIFO")
+        # read-write: the FIFO never reports end-of-file to us while we hold it
+        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def wait(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, min(timeout, _RECHECK)))
+        if ready:
+            try:
+                os.read(self.fd, 1)  # one byte, one freed slot: a second byte wakes a second waiter
+            except BlockingIOError:
+                pass  # another waiter took the byte: look at the slots anyway
+
+    def close(self) -> None:
+        os.close(self.fd)

@@ -149,7 +149,7 @@ class Sshd:
 
 
 @contextlib.contextmanager
-def sshd(base: Path, gitconfig: str, extra_config: str = "") -> Iterator[Sshd]:
+def sshd(base: Path, gitconfig: str, extra_config: str = "", max_startups: str = "100:30:200") -> Iterator[Sshd]:
     """OpenSSH sshd with its own host key and authorized_keys; never the machine's ~/.ssh."""
     sshd_bin = _sbin("sshd")
     if not sshd_bin or not shutil.which("ssh-keygen") or not shutil.which("ssh"):
@@ -170,7 +170,7 @@ def sshd(base: Path, gitconfig: str, extra_config: str = "") -> Iterator[Sshd]:
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {base / 'host_key'}\nPidFile {base / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {base / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         "PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel VERBOSE\n"
-        "AcceptEnv GIT_PROTOCOL\nPrintMotd no\nMaxStartups 100:30:200\n"
+        f"AcceptEnv GIT_PROTOCOL\nPrintMotd no\nMaxStartups {max_startups}\n"
         f"SetEnv GIT_CONFIG_GLOBAL={gitconfig} GIT_CONFIG_NOSYSTEM=1\n" + extra_config
     )
     log = base / "sshd.log"

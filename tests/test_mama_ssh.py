@@ -61,10 +61,10 @@ def run_many(args: list[str], env: dict[str, str], n: int, cwd: Path | None = No
 
 
 @contextlib.contextmanager
-def private_sshd(base: Path, extra_config: str) -> Iterator[tuple[servers.Sshd, dict[str, str]]]:
+def private_sshd(base: Path, extra_config: str, max_startups: str = "100:30:200") -> Iterator[tuple[servers.Sshd, dict[str, str]]]:
     """A second sshd with its own config, and a mama-ssh environment for it."""
     try:
-        ctx = servers.sshd(base / "ssh-private", os.environ["GIT_CONFIG_GLOBAL"], extra_config=extra_config)
+        ctx = servers.sshd(base / "ssh-private", os.environ["GIT_CONFIG_GLOBAL"], extra_config=extra_config, max_startups=max_startups)
         server = ctx.__enter__()
     except servers.ServerUnavailable as exc:
         unavailable(str(exc))
@@ -85,7 +85,7 @@ def masters(env: dict[str, str]) -> dict[str, dict]:  # type: ignore[type-arg]
     return {p.stem: json.loads(p.read_text()) for p in root.glob("*.json")} if root.exists() else {}
 
 
-def test_twenty_concurrent_operations_authenticate_once(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_twenty_concurrent_operations_share_a_small_pool(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     src = tmp_path / "src"
     git("init", "-q", str(src))
     (src / "f").write_text("x\n")
@@ -100,7 +100,9 @@ def test_twenty_concurrent_operations_authenticate_once(sshd, mama, server_root:
     assert all("refs/heads/main" in r.stdout for r in results)
     clones = run_many_clones(url, mama, tmp_path, 20)
     assert clones == [0] * 20
-    assert sshd.auth_count() - before == 1, "one master, every session rides it"
+    pool = masters(mama)
+    assert sshd.auth_count() - before == len(pool), "every session rides a master of the pool"
+    assert 1 <= len(pool) <= 4, "20 operations at 8 sessions a master: ceil(20/8) + 1 at most"
 
 
 def run_many_clones(url: str, env: dict[str, str], base: Path, n: int) -> list[int]:
@@ -111,23 +113,30 @@ def run_many_clones(url: str, env: dict[str, str], base: Path, n: int) -> list[i
     return [p.wait(timeout=120) for p in procs]
 
 
-def test_low_max_sessions_server_still_one_authentication(workspace: Path, server_root: Path, tmp_path: Path) -> None:
+def test_low_max_sessions_server_never_refuses_a_session(workspace: Path, server_root: Path, tmp_path: Path) -> None:
     with private_sshd(tmp_path, "MaxSessions 3\n") as (server, env):
         env["MAMA_SSH_MAX_SESSIONS"] = "2"
         url = ssh_url(server, bare(server_root, "mama-low"))
         results = run_many(["git", "ls-remote", url], env, 20)
         assert [r.returncode for r in results] == [0] * 20, [r.stderr for r in results if r.returncode]
         assert not any("refused" in r.stderr for r in results)
-        assert server.auth_count() == 1
+        assert server.auth_count() == len(masters(env)) <= 4
 
 
-def test_fifty_processes_racing_start_one_master(sshd, mama) -> None:  # type: ignore[no-untyped-def]
+def test_fifty_processes_racing_start_one_master_each_slot(sshd, mama) -> None:  # type: ignore[no-untyped-def]
     before = sshd.auth_count()
     argv = ["mama-ssh", *mama["GIT_SSH_COMMAND"].split()[1:], "-p", str(sshd.port), f"{sshd.user}@127.0.0.1", "true"]
     results = run_many(argv, mama, 50)
     assert [r.returncode for r in results] == [0] * 50, [r.stderr for r in results if r.returncode][:3]
-    assert sshd.auth_count() - before == 1
-    assert len(masters(mama)) == 1
+    assert sshd.auth_count() - before == len(masters(mama)) <= 4, "no master is started twice, the pool stays at 4"
+    with_one = dict(mama, MAMA_SSH_STATE_DIR=mama["MAMA_SSH_STATE_DIR"] + "-one",
+                    MAMA_SSH_SOCKET_DIR=mama["MAMA_SSH_SOCKET_DIR"] + "1", MAMA_SSH_MAX_MASTERS="1")
+    before = sshd.auth_count()
+    results = run_many(argv, with_one, 50)
+    assert [r.returncode for r in results] == [0] * 50, [r.stderr for r in results if r.returncode][:3]
+    assert sshd.auth_count() - before == 1 and len(masters(with_one)) == 1
+    subprocess.run(["mama-ssh", "--cleanup"], env=with_one, capture_output=True)
+    shutil.rmtree(with_one["MAMA_SSH_SOCKET_DIR"], ignore_errors=True)
 
 
 def test_stalled_prewarm_of_one_host_does_not_delay_another(sshd, mama, server_root: Path) -> None:  # type: ignore[no-untyped-def]
@@ -310,6 +319,7 @@ def test_no_module_shadowing_from_the_working_directory(tmp_path: Path) -> None:
 
 def test_low_max_sessions_is_learned_without_configuration(workspace: Path, server_root: Path, tmp_path: Path) -> None:
     with private_sshd(tmp_path, "MaxSessions 2\n") as (server, env):
+        env["MAMA_SSH_MAX_MASTERS"] = "1"  # one master, so that only learning can stop the refusals
         url = ssh_url(server, bare(server_root, "mama-learn"))
 
         def learned() -> int:
@@ -343,3 +353,77 @@ def test_status_and_explain_as_json_for_scripts(sshd, mama, server_root: Path) -
                                         env=mama, capture_output=True, text=True, check=True).stdout)
     assert explain["multiplexing"] == "mama-ssh" and explain["socket"] == entry["socket"]
     assert explain["would_run"][0] == "ssh" and explain["destination"] == f"{sshd.user}@127.0.0.1"
+
+
+@contextlib.contextmanager
+def startups_full(server: servers.Sshd, release_after: float) -> Iterator[None]:
+    """Fill sshd's MaxStartups with unauthenticated connections that never send a byte, for
+    ``release_after`` seconds: sshd drops every other new connection meanwhile."""
+    blockers: list[socket.socket] = []
+
+    def release() -> None:
+        for b in blockers:
+            b.close()
+
+    for _ in range(20):
+        b = socket.create_connection(("127.0.0.1", server.port))
+        b.settimeout(10)
+        if b.recv(4) != b"SSH-":  # "Exceeded MaxStartups": full
+            b.close()
+            break
+        blockers.append(b)
+    else:
+        raise AssertionError("sshd never refused a connection: MaxStartups not reached")
+    timer = threading.Timer(release_after, release)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        release()
+
+
+def test_connection_dropped_by_max_startups_is_retried(workspace: Path, server_root: Path, tmp_path: Path) -> None:
+    with private_sshd(tmp_path, "", max_startups="3:100:3") as (server, env):
+        url = ssh_url(server, bare(server_root, "mama-startups"))
+        plain = dict(env, GIT_SSH_COMMAND=server.ssh_command)
+        with startups_full(server, 30):
+            res = subprocess.run(["git", "ls-remote", url], env=plain, capture_output=True, text=True, timeout=60)
+            assert res.returncode != 0 and "kex_exchange_identification" in res.stderr, "plain ssh is dropped"
+        time.sleep(0.5)  # sshd counts the closed blocker out
+        for multiplex in ("0", "1"):
+            with startups_full(server, 0.6):
+                res = subprocess.run(["git", "ls-remote", url], env=dict(env, MAMA_SSH_MULTIPLEX=multiplex, MAMA_SSH_DEBUG="1"),
+                                     capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0, res.stderr
+            assert "refs/heads" in res.stdout or res.stdout == ""
+            if multiplex == "0":
+                assert "dropped the connection during key exchange" in res.stderr, "the plain connection was retried"
+            shown = [line for line in res.stderr.splitlines() if not line.startswith("mama-ssh:")]
+            assert not any("kex_exchange_identification" in line for line in shown), "a retried drop is not reported"
+            time.sleep(0.5)
+        assert "past MaxStartups" in server.log.read_text(), "the server really dropped connections"
+        assert len(masters(env)) == 1, "the pre-warm was retried too"
+        (log,) = (Path(env["MAMA_SSH_STATE_DIR"]) / "logs").glob("*.log")
+        assert "kex_exchange_identification" in log.read_text(), "the pre-warm was dropped once, then retried"
+
+
+def test_forty_operations_under_default_server_limits(workspace: Path, server_root: Path, tmp_path: Path) -> None:
+    """sshd's defaults (MaxStartups 10:30:100, MaxSessions 10): a pool of masters, no failures."""
+    with private_sshd(tmp_path, "", max_startups="10:30:100") as (server, env):
+        src = tmp_path / "src"
+        git("init", "-q", str(src))
+        (src / "f").write_text("x\n")
+        git("add", ".", cwd=src)
+        git("commit", "-q", "-m", "x", cwd=src)
+        repo = bare(server_root, "mama-forty")
+        git("push", "-q", str(repo), "main", cwd=src)
+        url = ssh_url(server, repo)
+        procs = [subprocess.Popen(["git", "ls-remote", url], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(20)]
+        procs += [subprocess.Popen(["git", "clone", "-q", url, str(tmp_path / f"c{i}")], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE) for i in range(20)]
+        codes = [p.wait(timeout=120) for p in procs]
+        assert codes == [0] * 40, [p.stderr.read() for p in procs if p.returncode][:3]  # type: ignore[union-attr]
+        pool = masters(env)
+        assert server.auth_count() <= 40 // 8 + 1, "ceil(ops / sessions per master) + 1 authentications at most"
+        assert len(pool) <= 4

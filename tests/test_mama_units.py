@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from mama_ssh import cli, slots
 from mama_ssh.argv import ArgvError, parse
 from mama_ssh.cli import is_windows_openssh
 from mama_ssh.master import MAX_SOCKET_PATH, socket_dir, socket_path
@@ -115,3 +118,60 @@ def test_corrupt_state_is_recovered(tmp_path: Path) -> None:
 def test_windows_openssh_banner() -> None:
     assert is_windows_openssh("OpenSSH_for_Windows_8.1p1, LibreSSL 3.0.2")
     assert not is_windows_openssh("OpenSSH_9.2p1 Debian-2+deb12u3, OpenSSL 3.0.15 3 Sep 2024")
+
+
+def test_a_freed_slot_is_handed_over_without_polling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slots, "_RECHECK", 60.0)  # a waiter that only polled would sleep for a minute
+    pool = slots.Pool(str(tmp_path), "k", limit=1, max_masters=1)
+    held = pool.take_slot([0])
+    assert held is not None and pool.take_slot([0]) is None
+    got: list[tuple[int, int] | None] = []
+
+    def waiter() -> None:
+        waker = pool.waker()
+        try:
+            while (slot := pool.take_slot([0])) is None:
+                waker.wait(60.0)
+            got.append(slot)
+        finally:
+            waker.close()
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    time.sleep(0.2)
+    assert not got, "the slot is still held"
+    os.close(held[0])
+    pool.wake(1)
+    t.join(timeout=10)
+    assert got and got[0] is not None and got[0][1] == 0, "the waiter was woken by the freed slot"
+
+
+def test_pool_counts_waiters_and_free_slots(tmp_path: Path) -> None:
+    pool = slots.Pool(str(tmp_path), "k", limit=2, max_masters=4)
+    tickets = [pool.enqueue() for _ in range(3)]
+    assert pool.waiters() == 3
+    a = pool.take_slot([0])
+    assert a is not None and pool.free([0]) == 1 and pool.free([0, 1]) == 3
+    start = pool.try_start(1, str(tmp_path))
+    assert start is not None and pool.try_start(1, str(tmp_path)) is None and pool.starting(str(tmp_path)) == [1]
+    for fd in [*tickets, a[0], start]:
+        assert fd is not None
+        os.close(fd)
+    assert pool.waiters() == 0 and pool.free([0]) == 2 and pool.starting(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize(
+    "chunks, shown, dropped",
+    [
+        ([b"kex_exchange_identification: Connection closed by remote host\r\n", b"Connection closed by 127.0.0.1 port 22\r\n"], b"", True),
+        ([b"kex_exch", b"ange_identification: read: Connection reset by peer\r\nConnection reset by ::1 port 22\r\n"], b"", True),
+        ([b"remote: Counting objects:  50% (1/2)\r", b"remote: done.\n"], b"remote: Counting objects:  50% (1/2)\rremote: done.\n", False),
+        ([b"Connection closed by 10.0.0.1 port 22\r\n"], b"Connection closed by 10.0.0.1 port 22\r\n", False),  # mid-session: shown
+        ([b"Warning: Permanently added 'h' to known hosts.\r\n"], b"Warning: Permanently added 'h' to known hosts.\r\n", False),
+    ],
+)
+def test_stderr_relay_holds_back_only_a_key_exchange_drop(chunks: list[bytes], shown: bytes, dropped: bool) -> None:
+    relay = cli._StderrRelay()
+    out = b"".join(relay.feed(c) for c in chunks)
+    assert out == shown and relay.dropped == dropped
+    assert b"".join(relay.held) + relay.partial == (b"".join(chunks) if dropped else b"")
