@@ -49,6 +49,8 @@ RESULT = re.compile(r"^(not ok|ok) (\d+) - (.*)$")
 
 
 def default_cache() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/tmp/git-remote-relay-conformance")  # the t-scripts run as another user: not under /root
     try:
         import platformdirs
 
@@ -82,14 +84,31 @@ def build(source: str, cache: Path, jobs: int) -> Path:
     return tree
 
 
-def run_script(tree: Path, script: str, forced: bool, bindir: Path, root: Path, extra: list[str]) -> tuple[dict[int, tuple[str, str]], str]:
+def as_user(user: str | None, tree: Path, work: Path, bindir: Path) -> list[str]:
+    """The command prefix that runs a t-script as ``user`` (git's httpd tests refuse to run as root)."""
+    if not user:
+        return []
+    for path in (tree, work):
+        subprocess.run(["chown", "-R", user, str(path)], check=True)
+    prefix = ["runuser", "-u", user, "--"]
+    if subprocess.run([*prefix, str(bindir / "git-remote-relay"), "--version"], capture_output=True).returncode:
+        sys.exit(f"conformance: user {user} cannot run {bindir / 'git-remote-relay'}: is its Python under a private"
+                 " directory such as /root? (chmod o+x that directory, or ./install.sh into a shared prefix and pass --bin)")
+    return prefix
+
+
+def run_script(tree: Path, script: str, forced: bool, bindir: Path, root: Path, extra: list[str],
+               prefix: list[str]) -> tuple[dict[int, tuple[str, str]], str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
     env["GIT_TEST_HTTPD"] = env.get("RELAY_TEST_HTTPD", "true")
     if forced:
         env["GIT_TEST_FORCE_RELAY"] = "1"
     root.mkdir(parents=True, exist_ok=True)
-    cmd = ["bash", f"./{script}.sh", f"--root={root}", *extra]
+    if prefix:
+        shutil.chown(root, prefix[2])
+        shutil.chown(root.parent, prefix[2])
+    cmd = [*prefix, "env", *(f"{k}={v}" for k, v in env.items()), "bash", f"./{script}.sh", f"--root={root}", *extra]
     done = subprocess.run(cmd, cwd=tree / "t", env=env, capture_output=True, text=True, errors="replace")
     results: dict[int, tuple[str, str]] = {}
     for line in done.stdout.splitlines():
@@ -118,8 +137,10 @@ def main() -> int:
     parser.add_argument("--bin", type=Path, default=Path(sys.executable).parent, help="directory with git-remote-relay")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--only", help="run only these tests (git's --run=)")
-    parser.add_argument("--verbose", action="store_true", help="print the forced run's output (use with --only)")
+    parser.add_argument("--verbose", action="store_true", help="print the forced run's output (use with --only); it is always in the logs")
     parser.add_argument("--forced-only", action="store_true", help="skip the native runs")
+    parser.add_argument("--user", default="nobody" if os.geteuid() == 0 else "",
+                        help="run the t-scripts as this user (default as root: nobody; git's httpd tests refuse root)")
     args = parser.parse_args()
     if not (args.bin / "git-remote-relay").exists():
         sys.exit(f"conformance: no git-remote-relay in {args.bin} (pass --bin)")
@@ -132,16 +153,19 @@ def main() -> int:
         if not args.source:
             sys.exit("conformance: no built git in the cache; pass --source (a clone or URL of git.git)")
         tree = build(args.source, args.cache, args.jobs)
-    extra = ["-v"] if args.verbose else []
+    extra = ["-v"]  # the logs carry each test's output
     if args.only:
         extra.append(f"--run={args.only}")
     work = Path(tempfile.mkdtemp(prefix="relay-conformance-"))
+    work.chmod(0o755)
+    prefix = as_user(args.user, tree, work, args.bin.resolve())
     jobs = [(s, forced) for s in args.scripts for forced in ((True,) if args.forced_only else (False, True))]
 
     def one(job: tuple[str, bool]) -> tuple[str, bool, dict[int, tuple[str, str]], str, float]:
         script, forced = job
         start = time.monotonic()
-        results, output = run_script(tree, script, forced, args.bin.resolve(), work / ("relay" if forced else "native") / script, extra)
+        where = work / ("relay" if forced else "native") / script
+        results, output = run_script(tree, script, forced, args.bin.resolve(), where, extra, prefix)
         return script, forced, results, output, time.monotonic() - start
 
     table: dict[str, dict[bool, dict[int, tuple[str, str]]]] = {}

@@ -16,7 +16,7 @@ import os
 import time
 from collections.abc import Callable
 
-from .errors import LocalGitError, PackError, ShallowRemoteError, TransportError
+from .errors import LocalGitError, PackError, RelayError, ShallowRemoteError, TransportError
 from .gitcmd import PIPE, Child, Git, widen_pipe
 from .pktline import pump_sideband
 from .protocol import Advertisement, fetch_request, read_fetch_preamble
@@ -65,6 +65,17 @@ def _tmp_packs(pack_dir: str) -> set[str]:
         return set()
 
 
+def _check_unadvertised(adv: Advertisement, wants: list[str]) -> None:
+    """Like git's fetch-pack: over v0, an object no ref points at is asked for only from a server
+    that allows it (a v2 server decides for itself)."""
+    if adv.version != 0 or adv.has("allow-tip-sha1-in-want") or adv.has("allow-reachable-sha1-in-want"):
+        return
+    tips = set(adv.refs.values())
+    for oid in wants:
+        if oid not in tips:
+            raise RelayError(f"Server does not allow request for unadvertised object {oid}")
+
+
 def fetch_pack(
     service: Service,
     adv: Advertisement,
@@ -92,6 +103,7 @@ def fetch_pack(
     """
     started = time.monotonic()
     wants = list(dict.fromkeys(wants))
+    _check_unadvertised(adv, wants)
     pack_dir = git.git_path("objects/pack")
     os.makedirs(pack_dir, exist_ok=True)
     before = _tmp_packs(pack_dir)
@@ -101,6 +113,7 @@ def fetch_pack(
     index = _start_index(git, args)
     received = 0
     objects: int | None = None
+    shallow_file: str | None = None
     try:
         # Learn index-pack's temporary file while the request is on its way (an HTTP request
         # returns only with the reply's headers, which may be long: look before sending it).
@@ -112,14 +125,16 @@ def fetch_pack(
         shallow = read_fetch_preamble(reader, adv) or list(adv.shallow)  # v0 said so in its advertisement
         if shallow and not allow_shallow:
             raise ShallowRemoteError("the remote repository is shallow (its history is cut off)", shallow=shallow)
-        if shallow and check_connectivity:
-            # history stops at the shallow commits, so the pack is never "connected": start an
-            # index-pack that does not die on the missing parents (git checks with the shallow file)
+        if shallow:
+            # History stops at the shallow commits, so the pack is never "connected", and
+            # --strict would miss their parents: like git's fetch-pack, restart index-pack with
+            # a temporary shallow file that names them (and ours).
             index.kill()
             index.wait()
             _remove_new_tmp(pack_dir, before)
             check_connectivity = False
-            index = _start_index(git, [a for a in args if a != "--check-self-contained-and-connected"])
+            shallow_file = _temporary_shallow(git, shallow)
+            index = _start_index(git, ["--shallow-file", shallow_file, *(a for a in args if a != "--check-self-contained-and-connected")])
             if on_tmp is not None:
                 on_tmp(_await_tmp(pack_dir, before, index))
         assert index.stdin is not None and index.stdout is not None
@@ -143,7 +158,9 @@ def fetch_pack(
         sink.close()
         out = index.stdout.read().decode()
         rc = index.wait()
+        _drop(shallow_file)
     except TransportError as exc:
+        _drop(shallow_file)
         reporter.flush_sideband()
         index.kill()
         index.wait()
@@ -153,6 +170,7 @@ def fetch_pack(
             "nothing was stored and no ref was changed; try the fetch again",
         ) from exc
     except BaseException:
+        _drop(shallow_file)
         reporter.flush_sideband()
         index.kill()
         index.wait()
@@ -173,6 +191,30 @@ def fetch_pack(
     return FetchResult(
         keep=keep, connectivity_ok=check_connectivity and rc == 0, bytes=received, seconds=elapsed, objects=objects, shallow=shallow
     )
+
+
+def _temporary_shallow(git: Git, shallow: list[str]) -> str:
+    """A shallow file with the remote's boundary and our own, for index-pack (git's setup_temporary_shallow)."""
+    path = git.git_path("shallow")
+    try:
+        with open(path, encoding="ascii") as fh:
+            ours = fh.read().split()
+    except FileNotFoundError:
+        ours = []
+    directory = git.git_path("relay")
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f"shallow-{os.getpid()}")
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write("".join(oid + "\n" for oid in dict.fromkeys([*ours, *shallow])))
+    return tmp
+
+
+def _drop(path: str | None) -> None:
+    if path:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def _index_args(git: Git, reporter: Reporter, check_connectivity: bool, host_label: str) -> list[str]:

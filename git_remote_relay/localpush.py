@@ -116,6 +116,11 @@ def run_push_batch(
     updates = parse_push_lines(lines)
     service, adv = session.receive()
     adv.check_object_format()
+    if opts.atomic and not adv.has("atomic"):
+        raise RelayError("the receiving end does not support --atomic push")
+    if opts.push_options and not adv.has("push-options"):
+        raise RelayError("the receiving end does not support push options")
+    opts.use_bitmaps = session.ctx.config.get_bool("push.usebitmaps", True)
     resolve(git, updates)
     decide(git, updates, adv, opts)
     if opts.atomic and any(u.error for u in updates):
@@ -149,7 +154,8 @@ def run_push_batch(
                 u.ok = True
     finally:
         session.release_receive(used=used)
-    reply = [f"ok {u.dst}" if u.ok else f"error {u.dst} {c_quote(u.error or 'rejected')}" for u in updates]
+    reply = [(f"ok {u.dst} forced update" if u.forced else f"ok {u.dst}") if u.ok else f"error {u.dst} {c_quote(u.error or 'rejected')}"
+             for u in updates]
     if not opts.dry_run:
         stats.record(
             reporter,

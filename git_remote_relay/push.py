@@ -51,6 +51,7 @@ class PushOptions:
         self.atomic = atomic
         self.push_options: list[str] = []
         self.cas: dict[str, str] = {}
+        self.use_bitmaps = True  # push.useBitmaps
 
     def set(self, name: str, value: str) -> str:
         """Record ``option <name> <value>``; return the reply for git."""
@@ -96,6 +97,7 @@ class RefUpdate:
         self.reason = reason
         self.mode = ""
         self.result = "planned"
+        self.forced = False  # not a fast-forward, done because forced: reported as "forced update"
 
     @property
     def delete(self) -> bool:
@@ -132,35 +134,43 @@ def decide(git: "Git", updates: list[RefUpdate], adv: Advertisement, opts: PushO
         if u.error:
             continue
         forced = u.force
-        if u.dst in opts.cas:
+        # Like git, --force (or +) defeats the lease. git has checked the lease itself and sends a
+        # stale one only when forced, but it marks a forced delete with no "+": a delete goes through.
+        if u.dst in opts.cas and not u.force and not u.delete:
             expected = opts.cas[u.dst]
             if expected != old:
                 u.error = "stale info"
                 continue
             forced = True  # a matching lease is permission to overwrite
         if u.delete:
-            if old == ZERO_OID:
-                u.error = "no match"  # nothing to delete on the remote
-            elif not adv.has("delete-refs"):
+            # Like git, a delete of a ref the remote lacks is still sent: its hooks see it.
+            if not adv.has("delete-refs"):
                 u.error = "the remote does not support deleting refs"
             continue
         if u.new == old:
             u.error = "up to date"
             continue
-        if old == ZERO_OID or forced:
+        if old == ZERO_OID:
             continue
-        if old not in present:
-            u.error = "fetch first"
-            continue
-        if u.dst.startswith("refs/tags/"):
-            u.error = "already exists"
-            continue
-        types = git.run(["cat-file", "--batch-check=%(objecttype)"], input=f"{old}\n{u.new}\n".encode()).decode().split()
-        if types != ["commit", "commit"]:
-            u.error = "needs force"
-            continue
-        if git.returncode(["merge-base", "--is-ancestor", old, u.new]) != 0:
-            u.error = "non-fast forward"
+        refusal = _refusal(git, u, old, old in present)
+        if refusal and forced:
+            u.forced = True
+        elif refusal:
+            u.error = refusal
+
+
+def _refusal(git: "Git", u: RefUpdate, old: str, present: bool) -> str | None:
+    """Why git would refuse to move ``u.dst`` from ``old`` without force (None: a fast-forward)."""
+    if not present:
+        return "fetch first"
+    if u.dst.startswith("refs/tags/"):
+        return "already exists"
+    types = git.run(["cat-file", "--batch-check=%(objecttype)"], input=f"{old}\n{u.new}\n".encode()).decode().split()
+    if types != ["commit", "commit"]:
+        return "needs force"
+    if git.returncode(["merge-base", "--is-ancestor", old, u.new]) != 0:
+        return "non-fast forward"
+    return None
 
 
 class PackStream:
@@ -319,10 +329,14 @@ def send_updates(git: "Git", reporter: "Reporter", service: Service, adv: Advert
     progress = reporter.progress
     stream: PackStream | None = None
     if any(not u.delete for u in updates):
+        # git's own pack-objects arguments for a push (send-pack.c), in git's order
+        # (always --thin: git never tells a helper about --no-thin, see README "Conformance")
         args = ["pack-objects", "--all-progress-implied", "--revs", "--stdout", "--thin"]
         if adv.has("ofs-delta"):
             args.append("--delta-base-offset")
         args.append("--progress" if progress else "-q")
+        if not opts.use_bitmaps:
+            args.append("--no-use-bitmap-index")
         if git.run(["rev-parse", "--is-shallow-repository"]).strip() == b"true":
             args.append("--shallow")
         proc = git.popen(args, stdin=PIPE, stdout=PIPE, stderr=None)

@@ -199,6 +199,11 @@ def _parse_url_form(address: str, scheme_text: str, rest: str) -> InnerUrl:
         return InnerUrl(raw=address, scheme="file", path=path)
     slash = rest.find("/")
     authority, path = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
+    close = authority.find("]")
+    if scheme != "http" and scheme != "https" and authority.startswith("[") and "@" in authority[:close]:
+        # git's host_end(): "[user@::1]" and "[user@::1]:22" bracket the user too
+        userinfo, host_text = authority[1:close].rsplit("@", 1)
+        authority = f"{userinfo}@[{host_text}]{authority[close + 1:]}"
     user = password = None
     if "@" in authority:
         userinfo, authority = authority.rsplit("@", 1)
@@ -240,6 +245,8 @@ def _parse_scp_form(address: str) -> InnerUrl:
         path = after[1:]
     else:
         userhost, _, path = address.partition(":")
+    if path.startswith("/~"):
+        path = path[1:]  # git: "host:/~user/repo" names "~user/repo", as in ssh:// URLs
     user = None
     if "@" in userhost:
         user, userhost = userhost.rsplit("@", 1)

@@ -67,8 +67,9 @@ class Remote:
         self.url = url
         self.ctx = ctx
         self._transport: Transport | None = None
-        version = ctx.config.get("protocol.version")
-        # git's default is v2 for fetch; a user who pinned v0/v1 gets v0 from us too.
+        # git's default is v2 for fetch; a user who pinned v0/v1 gets v0 from us too. Like git,
+        # GIT_TEST_PROTOCOL_VERSION stands in when protocol.version is not set.
+        version = ctx.config.get("protocol.version") or ctx.env.get("GIT_TEST_PROTOCOL_VERSION") or None
         self.fetch_v2 = version is None or version.strip() == "2"
 
     def open(self, service: str) -> Service:

@@ -72,22 +72,22 @@ def _variant(ctx: Context, cmd: list[str], shell: bool, url: InnerUrl) -> str:
             raise UnsupportedError(f"unknown ssh variant '{chosen}'", "set ssh.variant to ssh, simple, plink, putty or tortoiseplink")
         if chosen != "auto":
             return chosen
-    else:
-        first = cmd[0]
-        if shell:
-            try:
-                words = shlex.split(first)
-            except ValueError:
-                words = first.split()
-            first = words[0] if words else first
-        base = os.path.basename(first).lower()
-        if base.endswith(".exe"):
-            base = base[:-4]
-        if base in ("ssh", "plink", "putty", "tortoiseplink"):
-            return base
-        if base == "mama-ssh":
-            return "ssh"  # takes OpenSSH's options; no `-G` probe needed
-    # "auto": git probes with `-G`; an OpenSSH-compatible command exits 0.
+    # like git's determine_ssh_variant(): "auto", or nothing set, looks at the command's basename
+    first = cmd[0]
+    if shell:
+        try:
+            words = shlex.split(first)
+        except ValueError:
+            words = first.split()
+        first = words[0] if words else first
+    base = os.path.basename(first).lower()
+    if base.endswith(".exe"):
+        base = base[:-4]
+    if base in ("ssh", "plink", "tortoiseplink"):  # not "putty": git knows that one only by name
+        return base
+    if base == "mama-ssh":
+        return "ssh"  # takes OpenSSH's options; no `-G` probe needed
+    # git probes with `-G`; an OpenSSH-compatible command exits 0.
     probe = _wrap(cmd, shell, ["-G", *_port_args("ssh", url.port, ctx.family), _dest(url)])
     rc = run_command(probe, env=ctx.env, cwd=ctx.git.cwd, capture=False).returncode
     return "ssh" if rc == 0 else "simple"

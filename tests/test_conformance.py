@@ -1,0 +1,193 @@
+"""Regression tests for what git's own test suite found when forced through relay:: (bench/conformance.py).
+
+Each test is one class of difference from native git, checked against native git's behaviour
+in the same run where that is observable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import git, make_source, refs
+
+pytestmark = pytest.mark.integration
+
+
+def commit(work: Path, name: str) -> str:
+    (work / name).write_text(f"{name}\n")
+    git("add", name, cwd=work)
+    git("commit", "-q", "-m", name, cwd=work)
+    return git("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    return make_source(tmp_path / "work")
+
+
+def test_force_defeats_a_stale_lease_and_says_forced_update(work: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
+    remote = make_remote("file")
+    git("push", "-q", remote.relay_url, "main", cwd=work)
+    old = commit(work, "old.txt")
+    git("push", "-q", remote.relay_url, "main", cwd=work)
+    git("reset", "-q", "--hard", "HEAD~1", cwd=work)
+    new = commit(work, "rewritten.txt")
+    # the lease names our own (new) main, which the remote does not have: stale, but --force wins (as in git)
+    res = git("push", "--force", "--force-with-lease=main:main", remote.relay_url, "main", cwd=work)
+    assert "forced update" in res.stderr
+    assert refs(remote.path)["refs/heads/main"] == new != old
+    # without --force the same lease is refused and nothing moves
+    commit(work, "again.txt")
+    git("reset", "-q", "--hard", "HEAD~2", cwd=work)
+    commit(work, "third.txt")
+    res = git("push", "--force-with-lease=main:main", remote.relay_url, "main", cwd=work, check=False)
+    assert res.returncode != 0 and "stale info" in res.stderr
+    assert refs(remote.path)["refs/heads/main"] == new
+    # a delete: refused with a stale lease, done with --force (git sends no "+" for it)
+    git("push", "-q", remote.relay_url, "main:refs/heads/gone", cwd=work)
+    res = git("push", "--force-with-lease=gone:main^", remote.relay_url, ":gone", cwd=work, check=False)
+    assert res.returncode != 0 and "stale info" in res.stderr and "refs/heads/gone" in refs(remote.path)
+    git("push", "--force", "--force-with-lease=gone:main^", remote.relay_url, ":gone", cwd=work)
+    assert "refs/heads/gone" not in refs(remote.path)
+
+
+def test_atomic_push_to_a_server_without_atomic_fails_before_sending(work: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
+    remote = make_remote("file")
+    git("push", "-q", remote.relay_url, "main", cwd=work)
+    git("config", "receive.advertiseAtomic", "false", cwd=remote.path)
+    before = refs(remote.path)
+    commit(work, "next.txt")
+    for url in (remote.relay_url, remote.url):
+        res = git("push", "--atomic", url, "main", "main:refs/heads/other", cwd=work, check=False)
+        assert res.returncode != 0 and "the receiving end does not support --atomic push" in res.stderr, url
+        assert refs(remote.path) == before, "nothing moved"
+
+
+def test_push_options_to_a_server_without_them_fail_like_git(work: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
+    remote = make_remote("file")
+    before = refs(remote.path)
+    for url in (remote.relay_url, remote.url):
+        res = git("push", "-o", "ci.skip", url, "main", cwd=work, check=False)
+        assert res.returncode != 0 and "the receiving end does not support push options" in res.stderr, url
+        assert refs(remote.path) == before
+
+
+def test_deleting_a_ref_the_remote_lacks_reaches_its_hooks(work: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
+    results = {}
+    for kind in ("relay", "native"):
+        remote = make_remote("file")
+        git("push", "-q", remote.url, "main", cwd=work)
+        hook = remote.path / "hooks" / "pre-receive"
+        hook.write_text(f"#!/bin/sh\ncat > {remote.path}/pre-receive.seen\n")
+        hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
+        url = remote.relay_url if kind == "relay" else remote.url
+        git("push", url, ":refs/heads/nonexistent", cwd=work)
+        results[kind] = (remote.path / "pre-receive.seen").read_text()
+    assert results["relay"] == results["native"] and "refs/heads/nonexistent" in results["relay"]
+
+
+def _pack_objects_argv(trace: Path) -> list[list[str]]:
+    runs = []
+    for line in trace.read_text().splitlines():
+        event = json.loads(line)
+        argv = event.get("argv") or []
+        if event.get("event") == "start" and argv[1:2] == ["pack-objects"]:
+            runs.append(argv)
+    return runs
+
+
+def test_push_usebitmaps_reaches_pack_objects(work: Path, make_remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    remote = make_remote("file")
+    git("push", "-q", remote.relay_url, "main", cwd=work)
+    trace = tmp_path / "trace"
+    env = dict(os.environ, GIT_TRACE2_EVENT=str(trace))
+    commit(work, "a.txt")
+    git("-c", "push.useBitmaps=false", "push", "-q", remote.relay_url, "main", cwd=work, env=env)
+    commit(work, "b.txt")
+    git("push", "-q", remote.relay_url, "main", cwd=work, env=env)
+    first, second = _pack_objects_argv(trace)
+    assert "--no-use-bitmap-index" in first
+    assert second[1:] == ["pack-objects", "--all-progress-implied", "--revs", "--stdout", "--thin", "--delta-base-offset", "-q"], \
+        "git's own pack-objects arguments for a push"
+
+
+def test_git_test_protocol_version_is_honoured_like_git(work: Path, make_remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    remote = make_remote("file")
+    git("push", "-q", remote.url, "main", cwd=work)
+    for version in ("0", "2"):
+        trace = tmp_path / f"packets-{version}"
+        env = dict(os.environ, GIT_TEST_PROTOCOL_VERSION=version, GIT_TRACE_PACKET=str(trace))
+        git("ls-remote", remote.relay_url, env=env)
+        assert ("version 2" in trace.read_text()) == (version == "2"), "the server's upload-pack spoke the version git would"
+
+
+def test_v0_refuses_an_unadvertised_object_like_git(work: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
+    remote = make_remote("file")
+    git("push", "-q", remote.url, "main", "main~1:refs/hidden/one", cwd=work)
+    git("config", "uploadpack.allowAnySHA1InWant", "false", cwd=remote.path)
+    git("config", "transfer.hideRefs", "refs/hidden", cwd=remote.path)
+    hidden = git("rev-parse", "main~1", cwd=work).stdout.strip()
+    env = dict(os.environ, GIT_TEST_PROTOCOL_VERSION="0")
+    for url in (remote.relay_url, remote.url):
+        child = work.parent / f"child-{url.startswith('relay')}"
+        git("init", "-q", str(child))
+        res = git("fetch", url, f"{hidden}:refs/heads/copy", cwd=child, env=env, check=False)
+        assert res.returncode != 0 and "Server does not allow request for unadvertised object" in res.stderr, url
+    git("config", "uploadpack.allowTipSHA1InWant", "true", cwd=remote.path)
+    child = work.parent / "child-allowed"
+    git("init", "-q", str(child))
+    git("fetch", "-q", remote.relay_url, f"{hidden}:refs/heads/copy", cwd=child, env=env)
+    assert refs(child)["refs/heads/copy"] == hidden
+
+
+@pytest.mark.parametrize(
+    "address, expect",
+    [
+        ("ssh://[user@::1]/home/user/repo", "user@::1 git-upload-pack '/home/user/repo'"),
+        ("ssh://[user@::1]:22/~repo", "-p 22 user@::1 git-upload-pack '~repo'"),
+        ("host:/~repo", "host git-upload-pack '~repo'"),
+        ("[::1]:rep", "::1 git-upload-pack 'rep'"),
+    ],
+)
+def test_ssh_addresses_reach_ssh_as_git_sends_them(address: str, expect: str, tmp_path: Path) -> None:
+    log = tmp_path / "ssh-output"
+    fake = tmp_path / "ssh"
+    fake.write_text(f'#!/bin/sh\necho "ssh: $*" >> {log}\nexit 1\n')
+    fake.chmod(0o755)
+    env = dict(os.environ, GIT_SSH=str(fake), GIT_TEST_PROTOCOL_VERSION="0")
+    env.pop("GIT_SSH_COMMAND", None)
+    for url in ("relay::" + address, address):
+        git("ls-remote", url, env=env, check=False)
+    relayed, native = log.read_text().splitlines()
+    assert relayed == native == f"ssh: {expect}"
+
+
+def test_ssh_variant_auto_goes_by_the_basename(tmp_path: Path) -> None:
+    log = tmp_path / "ssh-output"
+    plink = tmp_path / "plink"
+    plink.write_text(f'#!/bin/sh\necho "ssh: $*" >> {log}\nexit 1\n')
+    plink.chmod(0o755)
+    env = dict(os.environ, GIT_SSH=str(plink))
+    env.pop("GIT_SSH_COMMAND", None)
+    for url in ("relay::[myhost:123]:src", "[myhost:123]:src"):
+        git("-c", "ssh.variant=auto", "ls-remote", url, env=env, check=False)
+    relayed, native = log.read_text().splitlines()
+    assert relayed == native and "-P 123" in relayed
+
+
+def test_clone_of_a_shallow_repository_with_fsck_objects(tmp_path: Path) -> None:
+    full = make_source(tmp_path / "full", commits=4)
+    shallow = tmp_path / "shallow"
+    git("clone", "-q", "--depth=2", f"file://{full}", str(shallow))
+    for kind, url in (("relay", f"relay::{shallow}"), ("native", str(shallow))):
+        dst = tmp_path / kind
+        git("-c", "transfer.fsckObjects=true", "clone", "-q", "--no-local", url, str(dst))
+        git("fsck", cwd=dst)
+    assert git("log", "--format=%s", cwd=tmp_path / "relay").stdout == git("log", "--format=%s", cwd=tmp_path / "native").stdout
+    shallow_at = {kind: set((tmp_path / kind / ".git" / "shallow").read_text().split()) for kind in ("relay", "native")}
+    assert shallow_at["relay"] == shallow_at["native"]
+    assert not list((tmp_path / "relay" / ".git").glob("relay/shallow-*")), "the temporary shallow file is gone"
