@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable, Mapping, NoReturn, Sequence
 
-from .slots import Pool, member
+from .slots import DEFAULT_MAX_MASTERS, Pool, member
+
+TYPE_CHECKING = False  # no `typing` at run time: mama-ssh starts for every ssh connection git makes
+if TYPE_CHECKING:
+    from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 __all__ = ["main", "plan", "Plan"]
 
@@ -156,7 +159,8 @@ def _slot(pool: Pool, sockets: list[str], ssh: str, parsed: Any, key: str, keepa
                     problem = _start(ssh, parsed, sockets[index], member(key, index), keepalive, state, env, others=bool(live))
                 finally:
                     os.close(start_fd)
-                    pool.wake(pool.limit)
+                    # every waiter looks again: for the new slots, and to start the next master
+                    pool.wake(max(pool.waiters(), pool.limit))
                 if problem is not None and not live:
                     return problem
                 live = _live(sockets)
@@ -177,17 +181,23 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
 
     Another master starts when the waiting processes outnumber the slots that are free or about
     to come up (``limit`` per master being started), and the pool is not full. The starts are
-    staggered: at most one while no master is up, and never more than the pool's size, so our
-    unauthenticated connections stay well under sshd's MaxStartups (10)."""
+    staggered (each needs its share of waiters, twice that while no master is up yet) and never
+    more than the pool's size, so our unauthenticated connections stay well under sshd's
+    MaxStartups (10)."""
     with pool.decide():
         live = _live(sockets)
         starting = pool.starting(state.root)
         if len(set(live) | set(starting)) >= pool.max_masters:
             return None
-        if starting and not live:
-            return None  # the first master proves this host takes one before any other starts
-        if live and pool.waiters() <= pool.free(live) + pool.limit * len(starting):
-            return None
+        if live or starting:
+            waiting = pool.waiters()
+            if not live and waiting <= 2 * pool.limit * len(starting):
+                # Until one master is up (proving the host takes them), another starts only under
+                # twice the demand its slots would serve, so a host that refuses masters sees a
+                # single failed pre-warm from a handful of processes.
+                return None
+            if live and waiting <= pool.free(live) + pool.limit * len(starting):
+                return None
         for m in range(pool.max_masters):
             if m in live or m in starting or state.failed_until(member(key, m)) > time.time():
                 continue
@@ -223,7 +233,7 @@ def _start(ssh: str, parsed: Any, path: str, name: str, keepalive: bool, state: 
 def _adopt(state: Any, key: str, m: int, sockets: list[str], parsed: Any) -> None:
     """Record a live master nobody recorded (a lost record, or one started by hand): used, never closed."""
     name = member(key, m)
-    if state.read("masters", name) is None:
+    if not state.exists("masters", name):
         with state.lock():
             if state.read("masters", name) is None:
                 state.write("masters", name, {"socket": sockets[m], "pid": None, "dest": parsed.dest, "options": parsed.options,
@@ -241,8 +251,7 @@ def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
     # stderr, and to run it again when the server dropped it during key exchange (sshd's MaxStartups
     # does that to an unauthenticated connection): no git byte went through yet, so a retry is safe.
     # (posix_spawn rather than subprocess: this is the warm path, and subprocess costs ~12 ms to import.)
-    import random
-    import signal
+    import _signal  # type: ignore[import-not-found,unused-ignore]  # the C module: `signal` builds enums (~2 ms) that nothing here needs
 
     retries = int(_number(env, "MAMA_SSH_RETRIES", RETRIES))
     child = [0]
@@ -251,8 +260,8 @@ def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
         if child[0]:
             os.kill(child[0], signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, forward)
+    for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(sig, forward)
     attempt = 0
     while True:
         r, w = os.pipe()
@@ -263,6 +272,8 @@ def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
             _learn_refusal(p)
         code = _wait(child[0])
         if code == 255 and relay.dropped and attempt < retries:
+            import random
+
             attempt += 1
             delay = min(RETRY_BASE * 2 ** (attempt - 1), 4.0) * random.uniform(0.5, 1.5)
             _debug(env, f"the server dropped the connection during key exchange; attempt {attempt + 1} in {delay:.2f}s")
@@ -467,6 +478,7 @@ def _explain(rest: list[str], env: Mapping[str, str], ssh: str, limit: int) -> d
             data["socket_problem"] = str(exc)
         data["control_persist"] = 600
         data["session_slots"] = limit
+        data["max_masters"] = int(_number(env, "MAMA_SSH_MAX_MASTERS", DEFAULT_MAX_MASTERS))
     data["would_run"] = p.argv[:-1]
     return data
 
@@ -478,7 +490,8 @@ def _explain_text(data: dict[str, Any]) -> list[str]:
         lines.append("multiplexing: yours (ControlMaster/ControlPath configured): nothing added")
     else:
         where = data["socket"] or f"none ({data.get('socket_problem')})"
-        lines.append(f"multiplexing: one pre-warmed master per identity, socket {where}, ControlPersist {data['control_persist']}s")
+        lines.append(f"multiplexing: a pool of up to {data['max_masters']} masters per identity (MAMA_SSH_MAX_MASTERS), "
+                     f"the first on socket {where}, ControlPersist {data['control_persist']}s")
         lines.append(f"session slots: {data['session_slots']} per master (MAMA_SSH_MAX_SESSIONS)")
     lines.append(f"would run: {' '.join(data['would_run'])} <command>")
     return lines
@@ -488,8 +501,9 @@ USAGE = """usage: mama-ssh [ssh options] [user@]host [command]   (what git runs)
        mama-ssh --status [--json] | --cleanup | --explain [--json] [user@]host | --version
 
 Use it as git's ssh command:  git config --global core.sshCommand mama-ssh
-Environment: MAMA_SSH_MAX_SESSIONS (8), MAMA_SSH_SLOT_WAIT (10 s), MAMA_SSH_PREWARM_TIMEOUT (30 s),
-MAMA_SSH_MULTIPLEX=0 (keepalives only), MAMA_SSH_SSH (the ssh to run), MAMA_SSH_DEBUG=1.
+Environment: MAMA_SSH_MAX_SESSIONS (8 per master), MAMA_SSH_MAX_MASTERS (4 per host), MAMA_SSH_SLOT_WAIT (10 s),
+MAMA_SSH_RETRIES (4), MAMA_SSH_PREWARM_TIMEOUT (30 s), MAMA_SSH_MULTIPLEX=0 (keepalives only),
+MAMA_SSH_SSH (the ssh to run), MAMA_SSH_DEBUG=1.
 """
 
 

@@ -31,7 +31,7 @@ DEFAULT_MAX_SESSIONS = 8
 DEFAULT_MAX_MASTERS = 4
 _MAX_WAITERS = 256
 # A holder killed with SIGKILL frees its slot without a wake-up byte: waiters look again this often.
-_RECHECK = 0.5
+_RECHECK = 0.25
 
 
 def member(key: str, m: int) -> str:

@@ -2,10 +2,10 @@
 
 Layout (under platformdirs' user state dir, mode 0700):
   state.lock             held only while a record is read or written (never across network I/O)
-  prewarm-<key>.lock     serialises the pre-warm of one host identity, and no other
+  prewarm-<member>.lock  held (flock) by the process starting that master of a pool (slots.py)
   masters/<key>.json     {socket, pid, dest, owned, started}
   failed/<key>.json      {until, reason}: a pre-warm failed; everyone connects plainly until then
-  probes/<hash>.json     cached ``ssh -G`` output
+  probes/<hash>.bin      cached ``ssh -G`` output (marshal: read on every connection)
   slots/<key>.<n>        one flock per session in use on that master
   caps/<key>.json        {max}: fewer slots, learned from a server that refused sessions
   logs/<key>.log         the master's own log (ssh -E)
@@ -14,12 +14,14 @@ A record that cannot be parsed (a crash mid-write, a foreign file) is treated as
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import sys
 import time
-from typing import Any, Mapping
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 __all__ = ["State", "UnsafeDirectory", "private_dir"]
 
@@ -70,11 +72,6 @@ class State:
 
         return FileLock(os.path.join(self.root, "state.lock"), timeout=timeout, mode=0o600)
 
-    def prewarm_lock(self, key: str, timeout: float) -> Any:
-        from filelock import FileLock
-
-        return FileLock(os.path.join(self.root, f"prewarm-{key}.lock"), timeout=timeout, mode=0o600)
-
     # -- records --------------------------------------------------------------------------------
     def _path(self, kind: str, key: str) -> str:
         return os.path.join(self.root, kind, f"{key}.json")
@@ -82,7 +79,10 @@ class State:
     def read(self, kind: str, key: str) -> dict[str, Any] | None:
         try:
             with open(self._path(kind, key), encoding="utf-8") as fh:
-                value = json.load(fh)
+                text = fh.read()
+            import json  # only when a record exists: json costs ~10 ms of start-up (it imports re)
+
+            value = json.loads(text)
             return value if isinstance(value, dict) else None
         except FileNotFoundError:
             return None
@@ -92,6 +92,7 @@ class State:
 
     def write(self, kind: str, key: str, value: dict[str, Any]) -> None:
         """Atomic replace: a unique temporary name, then rename (concurrent writers never collide)."""
+        import json
         import tempfile
 
         directory = os.path.join(self.root, kind)
@@ -106,6 +107,44 @@ class State:
             except OSError:
                 pass
             raise
+
+    def exists(self, kind: str, key: str) -> bool:
+        return os.path.exists(self._path(kind, key))
+
+    # A cache read on every connection is kept with marshal: json would cost ~10 ms of start-up.
+    def read_cache(self, kind: str, key: str) -> dict[str, Any] | None:
+        import marshal
+
+        path = os.path.join(self.root, kind, f"{key}.bin")
+        try:
+            with open(path, "rb") as fh:
+                value = marshal.load(fh)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError, TypeError):
+            self._unlink(path)  # half-written or foreign: forget it
+            return None
+        return value if isinstance(value, dict) else None
+
+    def write_cache(self, kind: str, key: str, value: dict[str, Any]) -> None:
+        import marshal
+
+        path = os.path.join(self.root, kind, f"{key}.bin")
+        tmp = f"{path}.{os.getpid()}.tmp"  # unique per writer; replaced atomically
+        try:
+            with open(tmp, "wb") as fh:
+                marshal.dump(value, fh)
+            os.replace(tmp, path)
+        except BaseException:
+            self._unlink(tmp)
+            raise
+
+    @staticmethod
+    def _unlink(path: str) -> None:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
     def remove(self, kind: str, key: str) -> None:
         try:
