@@ -168,14 +168,15 @@ class Helper:
     def _needs_git_fetch(self) -> bool:
         """Remotes only git's own fetch-pack serves right, so they go to passthrough:
 
-        * an empty remote whose HEAD names a branch: only git's v2 fetch carries that unborn HEAD
-          to a clone (``list`` cannot say it);
+        * a remote whose HEAD names a branch with no commits yet (an empty one, or one whose HEAD
+          was pointed elsewhere): only git's v2 fetch carries that unborn HEAD to a clone (``list``
+          cannot say it: a symref to a missing ref there would leave the clone without a HEAD);
         * a v0 remote that is itself shallow: git's fetch-pack makes a shallow clone of it.
         """
         if self.settings.mode == "passthrough":
             return False
         adv = self.session.upload(listed=True)[1]
-        return (adv.version == 2 and not adv.refs and adv.unborn_head is not None) or bool(adv.shallow)
+        return (adv.version == 2 and adv.unborn_head is not None) or bool(adv.shallow)
 
     def _do_list(self, for_push: bool) -> None:
         if for_push:
@@ -210,6 +211,7 @@ class Helper:
         from . import stats
         from .fetch import local_haves, record_shallow
         from .fetchsteps import fetch_resumable
+        from .protocol import ZERO_OID
 
         started = time.monotonic()
         wants: list[str] = []
@@ -219,9 +221,13 @@ class Helper:
             parts = line.split(" ")
             if len(parts) < 3 or parts[0] != "fetch":
                 raise RelayError(f"unexpected line in a fetch batch: {line[:100]!r}")
-            wants.append(parts[1])
+            if parts[1] != ZERO_OID:  # HEAD naming a branch the remote lacks: nothing to fetch for it
+                wants.append(parts[1])
             names.append((parts[2], parts[1]))
             line = self._readline()
+        if not wants:
+            self._reply("\n")
+            return
         self._check_engine_can_fetch()
         haves = [] if self.cloning else local_haves(self.git)
         try:

@@ -14,7 +14,7 @@ from .errors import PackError, RelayError
 from .gitcmd import Git
 from .limits import Limits, limit_key
 from .protocol import ZERO_OID, Advertisement
-from .push import PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates
+from .push import NO_REPORT, PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates
 from .quoting import c_quote
 from .settings import Settings
 from .split import OVERSIZED_HINT, Learning, push_or_split, target_haves
@@ -108,6 +108,15 @@ def _refuse_oversized_files(history: LocalHistory, todo: list[RefUpdate], haves:
                     f"({limit / 2**20:.1f} MiB){more}; nothing was pushed", OVERSIZED_HINT)
 
 
+def _status_line(u: RefUpdate) -> str:
+    """The helper's reply for one ref, in the words git's transport-helper turns into its statuses."""
+    if u.ok:
+        return f"ok {u.dst} forced update" if u.forced else f"ok {u.dst}"
+    if u.error == NO_REPORT:
+        return f"error {u.dst} expecting report"  # git: "[remote failure] (remote failed to report status)"
+    return f"error {u.dst} {c_quote(u.error or 'rejected')}"
+
+
 def run_push_batch(
     git: Git, reporter: Reporter, session: Session, settings: Settings, lines: list[str], opts: PushOptions
 ) -> tuple[str, bool]:
@@ -154,8 +163,7 @@ def run_push_batch(
                 u.ok = True
     finally:
         session.release_receive(used=used)
-    reply = [(f"ok {u.dst} forced update" if u.forced else f"ok {u.dst}") if u.ok else f"error {u.dst} {c_quote(u.error or 'rejected')}"
-             for u in updates]
+    reply = [_status_line(u) for u in updates]
     if not opts.dry_run:
         stats.record(
             reporter,

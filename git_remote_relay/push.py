@@ -418,6 +418,9 @@ def _explain_failure(exc: RelayError, service: Service, stream: PackStream | Non
         ) from exc
 
 
+NO_REPORT = "the server did not report on this ref"
+
+
 def _apply_report(updates: list[RefUpdate], unpack: str, statuses: dict[str, str | None]) -> None:
     """Each update's result, from the server's report only: no report, no ``ok``."""
     for u in updates:
@@ -428,7 +431,7 @@ def _apply_report(updates: list[RefUpdate], unpack: str, statuses: dict[str, str
             else:
                 u.error = why
         else:
-            u.error = f"no report from the server (unpack {unpack})" if unpack != "ok" else "the server did not report on this ref"
+            u.error = f"no report from the server (unpack {unpack})" if unpack != "ok" else NO_REPORT
 
 
 def parse_push_lines(lines: list[str]) -> list[RefUpdate]:

@@ -191,3 +191,31 @@ def test_clone_of_a_shallow_repository_with_fsck_objects(tmp_path: Path) -> None
     shallow_at = {kind: set((tmp_path / kind / ".git" / "shallow").read_text().split()) for kind in ("relay", "native")}
     assert shallow_at["relay"] == shallow_at["native"]
     assert not list((tmp_path / "relay" / ".git").glob("relay/shallow-*")), "the temporary shallow file is gone"
+
+
+def test_clone_of_a_remote_whose_head_names_a_missing_branch(tmp_path: Path) -> None:
+    parent = tmp_path / "parent"
+    git("init", "-q", "-b", "stuff", str(parent))
+    git("commit", "-q", "--allow-empty", "-m", "stuff", cwd=parent)
+    git("symbolic-ref", "HEAD", "refs/heads/mydefault", cwd=parent)
+    for kind, url in (("relay", f"relay::file://{parent}"), ("native", f"file://{parent}")):
+        res = git("-c", "protocol.version=2", "clone", url, str(tmp_path / kind))
+        assert "remote HEAD refers to nonexistent ref" in res.stderr
+        assert (tmp_path / kind / ".git" / "HEAD").read_text() == "ref: refs/heads/mydefault\n", kind
+        assert refs(tmp_path / kind) == refs(tmp_path / "relay")
+
+
+def test_smart_http_switched_off_is_refused_clearly(work: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
+    remote = make_remote("http")
+    git("push", "-q", remote.relay_url, "main", cwd=work)
+    res = git("ls-remote", remote.relay_url, env=dict(os.environ, GIT_SMART_HTTP="0"), check=False)
+    assert res.returncode != 0 and "GIT_SMART_HTTP=0" in res.stderr
+
+
+def test_http_curlopt_resolve_names_the_address(work: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
+    remote = make_remote("http")
+    git("push", "-q", remote.relay_url, "main", cwd=work)
+    port = remote.url.split(":")[2].split("/")[0]
+    bogus = remote.url.replace("127.0.0.1", "relay-test-host.invalid")
+    res = git("-c", f"http.curloptResolve=relay-test-host.invalid:{port}:127.0.0.1", "ls-remote", "relay::" + bogus)
+    assert refs(remote.path)["refs/heads/main"] in res.stdout

@@ -158,6 +158,9 @@ class HttpTransport:
         raise TransportError(f"unexpected HTTP status {resp.status} from '{where}'")
 
     def open(self, service: str, want_v2: bool) -> "HttpService":
+        if (self.ctx.env.get("GIT_SMART_HTTP") or "1").strip().lower() in ("0", "false", "no", "off"):
+            raise UnsupportedError("smart HTTP is turned off (GIT_SMART_HTTP=0) and relay:: speaks only smart HTTP",
+                                   "unset GIT_SMART_HTTP, or use the URL without relay:: for dumb HTTP")
         url = f"{self.base}/info/refs?service=git-{service}"
         headers = {"Accept": "*/*"}
         if want_v2:
@@ -173,8 +176,9 @@ class HttpTransport:
         if ctype != f"application/x-git-{service}-advertisement":
             resp.close()
             raise UnsupportedError(
-                f"'{redact(self.base)}/' is not a smart HTTP git server (dumb HTTP)",
-                "relay:: needs smart HTTP; use the same URL without relay:: (plain git reads dumb HTTP servers)",
+                f"repository '{redact(self.base)}/' not valid: is this a git repository? It did not answer as a smart HTTP "
+                f"server (Content-Type '{ctype}')",
+                "relay:: needs smart HTTP; for a dumb HTTP server use the same URL without relay:: (plain git reads those)",
             )
         self.settled()
         return HttpService(self, service, resp, want_v2)

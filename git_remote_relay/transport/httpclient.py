@@ -77,6 +77,19 @@ class HttpOptions:
                 continue
             name, _, text = value.partition(":")
             self.extra_headers.append((name.strip(), text.strip()))
+        # http.curloptResolve, as curl's CURLOPT_RESOLVE: "[+]HOST:PORT:ADDR[,ADDR...]", "-HOST:PORT" removes
+        self.resolve: dict[tuple[str, int], str] = {}
+        for entry in config.values.get("http.curloptresolve", []):
+            entry = entry.strip()
+            remove = entry.startswith("-")
+            host, _, rest = entry.lstrip("+-").partition(":")
+            port_text, _, addresses = rest.partition(":")
+            if not port_text.isdigit():
+                continue
+            if remove:
+                self.resolve.pop((host.lower(), int(port_text)), None)
+            elif addresses:
+                self.resolve[(host.lower(), int(port_text))] = addresses.split(",")[0].strip("[]")
         scheme = urlsplit(url).scheme
         self.proxy = last("proxy") or env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY") or env.get("all_proxy") \
             or env.get("ALL_PROXY")
@@ -257,7 +270,7 @@ class Client:
         origin = f"{scheme}://{host}:{port}"
         proxy = self.options.proxy_for(host)
         target = urlsplit(proxy) if proxy else None
-        where = (target.hostname or "", target.port or 80) if target else (host, port)
+        where = (target.hostname or "", target.port or 80) if target else (self.options.resolve.get((host.lower(), port), host), port)
         try:
             sock = socket.create_connection(where, timeout=self.connect_timeout)
         except OSError as exc:
