@@ -104,6 +104,9 @@ def run_script(tree: Path, script: str, forced: bool, bindir: Path, root: Path, 
     env["GIT_TEST_HTTPD"] = env.get("RELAY_TEST_HTTPD", "true")
     if forced:
         env["GIT_TEST_FORCE_RELAY"] = "1"
+        # the native run of the same script may run at the same time on the script's own port
+        number = int(script[1:5])
+        env["LIB_HTTPD_PORT"] = env["LIB_GIT_DAEMON_PORT"] = str(10000 + number)
     root.mkdir(parents=True, exist_ok=True)
     if prefix:
         shutil.chown(root, prefix[2])

@@ -64,6 +64,7 @@ class Helper:
         self.passthrough_opts: dict[str, str] = {}
         self.followtags = False
         self.cloning = False
+        self.reject_shallow = False
         self.check_connectivity = False
         self.push_state: object | None = None
 
@@ -148,7 +149,7 @@ class Helper:
             else:
                 self.passthrough_opts[name] = value
         elif name == "rejectshallow":
-            pass  # the engine refuses shallow remotes anyway; passthrough passes the option on
+            self.reject_shallow = value in ("true", "1")  # `git clone --reject-shallow` (git sends "1")
         elif name in ("dry-run", "atomic", "push-option", "cas", "force-if-includes", "pushcert"):
             reply = self._push_option(name, value)
         elif name == "servpath":
@@ -243,9 +244,11 @@ class Helper:
                 host_label=self.url.host or "localhost",
                 step_objects=self.settings.fetch_step_objects,
                 env=self.env,
-                allow_shallow=self.cloning,
+                allow_shallow=self.cloning and not self.reject_shallow,
             )
         except ShallowRemoteError as exc:
+            if self.reject_shallow:
+                raise RelayError("source repository is shallow, reject to clone.") from exc  # git's words
             raise UnsupportedError(
                 "the remote repository is shallow (its history is cut off): fetching from it would make this repository shallow",
                 "native git refuses that too unless asked (git fetch --update-shallow); use plain git for it, or relay.mode=passthrough",

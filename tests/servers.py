@@ -90,7 +90,7 @@ server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_f
 auth.backend = "plain"
 auth.backend.plain.userfile = "{base}/htpasswd"
 alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/", "/postauth/" => "{backend}/", "/small/" => "{backend}/")
-url.redirect = ("^/moved/(.*)$" => "/git/$1")
+url.redirect = ("^/moved/(.*)$" => "/git/$1", "^/moved-auth/(.*)$" => "/auth/$1")
 $HTTP["url"] =~ "^/small/" {{
   # a front end with a body limit (like a proxy's client_max_body_size): 413 over 300 KiB
   server.max-request-size = {small_kb}
@@ -114,7 +114,7 @@ $HTTP["url"] =~ "^/postauth/" {{
 @contextlib.contextmanager
 def http_server(root: Path, base: Path, gitconfig: str, home: str, small_kb: int = 300) -> Iterator[int]:
     """lighttpd running ``git http-backend`` (chunked request bodies accepted): /git/ open,
-    /auth/ basic auth everywhere, /postauth/ basic auth for POSTs only, /moved/ redirects to /git/,
+    /auth/ basic auth everywhere, /postauth/ basic auth for POSTs only, /moved/ redirects to /git/ and /moved-auth/ to /auth/,
     /small/ answers 413 to request bodies over ``small_kb`` KiB (a front end's body limit)."""
     lighttpd = _sbin("lighttpd")
     if not lighttpd:

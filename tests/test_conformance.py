@@ -153,7 +153,7 @@ def test_v0_refuses_an_unadvertised_object_like_git(work: Path, make_remote) -> 
         ("[::1]:rep", "::1 git-upload-pack 'rep'"),
     ],
 )
-def test_ssh_addresses_reach_ssh_as_git_sends_them(address: str, expect: str, tmp_path: Path) -> None:
+def test_ssh_addresses_reach_ssh_as_git_sends_them(address: str, expect: str, tmp_path: Path, workspace: Path) -> None:
     log = tmp_path / "ssh-output"
     fake = tmp_path / "ssh"
     fake.write_text(f'#!/bin/sh\necho "ssh: $*" >> {log}\nexit 1\n')
@@ -166,7 +166,7 @@ def test_ssh_addresses_reach_ssh_as_git_sends_them(address: str, expect: str, tm
     assert relayed == native == f"ssh: {expect}"
 
 
-def test_ssh_variant_auto_goes_by_the_basename(tmp_path: Path) -> None:
+def test_ssh_variant_auto_goes_by_the_basename(tmp_path: Path, workspace: Path) -> None:
     log = tmp_path / "ssh-output"
     plink = tmp_path / "plink"
     plink.write_text(f'#!/bin/sh\necho "ssh: $*" >> {log}\nexit 1\n')
@@ -179,7 +179,7 @@ def test_ssh_variant_auto_goes_by_the_basename(tmp_path: Path) -> None:
     assert relayed == native and "-P 123" in relayed
 
 
-def test_clone_of_a_shallow_repository_with_fsck_objects(tmp_path: Path) -> None:
+def test_clone_of_a_shallow_repository_with_fsck_objects(tmp_path: Path, workspace: Path) -> None:
     full = make_source(tmp_path / "full", commits=4)
     shallow = tmp_path / "shallow"
     git("clone", "-q", "--depth=2", f"file://{full}", str(shallow))
@@ -193,7 +193,7 @@ def test_clone_of_a_shallow_repository_with_fsck_objects(tmp_path: Path) -> None
     assert not list((tmp_path / "relay" / ".git").glob("relay/shallow-*")), "the temporary shallow file is gone"
 
 
-def test_clone_of_a_remote_whose_head_names_a_missing_branch(tmp_path: Path) -> None:
+def test_clone_of_a_remote_whose_head_names_a_missing_branch(tmp_path: Path, workspace: Path) -> None:
     parent = tmp_path / "parent"
     git("init", "-q", "-b", "stuff", str(parent))
     git("commit", "-q", "--allow-empty", "-m", "stuff", cwd=parent)
@@ -219,3 +219,32 @@ def test_http_curlopt_resolve_names_the_address(work: Path, make_remote) -> None
     bogus = remote.url.replace("127.0.0.1", "relay-test-host.invalid")
     res = git("-c", f"http.curloptResolve=relay-test-host.invalid:{port}:127.0.0.1", "ls-remote", "relay::" + bogus)
     assert refs(remote.path)["refs/heads/main"] in res.stdout
+
+
+def test_credentials_are_asked_for_where_a_redirect_leads(work: Path, make_remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from conftest import HTTP_PASSWORD, HTTP_USER
+
+    remote = make_remote("http")
+    git("push", "-q", remote.relay_url, "main", cwd=work)
+    url = remote.url.replace("/git/", "/moved-auth/")
+    prompts = tmp_path / "prompts"
+    askpass = tmp_path / "askpass"
+    askpass.write_text(f'#!/bin/sh\necho "$1" >> {prompts}\ncase "$1" in Username*) echo {HTTP_USER};; *) echo {HTTP_PASSWORD};; esac\n')
+    askpass.chmod(0o755)
+    env = dict(os.environ, GIT_ASKPASS=str(askpass))
+    seen = {}
+    for kind, address in (("relay", "relay::" + url), ("native", url)):
+        prompts.write_text("")
+        git("-c", "credential.useHttpPath=true", "clone", "-q", address, str(tmp_path / kind), env=env)
+        seen[kind] = prompts.read_text()
+    assert seen["relay"] == seen["native"] and "/auth/" in seen["relay"], seen
+
+
+def test_reject_shallow_refuses_a_shallow_remote_like_git(tmp_path: Path, workspace: Path) -> None:
+    full = make_source(tmp_path / "full", commits=4)
+    shallow = tmp_path / "shallow"
+    git("clone", "-q", "--depth=2", f"file://{full}", str(shallow))
+    for kind, url in (("relay", f"relay::file://{shallow}"), ("native", f"file://{shallow}")):
+        res = git("-c", "protocol.version=2", "clone", "--reject-shallow", url, str(tmp_path / kind), check=False)
+        assert res.returncode != 0 and "source repository is shallow, reject to clone." in res.stderr, kind
+        assert not (tmp_path / kind).exists()

@@ -130,6 +130,13 @@ class HttpTransport:
             attempt += 1
             resp.drain()
             resp.release()
+            if method == "GET" and resp.url != url and url.startswith(self.base):
+                # A redirect ended in the 401: like git, ask for (and send) credentials for the
+                # place we were sent to, and retry there.
+                suffix = url[len(self.base):]
+                if resp.url.endswith(suffix):
+                    self.base = resp.url[: len(resp.url) - len(suffix)]
+                    url = resp.url
             need = self.cred is None or self.cred.password is None
             if attempt == 1 and replayable and need and not self.cred_from_helper:
                 if self._ask_credentials():
