@@ -89,16 +89,21 @@ server.max-request-size = 0
 server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_file", "mod_redirect")
 auth.backend = "plain"
 auth.backend.plain.userfile = "{base}/htpasswd"
-alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/", "/postauth/" => "{backend}/", "/small/" => "{backend}/")
+alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/", "/postauth/" => "{backend}/", "/small/" => "{backend}/",
+             "/cookies/" => "{backend}/")
 url.redirect = ("^/moved/(.*)$" => "/git/$1", "^/moved-auth/(.*)$" => "/auth/$1")
 $HTTP["url"] =~ "^/small/" {{
   # a front end with a body limit (like a proxy's client_max_body_size): 413 over 300 KiB
   server.max-request-size = {small_kb}
 }}
-$HTTP["url"] =~ "^/(git|auth|postauth|small)/" {{
+$HTTP["url"] =~ "^/(git|auth|postauth|small|cookies)/" {{
   cgi.assign = ("" => "")
   setenv.set-environment = ("GIT_PROJECT_ROOT" => "{root}", "GIT_HTTP_EXPORT_ALL" => "1",
                             "GIT_CONFIG_GLOBAL" => "{gitconfig}", "GIT_CONFIG_NOSYSTEM" => "1", "HOME" => "{home}")
+}}
+$HTTP["url"] =~ "^/cookies/" {{
+  # every answer sets a session cookie (no Path: the client's default path applies)
+  setenv.add-response-header = ("Set-Cookie" => "name=value")
 }}
 $HTTP["url"] =~ "^/auth/" {{
   auth.require = ("" => ("method" => "basic", "realm" => "relay", "require" => "valid-user"))
@@ -115,7 +120,8 @@ $HTTP["url"] =~ "^/postauth/" {{
 def http_server(root: Path, base: Path, gitconfig: str, home: str, small_kb: int = 300) -> Iterator[int]:
     """lighttpd running ``git http-backend`` (chunked request bodies accepted): /git/ open,
     /auth/ basic auth everywhere, /postauth/ basic auth for POSTs only, /moved/ redirects to /git/ and /moved-auth/ to /auth/,
-    /small/ answers 413 to request bodies over ``small_kb`` KiB (a front end's body limit)."""
+    /small/ answers 413 to request bodies over ``small_kb`` KiB (a front end's body limit), /cookies/
+    sets a cookie on every answer."""
     lighttpd = _sbin("lighttpd")
     if not lighttpd:
         raise ServerUnavailable("lighttpd is not installed (run ./install.sh --dev)")

@@ -248,3 +248,19 @@ def test_reject_shallow_refuses_a_shallow_remote_like_git(tmp_path: Path, worksp
         res = git("-c", "protocol.version=2", "clone", "--reject-shallow", url, str(tmp_path / kind), check=False)
         assert res.returncode != 0 and "source repository is shallow, reject to clone." in res.stderr, kind
         assert not (tmp_path / kind).exists()
+
+
+def test_http_cookie_file_is_sent_and_saved_like_curl(work: Path, make_remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    remote = make_remote("http")
+    git("push", "-q", remote.relay_url, "main", cwd=work)
+    url = remote.url.replace("/git/", "/cookies/")
+    path = url.split(":", 2)[2].split("/", 1)[1]  # "cookies/<repo>.git"
+    results = {}
+    for kind, address in (("relay", "relay::" + url), ("native", url)):
+        jar = tmp_path / f"cookies-{kind}.txt"
+        jar.write_text("127.0.0.1\tFALSE\t/cookies/\tFALSE\t0\tothername\tothervalue\n")
+        git("-c", f"http.cookieFile={jar}", "-c", "http.saveCookies=true", "ls-remote", address)
+        results[kind] = sorted(line for line in jar.read_text().splitlines() if line and not line.startswith("#"))
+    assert results["relay"] == results["native"], results
+    assert f"127.0.0.1\tFALSE\t/{path}/info/\tFALSE\t0\tname\tvalue" in results["relay"]
+    assert "127.0.0.1\tFALSE\t/cookies/\tFALSE\t0\tothername\tothervalue" in results["relay"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 
@@ -331,3 +332,21 @@ def test_children_get_their_pipes_even_when_our_stdin_is_closed() -> None:
               "print(done.returncode, done.stdout.decode())\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "0 through the pipe"
+
+
+def test_cookie_jar_matches_and_parses_like_curl(tmp_path: Path) -> None:
+    from git_remote_relay.transport.cookies import CookieJar
+
+    path = tmp_path / "jar"
+    path.write_text("# Netscape HTTP Cookie File\n127.0.0.1\tFALSE\t/a/\tFALSE\t0\tk\tv\n"
+                    "#HttpOnly_.example.org\tTRUE\t/\tTRUE\t0\ts\t1\nexample.com\tFALSE\t/\tFALSE\t1\told\tgone\n")
+    jar = CookieJar(str(path), save=True)
+    assert jar.header("http", "127.0.0.1", "/a/b.git/info/refs") == "k=v"
+    assert jar.header("http", "127.0.0.1", "/ab") is None, "a path prefix is not a path match"
+    assert jar.header("http", "git.example.org", "/x") is None, "secure cookies only over https"
+    assert jar.header("https", "git.example.org", "/x") == "s=1"
+    assert jar.header("http", "example.com", "/") is None, "expired"
+    jar.receive("127.0.0.1", "/a/b.git/git-upload-pack", ["n=1; Path=/a", "evil=1; Domain=other.net", "k=w; Path=/a/"])
+    assert jar.header("http", "127.0.0.1", "/a/b.git/x") == "k=w; n=1"
+    saved = path.read_text()
+    assert "127.0.0.1\tFALSE\t/a\tFALSE\t0\tn\t1" in saved and "evil" not in saved and "#HttpOnly_example.org" in saved

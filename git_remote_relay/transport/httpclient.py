@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     import io
     import ssl
 
+    from .cookies import CookieJar
+
 __all__ = ["HttpOptions", "Client", "Response", "HttpTimeout"]
 
 _MAX_LINE = 65536
@@ -90,6 +92,13 @@ class HttpOptions:
                 self.resolve.pop((host.lower(), int(port_text)), None)
             elif addresses:
                 self.resolve[(host.lower(), int(port_text))] = addresses.split(",")[0].strip("[]")
+        cookie_file = last("cookiefile")
+        self.cookies: "CookieJar | None" = None
+        if cookie_file:
+            from .cookies import CookieJar  # only when configured
+
+            saved = (last("savecookies") or "").strip().lower() in ("true", "yes", "on", "1")
+            self.cookies = CookieJar(cookie_file, save=saved)
         scheme = urlsplit(url).scheme
         self.proxy = last("proxy") or env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY") or env.get("all_proxy") \
             or env.get("ALL_PROXY")
@@ -228,7 +237,8 @@ def _read_head(conn: _Connection, timeout: float | None) -> tuple[str, int, str,
                 break
             name, _, value = raw.decode("latin-1").partition(":")
             key = name.strip().lower()
-            headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
+            joint = "\n" if key == "set-cookie" else ", "  # cookie dates hold commas: keep them apart
+            headers[key] = f"{headers[key]}{joint}{value.strip()}" if key in headers else value.strip()
     except socket.timeout as exc:
         raise HttpTimeout(f"no answer within {timeout:g} s" if timeout else "no answer") from exc
     return parts[0], int(parts[1]), parts[2] if len(parts) > 2 else "", headers
@@ -311,6 +321,11 @@ class Client:
         lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}", f"User-Agent: {self.options.user_agent}"]
         lines += [f"{k}: {v}" for k, v in headers.items()]
         lines += [f"{k}: {v}" for k, v in self.options.extra_headers]
+        jar = self.options.cookies
+        if jar is not None:
+            cookie = jar.header(scheme, host, parts.path or "/")
+            if cookie:
+                lines.append(f"Cookie: {cookie}")
         if proxy:
             auth = _proxy_auth(urlsplit(proxy)).rstrip("\r\n")
             if auth:
@@ -321,6 +336,13 @@ class Client:
         elif streamed:
             lines.append("Transfer-Encoding: chunked")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        resp = self._exchange(origin, scheme, host, port, url, method, head, body, streamed)
+        if jar is not None and "set-cookie" in resp.headers:
+            jar.receive(host, parts.path or "/", resp.headers["set-cookie"].split("\n"))
+        return resp
+
+    def _exchange(self, origin: str, scheme: str, host: str, port: int, url: str, method: str, head: bytes,
+                  body: bytes | Iterable[bytes] | None, streamed: bool) -> Response:
         reused = self._take_idle(origin)
         if reused is not None:
             try:
