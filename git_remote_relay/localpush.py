@@ -14,7 +14,7 @@ from .errors import PackError, RelayError
 from .gitcmd import Git
 from .limits import Limits, limit_key
 from .protocol import ZERO_OID, Advertisement
-from .push import NO_REPORT, PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates
+from .push import NO_REPORT, PackStream, PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates, start_pack
 from .quoting import c_quote
 from .settings import Settings
 from .split import OVERSIZED_HINT, Learning, push_or_split, target_haves
@@ -71,10 +71,17 @@ class LocalHistory:
         out = self.git.run(["log", "--format=%H", f"--find-object={blob}", *tips, "--not", *(b for b in base if b in present)])
         return (out.decode().split() or ["?"])[-1]
 
+    def prepare(self, updates: list[RefUpdate], base: list[str], ofs_delta: bool) -> PackStream | None:
+        """Start the pack for ``updates`` over ``base`` now, to be sent later (quietly: another
+        step's progress is on the screen meanwhile)."""
+        present = self.git.existing(base)
+        return start_pack(self.git, updates, [b for b in base if b in present], PushOptions(), False, ofs_delta)
+
     def send(
-        self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, limit: int | None, limit_source: str
+        self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions, limit: int | None, limit_source: str,
+        prepared: PackStream | None = None,
     ) -> tuple[int, int | None]:
-        return send_updates(self.git, self.reporter, service, adv, updates, opts, limit=limit, limit_source=limit_source)
+        return send_updates(self.git, self.reporter, service, adv, updates, opts, limit=limit, limit_source=limit_source, prepared=prepared)
 
 
 def _recheck_moved(session: Session, reporter: Reporter, updates: list[RefUpdate]) -> None:

@@ -320,34 +320,44 @@ def local_haves(git: "Git", adv: Advertisement) -> list[str]:
     return [oid for oid in candidates if oid in present]
 
 
+def start_pack(git: "Git", updates: list[RefUpdate], haves: list[str], opts: PushOptions, progress: bool, ofs_delta: bool,
+               limit: int | None = None, limit_source: str = "relay.maxPackBytes") -> "PackStream":
+    """Start ``git pack-objects`` for ``updates`` minus ``haves`` (which must exist locally)."""
+    # git's own pack-objects arguments for a push (send-pack.c), in git's order
+    # (always --thin: git never tells a helper about --no-thin, see README "Conformance")
+    args = ["pack-objects", "--all-progress-implied", "--revs", "--stdout", "--thin"]
+    if ofs_delta:
+        args.append("--delta-base-offset")
+    args.append("--progress" if progress else "-q")
+    if not opts.use_bitmaps:
+        args.append("--no-use-bitmap-index")
+    if git.run(["rev-parse", "--is-shallow-repository"]).strip() == b"true":
+        args.append("--shallow")
+    proc = git.popen(args, stdin=PIPE, stdout=PIPE, stderr=None)
+    assert proc.stdin is not None
+    revs = [u.new for u in updates if not u.delete] + ["^" + h for h in haves]
+    try:
+        proc.stdin.write("".join(r + "\n" for r in revs).encode())
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    return _PackObjects(proc, limit, limit_source)
+
+
 def send_updates(git: "Git", reporter: "Reporter", service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions,
-                 limit: int | None = None, limit_source: str = "relay.maxPackBytes") -> tuple[int, int | None]:
+                 limit: int | None = None, limit_source: str = "relay.maxPackBytes",
+                 prepared: "PackStream | None" = None) -> tuple[int, int | None]:
     """Push ``updates`` with a pack from the local repository; fill in their results.
 
-    Returns (pack bytes sent, objects). Raises ``PackTooLarge`` when a limit stopped the pack.
+    ``prepared`` is a pack already started for exactly these updates (a split push starts the
+    next step's pack while the current one uploads). Returns (pack bytes sent, objects). Raises
+    ``PackTooLarge`` when a limit stopped the pack.
     """
-    progress = reporter.progress
-    stream: PackStream | None = None
-    if any(not u.delete for u in updates):
-        # git's own pack-objects arguments for a push (send-pack.c), in git's order
-        # (always --thin: git never tells a helper about --no-thin, see README "Conformance")
-        args = ["pack-objects", "--all-progress-implied", "--revs", "--stdout", "--thin"]
-        if adv.has("ofs-delta"):
-            args.append("--delta-base-offset")
-        args.append("--progress" if progress else "-q")
-        if not opts.use_bitmaps:
-            args.append("--no-use-bitmap-index")
-        if git.run(["rev-parse", "--is-shallow-repository"]).strip() == b"true":
-            args.append("--shallow")
-        proc = git.popen(args, stdin=PIPE, stdout=PIPE, stderr=None)
-        assert proc.stdin is not None
-        revs = [u.new for u in updates if not u.delete] + ["^" + h for h in local_haves(git, adv)]
-        try:
-            proc.stdin.write("".join(r + "\n" for r in revs).encode())
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        stream = _PackObjects(proc, limit, limit_source)
+    stream: PackStream | None = prepared
+    if stream is None and any(not u.delete for u in updates):
+        stream = start_pack(git, updates, local_haves(git, adv), opts, reporter.progress, adv.has("ofs-delta"), limit, limit_source)
+    elif stream is not None:
+        stream.limit, stream.limit_source = limit, limit_source
     return exchange(service, adv, updates, opts, reporter, stream)
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from .errors import PackError
 from .limits import Limits
 from .protocol import ZERO_OID, Advertisement
-from .push import PackTooLarge, PushOptions, RefUpdate
+from .push import PackStream, PackTooLarge, PushOptions, RefUpdate
 from .transport.base import Service
 from .ui import Reporter
 
@@ -46,9 +46,14 @@ if TYPE_CHECKING:
             """What ``commit`` adds over ``base`` that makes it big (its largest files), for an error."""
             ...
 
+        def prepare(self, updates: list[RefUpdate], base: list[str], ofs_delta: bool) -> PackStream | None:
+            """Start the pack for ``updates`` over ``base`` ahead of its ``send``; None when this
+            history cannot (its packs come per request)."""
+            ...
+
         def send(self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions,
-                 limit: int | None, limit_source: str) -> tuple[int, int | None]:
-            """Push ``updates`` with a pack from this history; (bytes sent, objects)."""
+                 limit: int | None, limit_source: str, prepared: PackStream | None = None) -> tuple[int, int | None]:
+            """Push ``updates`` with a pack from this history (or the ``prepared`` one); (bytes sent, objects)."""
             ...
 
 
@@ -288,14 +293,29 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
     tmp = split_ref(u.dst)
     # Every step goes to the helper ref, the last one too: then a commit too big on its own is
     # found (and named) here, and the final push only moves the refs.
+    # Pipelined: while step k uploads (and the target indexes it), step k+1's pack is counted and
+    # compressed. It assumes step k lands; when the target shows anything else, it is dropped.
+    prepared: PackStream | None = None
     for k, commit in enumerate(steps, start=1):
         if k > 1:
-            service, adv = open_target()
+            try:
+                service, adv = open_target()
+            except BaseException:
+                _drop(prepared)
+                raise
         step = RefUpdate(src=commit, dst=tmp, force=True, new=commit, old=adv.refs.get(tmp, ZERO_OID))
+        if prepared is not None and adv.refs.get(tmp) != steps[k - 2]:
+            _drop(prepared)
+            prepared = None
         reporter.say(f"relay: step {k}/{len(steps)}: {u.dst} -> {commit[:12]}")
+        upcoming = None
+        if k < len(steps):
+            following = RefUpdate(src=steps[k], dst=tmp, force=True, new=steps[k])
+            upcoming = history.prepare([following], [*haves, commit], adv.has("ofs-delta"))
         try:
-            sent, objects = history.send(service, adv, [step], PushOptions(), max_pack.size, max_pack.name)
+            sent, objects = history.send(service, adv, [step], PushOptions(), max_pack.size, max_pack.name, prepared=prepared)
         except PackTooLarge as exc:
+            _drop(upcoming)
             if exc.ours:
                 raise
             if learning is not None:
@@ -304,8 +324,14 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
             _give_up_if_hopeless(exc, history, u, chain, steps, k, haves, budget, sized, resets)
             reporter.say("relay: the target refused a step; trying smaller steps")
             return True, resets, sent_total, objects_total
+        except BaseException:
+            _drop(upcoming)
+            raise
         finally:
             service.close()
+        prepared = upcoming
+        if not step.ok:
+            _drop(upcoming)
         sent_total += sent
         objects_total += objects or 0
         if learning is not None:
@@ -317,6 +343,12 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
             reporter.trace(f"split: waiting {max_pack.interval:g} s (relay.splitInterval)")
             time.sleep(max_pack.interval)
     return False, resets, sent_total, objects_total
+
+
+def _drop(stream: PackStream | None) -> None:
+    """Stop a prepared pack that will not be sent (its pack-objects is killed and reaped)."""
+    if stream is not None:
+        stream.stop()
 
 
 def _final(history: History, open_target: OpenTarget, todo: list[RefUpdate], opts: PushOptions, reporter: Reporter,

@@ -115,8 +115,11 @@ class RemoteHistory:
     def describe(self, commit: str, base: list[str]) -> str:
         return commit[:12]  # only the commit graph is known here, not its files
 
+    def prepare(self, updates: list[RefUpdate], base: list[str], ofs_delta: bool) -> PackStream | None:
+        return None  # the pack comes from the source remote, per request
+
     def send(self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions,
-             limit: int | None, limit_source: str) -> tuple[int, int | None]:
+             limit: int | None, limit_source: str, prepared: PackStream | None = None) -> tuple[int, int | None]:
         wants = list(dict.fromkeys(u.new for u in updates if u.new != ZERO_OID))
         haves = target_haves(adv)
         stream: PackStream | None = None

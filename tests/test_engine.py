@@ -59,8 +59,11 @@ class FakeHistory:
     def describe(self, commit: str, base: list[str]) -> str:
         return f"{commit[-4:]} (fake)"
 
+    def prepare(self, updates: list[RefUpdate], base: list[str], ofs_delta: bool) -> None:
+        return None
+
     def send(self, service: Service, adv: Advertisement, updates: list[RefUpdate], opts: PushOptions,
-             limit: int | None, limit_source: str) -> tuple[int, int | None]:
+             limit: int | None, limit_source: str, prepared: object = None) -> tuple[int, int | None]:
         tips = [u.new for u in updates if not u.delete]
         count = max((self.commits.index(t) + 1 for t in tips), default=0) - self._behind(target_haves(adv))
         stream = _Pack(fake_pack(max(count, 0), max(count, 0) * self.size + 12), limit, limit_source) if tips else None
