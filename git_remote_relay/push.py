@@ -34,10 +34,12 @@ _SIZE_REFUSALS = ("exceeds maximum allowed size", "pack exceeds", "too large", "
 class PackTooLarge(PackError):
     """The pack grew past a limit (ours or the server's)."""
 
-    def __init__(self, message: str, hint: str = "", sent: int = 0, ours: bool = False, uncertain: bool = False) -> None:
+    def __init__(self, message: str, hint: str = "", sent: int = 0, ours: bool = False, uncertain: bool = False,
+                 limit: int | None = None) -> None:
         super().__init__(message, hint)
         self.sent = sent
         self.ours = ours
+        self.limit = limit  # the size the server said it allows ("maximum allowed size (2.86 MiB)"), if it said
         # The server reset the connection after (part of) the pack, before any report:
         # git daemon does exactly that on receive.maxInputSize, but so does a broken link.
         self.uncertain = uncertain
@@ -257,6 +259,21 @@ def _commands(updates: list[RefUpdate], adv: Advertisement, opts: PushOptions, p
     return b"".join(out)
 
 
+_UNITS = {"bytes": 1, "byte": 1, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def stated_limit(text: str) -> int | None:
+    """The limit in receive-pack's "pack exceeds maximum allowed size (2.86 MiB)", in bytes (rounded down)."""
+    at = text.find("maximum allowed size (")
+    if at < 0:
+        return None
+    number, _, unit = text[at + len("maximum allowed size ("):].partition(")")[0].strip().partition(" ")
+    try:
+        return int(float(number) * _UNITS[unit.strip().lower()])
+    except (ValueError, KeyError):
+        return None
+
+
 def _size_refusal(text: str) -> bool:
     lowered = text.lower()
     return any(word in lowered for word in _SIZE_REFUSALS)
@@ -394,8 +411,9 @@ def exchange(
         stream.stop()
     sent = stream.sent if stream else 0
     _apply_report(updates, unpack, statuses)
-    if unpack != "ok" and _size_refusal(unpack + " " + said.decode("utf-8", "replace")):
-        raise PackTooLarge(f"the server refused the pack for its size: {unpack}", sent=sent)
+    text = unpack + " " + said.decode("utf-8", "replace")
+    if unpack != "ok" and _size_refusal(text):
+        raise PackTooLarge(f"the server refused the pack for its size: {unpack}", sent=sent, limit=stated_limit(text))
     return sent, stream.objects if stream else None
 
 
@@ -417,8 +435,9 @@ def _explain_failure(exc: RelayError, service: Service, stream: PackStream | Non
         send_error = err
     if stream is None:
         return
-    if _size_refusal(said.decode("utf-8", "replace")):
-        raise PackTooLarge(f"the server refused the pack for its size ({exc.message})", sent=stream.sent) from exc
+    text = said.decode("utf-8", "replace")
+    if _size_refusal(text):
+        raise PackTooLarge(f"the server refused the pack for its size ({exc.message})", sent=stream.sent, limit=stated_limit(text)) from exc
     # A reset is reported once, to the reader or to the writer, whichever asks first. git daemon
     # resets the socket when receive.maxInputSize stops the pack, before the reason can reach us:
     # most likely a size refusal, retried smaller a few times only.

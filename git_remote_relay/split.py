@@ -212,12 +212,14 @@ def push_or_split(history: History, open_target: OpenTarget, first: tuple[Servic
                     raise  # relay.maxPackBytes: abort cleanly, never split
                 if not exc.ours and learning is not None:
                     learning.refused(exc.sent, exc.uncertain)
-                first_sent, resets = exc.sent, int(exc.uncertain)
+                first_sent, resets, stated = exc.sent, int(exc.uncertain), exc.limit
             finally:
                 service.close()
             if budget is None:
-                # the refusal came about when the pack passed the limit: start a little under it
-                budget = max(first_sent * 3 // 4, MIN_BUDGET)
+                # the refusal came about when the pack passed the limit: start a little under it (the
+                # server may have read well past its limit before it said so; if it named the limit,
+                # a tenth under that)
+                budget = max(first_sent * 3 // 4 if stated is None else min(first_sent * 3 // 4, stated * 9 // 10), MIN_BUDGET)
                 if resets:
                     reporter.say(f"relay: the target reset the connection after {first_sent} bytes without a reason "
                                  f"(git daemon does that on receive.maxInputSize); pushing in smaller steps")
@@ -316,11 +318,7 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
             sent, objects = history.send(service, adv, [step], PushOptions(), max_pack.size, max_pack.name, prepared=prepared)
         except PackTooLarge as exc:
             _drop(upcoming)
-            if exc.ours:
-                raise
-            if learning is not None:
-                learning.refused(exc.sent, exc.uncertain)
-            resets += int(exc.uncertain)
+            resets = _step_refused(exc, learning, resets)
             _give_up_if_hopeless(exc, history, u, chain, steps, k, haves, budget, sized, resets)
             reporter.say("relay: the target refused a step; trying smaller steps")
             return True, resets, sent_total, objects_total
@@ -343,6 +341,15 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
             reporter.trace(f"split: waiting {max_pack.interval:g} s (relay.splitInterval)")
             time.sleep(max_pack.interval)
     return False, resets, sent_total, objects_total
+
+
+def _step_refused(exc: PackTooLarge, learning: Learning | None, resets: int) -> int:
+    """Note a refused step (our own limit re-raises); the count of unexplained resets so far."""
+    if exc.ours:
+        raise exc
+    if learning is not None:
+        learning.refused(exc.sent, exc.uncertain)
+    return resets + int(exc.uncertain)
 
 
 def _drop(stream: PackStream | None) -> None:

@@ -350,3 +350,19 @@ def test_cookie_jar_matches_and_parses_like_curl(tmp_path: Path) -> None:
     assert jar.header("http", "127.0.0.1", "/a/b.git/x") == "k=w; n=1"
     saved = path.read_text()
     assert "127.0.0.1\tFALSE\t/a\tFALSE\t0\tn\t1" in saved and "evil" not in saved and "#HttpOnly_example.org" in saved
+
+
+@pytest.mark.parametrize(
+    "text, limit",
+    [
+        ("remote: fatal: pack exceeds maximum allowed size (2.86 MiB)", int(2.86 * 2**20)),
+        ("fatal: pack exceeds maximum allowed size (500.00 KiB)", 500 * 1024),
+        ("pack exceeds maximum allowed size (100 bytes)", 100),
+        ("unpack-objects abnormal exit", None),
+        ("HTTP 413 Request Entity Too Large", None),
+    ],
+)
+def test_the_limit_a_server_states_is_read(text: str, limit: int | None) -> None:
+    from git_remote_relay.push import stated_limit
+
+    assert stated_limit(text) == limit
