@@ -119,6 +119,11 @@ class WanLink:
         self._ready.set()
         async with server:
             await self._stop.wait()
+        # end the connections still open (their peers are gone or going): no task left pending
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in others:
+            t.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
 
     def __enter__(self) -> "WanLink":
         def run() -> None:
