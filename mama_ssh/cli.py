@@ -23,6 +23,7 @@ FAILED_FOR = 300.0  # after a failed pre-warm, connect plainly for 5 minutes ins
 SLOT_WAIT = 10.0  # how long a process waits for a free session slot before connecting plainly
 RETRIES = 4  # runs of ssh after the server dropped it during key exchange (MaxStartups), with backoff
 RETRY_BASE = 0.25
+SLOT_LINGER = 0.05  # seconds a slot stays taken after its session ended (the channel is closing)
 GROW_BACKOFF = 60.0  # after a further master of a pool failed to start, don't try that one again for a minute
 
 
@@ -282,12 +283,39 @@ def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
         relay.flush()
         break
     if p.slot_fd is not None:
-        os.close(p.slot_fd)
+        _release_slot(p, _number(env, "MAMA_SSH_SLOT_LINGER", SLOT_LINGER))
+    sys.exit(code)
+
+
+def _release_slot(p: Plan, linger: float) -> None:
+    """Give the slot back ``linger`` seconds after ssh ended, without making git wait for that.
+
+    The master closes a finished session's channel with the server a moment after the client is
+    gone; a slot handed over at once could open an eleventh session while ten are still
+    closing, which sshd refuses (and ssh then logs in anew). A forked child keeps the slot's lock
+    for that moment, with none of git's pipes open, while this process exits at once."""
+    fd = p.slot_fd
+    assert fd is not None
+    try:
+        pid = os.fork() if linger > 0 else -1
+    except OSError:
+        pid = -1  # no fork: give the slot back now
+    if pid == 0:  # the child: detached from git's pipes, holds the lock, then wakes a waiter
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+            for std in (0, 1, 2):
+                os.dup2(null, std)
+            time.sleep(linger)
+            os.close(fd)
+            p.wake.wake(1)
+        finally:
+            os._exit(0)
+    os.close(fd)
+    if pid < 0:
         try:
             p.wake.wake(1)
         except Exception:  # noqa: BLE001 - waiters also look again on their own
             pass
-    sys.exit(code)
 
 
 def _wait(pid: int) -> int:
