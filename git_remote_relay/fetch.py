@@ -158,9 +158,7 @@ def fetch_pack(
         sink.close()
         out = index.stdout.read().decode()
         rc = index.wait()
-        _drop(shallow_file)
     except TransportError as exc:
-        _drop(shallow_file)
         reporter.flush_sideband()
         index.kill()
         index.wait()
@@ -170,12 +168,13 @@ def fetch_pack(
             "nothing was stored and no ref was changed; try the fetch again",
         ) from exc
     except BaseException:
-        _drop(shallow_file)
         reporter.flush_sideband()
         index.kill()
         index.wait()
         _remove_new_tmp(pack_dir, before)
         raise
+    finally:
+        _drop(shallow_file)
     if rc not in (0, 1) or (rc == 1 and not check_connectivity):
         _remove_new_tmp(pack_dir, before)
         raise PackError(
@@ -195,18 +194,22 @@ def fetch_pack(
 
 def _temporary_shallow(git: Git, shallow: list[str]) -> str:
     """A shallow file with the remote's boundary and our own, for index-pack (git's setup_temporary_shallow)."""
-    path = git.git_path("shallow")
-    try:
-        with open(path, encoding="ascii") as fh:
-            ours = fh.read().split()
-    except FileNotFoundError:
-        ours = []
+    ours = _read_shallow(git.git_path("shallow"))
     directory = git.git_path("relay")
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f"shallow-{os.getpid()}")
     with open(tmp, "w", encoding="ascii") as fh:
         fh.write("".join(oid + "\n" for oid in dict.fromkeys([*ours, *shallow])))
     return tmp
+
+
+def _read_shallow(path: str) -> list[str]:
+    """The commits a ``shallow`` file names (none when there is no file)."""
+    try:
+        with open(path, encoding="ascii") as fh:
+            return fh.read().split()
+    except FileNotFoundError:
+        return []
 
 
 def _drop(path: str | None) -> None:
@@ -260,12 +263,7 @@ def record_shallow(git: Git, oids: list[str]) -> None:
             f"unable to create '{lock}': it exists", "another git process may be running; if not, remove the file"
         ) from None
     try:
-        existing: list[str] = []
-        try:
-            with open(path, encoding="ascii") as fh:
-                existing = fh.read().split()
-        except FileNotFoundError:
-            pass
+        existing = _read_shallow(path)
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.write("".join(oid + "\n" for oid in sorted(set(existing) | set(oids))))
         os.replace(lock, path)
