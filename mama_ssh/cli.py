@@ -31,7 +31,7 @@ class Plan:
     """What to run: ``argv`` and, when it rides a master, the fd of its session slot."""
 
     def __init__(self, argv: list[str], slot_fd: int | None = None, why: str = "", learn: "tuple[object, str, int] | None" = None,
-                 wake: Any = None) -> None:
+                 wake: Pool | None = None) -> None:
         self.argv = argv
         self.slot_fd = slot_fd
         self.why = why
@@ -110,8 +110,8 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
     learned = state.read("caps", key)
     if learned and isinstance(learned.get("max"), int):
         limit = max(1, min(limit, learned["max"]))
-    pool = Pool(os.path.join(state.root, "slots"), key, limit, int(_number(env, "MAMA_SSH_MAX_MASTERS", slots.DEFAULT_MAX_MASTERS)))
-    sockets = [master.socket_path(os.path.dirname(path), slots.member(key, m)) for m in range(pool.max_masters)]
+    pool = Pool(os.path.join(state.root, "slots"), key, limit, int(_number(env, "MAMA_SSH_MAX_MASTERS", DEFAULT_MAX_MASTERS)))
+    sockets = [master.socket_path(os.path.dirname(path), member(key, m)) for m in range(pool.max_masters)]
     got = _slot(pool, sockets, ssh, parsed, key, bool(extra), state, env)
     if isinstance(got, str):
         return Plan(plain.argv, why=got)
@@ -157,7 +157,7 @@ def _slot(pool: Pool, sockets: list[str], ssh: str, parsed: Any, key: str, keepa
             if m is not None:
                 start_fd, index = m
                 try:
-                    problem = _start(ssh, parsed, sockets[index], member(key, index), keepalive, state, env, others=bool(live))
+                    problem = _start(ssh, parsed, sockets[index], key, index, keepalive, state, env, others=bool(live))
                 finally:
                     os.close(start_fd)
                     # every waiter looks again: for the new slots, and to start the next master
@@ -208,10 +208,12 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
     return None
 
 
-def _start(ssh: str, parsed: Any, path: str, name: str, keepalive: bool, state: Any, env: Mapping[str, str], others: bool) -> str | None:
-    """Pre-warm one master of the pool (its start lock is held); the reason it failed, or None."""
+def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, state: Any, env: Mapping[str, str],
+           others: bool) -> str | None:
+    """Pre-warm master ``m`` of ``key``'s pool (its start lock is held); the reason it failed, or None."""
     from . import master
 
+    name = member(key, m)
     if master.alive(path):
         return None
     timeout = _number(env, "MAMA_SSH_PREWARM_TIMEOUT", PREWARM_TIMEOUT)
@@ -223,7 +225,7 @@ def _start(ssh: str, parsed: Any, path: str, name: str, keepalive: bool, state: 
         if others:
             state.mark_failed(name, str(exc), GROW_BACKOFF)
         else:
-            state.mark_failed(name.split("-")[0], str(exc), _number(env, "MAMA_SSH_FAILED_FOR", FAILED_FOR))
+            state.mark_failed(key, str(exc), _number(env, "MAMA_SSH_FAILED_FOR", FAILED_FOR))
         return str(exc)
     with state.lock():
         state.write("masters", name, {"socket": path, "pid": pid, "dest": parsed.dest, "options": parsed.options,
@@ -294,8 +296,8 @@ def _release_slot(p: Plan, linger: float) -> None:
     gone; a slot handed over at once could open an eleventh session while ten are still
     closing, which sshd refuses (and ssh then logs in anew). A forked child keeps the slot's lock
     for that moment, with none of git's pipes open, while this process exits at once."""
-    fd = p.slot_fd
-    assert fd is not None
+    fd, pool = p.slot_fd, p.wake
+    assert fd is not None and pool is not None  # a slot always comes from a pool
     try:
         pid = os.fork() if linger > 0 else -1
     except OSError:
@@ -307,13 +309,13 @@ def _release_slot(p: Plan, linger: float) -> None:
                 os.dup2(null, std)
             time.sleep(linger)
             os.close(fd)
-            p.wake.wake(1)
+            pool.wake(1)
         finally:
             os._exit(0)
     os.close(fd)
     if pid < 0:
         try:
-            p.wake.wake(1)
+            pool.wake(1)
         except Exception:  # noqa: BLE001 - waiters also look again on their own
             pass
 
