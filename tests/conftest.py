@@ -216,6 +216,13 @@ def make_source(path: Path, commits: int = 3, big: int = 0) -> Path:
     return path
 
 
+def commit(work: Path, name: str, data: bytes | None = None) -> str:
+    (work / name).write_bytes(data if data is not None else f"{name}\n".encode())
+    git("add", name, cwd=work)
+    git("commit", "-q", "-m", name, cwd=work)
+    return git("rev-parse", "HEAD", cwd=work).stdout.strip()
+
+
 def refs(repo: Path) -> dict[str, str]:
     out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=repo).stdout
     return {name: oid for oid, name in (line.split(" ", 1) for line in out.splitlines())}

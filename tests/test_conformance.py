@@ -12,16 +12,9 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import git, make_source, refs
+from conftest import commit, git, make_source, refs
 
 pytestmark = pytest.mark.integration
-
-
-def commit(work: Path, name: str) -> str:
-    (work / name).write_text(f"{name}\n")
-    git("add", name, cwd=work)
-    git("commit", "-q", "-m", name, cwd=work)
-    return git("rev-parse", "HEAD", cwd=work).stdout.strip()
 
 
 @pytest.fixture

@@ -47,6 +47,18 @@ def bare(root: Path, name: str) -> Path:
     return path
 
 
+def one_commit_repo(server_root: Path, tmp_path: Path, name: str) -> Path:
+    """A bare repository on the server with one small commit on main."""
+    src = tmp_path / f"{name}-src"
+    git("init", "-q", str(src))
+    (src / "f").write_text("x\n")
+    git("add", ".", cwd=src)
+    git("commit", "-q", "-m", "x", cwd=src)
+    repo = bare(server_root, name)
+    git("push", "-q", str(repo), "main", cwd=src)
+    return repo
+
+
 def ssh_url(server, path: Path) -> str:  # type: ignore[no-untyped-def]
     return f"ssh://{server.user}@127.0.0.1:{server.port}{path}"
 
@@ -86,14 +98,7 @@ def masters(env: dict[str, str]) -> dict[str, dict]:  # type: ignore[type-arg]
 
 
 def test_twenty_concurrent_operations_share_a_small_pool(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    src = tmp_path / "src"
-    git("init", "-q", str(src))
-    (src / "f").write_text("x\n")
-    git("add", ".", cwd=src)
-    git("commit", "-q", "-m", "x", cwd=src)
-    repo = bare(server_root, "mama-twenty")
-    git("push", "-q", str(repo), "main", cwd=src)
-    url = ssh_url(sshd, repo)
+    url = ssh_url(sshd, one_commit_repo(server_root, tmp_path, "mama-twenty"))
     before = sshd.auth_count()
     results = run_many(["git", "ls-remote", url], mama, 20)
     assert [r.returncode for r in results] == [0] * 20, [r.stderr for r in results if r.returncode]
@@ -411,14 +416,7 @@ def test_connection_dropped_by_max_startups_is_retried(workspace: Path, server_r
 def test_forty_operations_under_default_server_limits(workspace: Path, server_root: Path, tmp_path: Path) -> None:
     """sshd's defaults (MaxStartups 10:30:100, MaxSessions 10): a pool of masters, no failures."""
     with private_sshd(tmp_path, "", max_startups="10:30:100") as (server, env):
-        src = tmp_path / "src"
-        git("init", "-q", str(src))
-        (src / "f").write_text("x\n")
-        git("add", ".", cwd=src)
-        git("commit", "-q", "-m", "x", cwd=src)
-        repo = bare(server_root, "mama-forty")
-        git("push", "-q", str(repo), "main", cwd=src)
-        url = ssh_url(server, repo)
+        url = ssh_url(server, one_commit_repo(server_root, tmp_path, "mama-forty"))
         procs = [subprocess.Popen(["git", "ls-remote", url], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(20)]
         procs += [subprocess.Popen(["git", "clone", "-q", url, str(tmp_path / f"c{i}")], env=env, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE) for i in range(20)]

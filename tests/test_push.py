@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import TRANSPORTS, fsck, git, make_source, objects, refs
+from conftest import TRANSPORTS, commit, fsck, git, make_source, objects, refs
 
 pytestmark = pytest.mark.integration
 
@@ -19,13 +19,6 @@ def push(work: Path, *args: str, check: bool = True, env: dict[str, str] | None 
 
 def stats(path: Path) -> list[dict]:  # type: ignore[type-arg]
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def commit(work: Path, name: str, data: bytes | None = None) -> str:
-    (work / name).write_bytes(data if data is not None else f"{name}\n".encode())
-    git("add", name, cwd=work)
-    git("commit", "-q", "-m", name, cwd=work)
-    return git("rev-parse", "HEAD", cwd=work).stdout.strip()
 
 
 @pytest.fixture
