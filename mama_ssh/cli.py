@@ -24,6 +24,14 @@ SLOT_WAIT = 10.0  # how long a process waits for a free session slot before conn
 RETRIES = 4  # runs of ssh after the server dropped it during key exchange (MaxStartups), with backoff
 RETRY_BASE = 0.25
 SLOT_LINGER = 0.05  # seconds a slot stays taken after its session ended (the channel is closing)
+REFUSED_RETRIES = 5  # runs over the master after the server refused the session (sshd's MaxSessions), with backoff
+REFUSED_BASE = 0.05
+# On the multiplexed path, ssh's own fallback when the master cannot carry the session (a direct
+# connection: a new authentication) is made to fail at once, without a byte, so that mama-ssh decides:
+# try the master again after a refused session, or run the plain command. A ProxyCommand given on
+# the command line wins over the user's config and silences a configured ProxyJump; the mux client
+# itself never uses it. (Not with -J, which ssh refuses beside a ProxyCommand.)
+MUX_ONLY = ["-o", "ProxyCommand=false"]
 GROW_BACKOFF = 60.0  # after a further master of a pool failed to start, don't try that one again for a minute
 
 
@@ -31,12 +39,15 @@ class Plan:
     """What to run: ``argv`` and, when it rides a master, the fd of its session slot."""
 
     def __init__(self, argv: list[str], slot_fd: int | None = None, why: str = "", learn: "tuple[object, str, int] | None" = None,
-                 wake: Pool | None = None) -> None:
+                 wake: Pool | None = None, fallback: list[str] | None = None, socket: str | None = None, master: int = 0) -> None:
         self.argv = argv
         self.slot_fd = slot_fd
         self.why = why
         self.learn = learn  # (state, key, session limit used): where a refused session is recorded
         self.wake = wake  # the pool whose waiters are told when the slot is free again
+        self.fallback = fallback  # what runs when the master cannot carry the session (argv has MUX_ONLY)
+        self.socket = socket  # the master's control socket
+        self.master = master  # which master of the pool
 
 
 def _debug(env: Mapping[str, str], text: str) -> None:
@@ -116,14 +127,18 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
     if isinstance(got, str):
         return Plan(plain.argv, why=got)
     fd, m = got
-    # ControlMaster=no: a client never becomes a master we don't manage, and if the master is
-    # gone, ssh connects directly instead of failing.
+    # ControlMaster=no: a client never becomes a master we don't manage. MUX_ONLY: when the
+    # master cannot carry the session, _run decides what happens instead of ssh.
+    guard = [] if "J" in parsed.flags else MUX_ONLY
     return Plan(
-        [ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={sockets[m]}", *extra, *args],
+        [ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={sockets[m]}", *guard, *extra, *args],
         slot_fd=fd,
         why=f"multiplexed (master {m + 1} of up to {pool.max_masters})",
         learn=(state, key, limit),
         wake=pool,
+        fallback=plain.argv if guard else None,
+        socket=sockets[m],
+        master=m,
     )
 
 
@@ -256,7 +271,6 @@ def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
     # (posix_spawn rather than subprocess: this is the warm path, and subprocess costs ~12 ms to import.)
     import _signal  # type: ignore[import-not-found,unused-ignore]  # the C module: `signal` builds enums (~2 ms) that nothing here needs
 
-    retries = int(_number(env, "MAMA_SSH_RETRIES", RETRIES))
     child = [0]
 
     def forward(signum: int, _frame: object) -> None:
@@ -265,28 +279,71 @@ def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
 
     for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
         _signal.signal(sig, forward)
-    attempt = 0
+    runs = _Runs(p, env)
     while True:
         r, w = os.pipe()
-        child[0] = os.posix_spawnp(p.argv[0], p.argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_CLOSE, r)])
+        child[0] = os.posix_spawnp(runs.argv[0], runs.argv, os.environ,
+                                   file_actions=[(os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_CLOSE, r)])
         os.close(w)
-        relay = _StderrRelay()
-        if relay.run(r):
-            _learn_refusal(p)
+        relay = _StderrRelay(mux=runs.mux)
+        relay.run(r)
         code = _wait(child[0])
-        if code == 255 and relay.dropped and attempt < retries:
-            import random
-
-            attempt += 1
-            delay = min(RETRY_BASE * 2 ** (attempt - 1), 4.0) * random.uniform(0.5, 1.5)
-            _debug(env, f"the server dropped the connection during key exchange; attempt {attempt + 1} in {delay:.2f}s")
-            time.sleep(delay)
-            continue
-        relay.flush()
-        break
+        delay = runs.again(relay, code)
+        if delay is None:
+            relay.flush()
+            break
+        time.sleep(delay)
     if p.slot_fd is not None:
         _release_slot(p, _number(env, "MAMA_SSH_SLOT_LINGER", SLOT_LINGER))
     sys.exit(code)
+
+
+class _Runs:
+    """What to run next after ssh ended: nothing (its exit stands), the same again, or the plain command."""
+
+    def __init__(self, p: Plan, env: Mapping[str, str]) -> None:
+        self.p = p
+        self.env = env
+        self.argv = p.argv
+        self.mux = p.fallback is not None  # ssh cannot leave the master on its own
+        self.retries = int(_number(env, "MAMA_SSH_RETRIES", RETRIES))
+        self.dropped = 0
+        self.refused = 0
+
+    def again(self, relay: _StderrRelay, code: int) -> float | None:
+        """Seconds to wait before running ``self.argv`` again, or None when ssh's exit is final."""
+        if relay.refused and not self.mux:
+            _learn_refusal(self.p)  # and ssh already connected directly, authenticating anew
+        # On the multiplexed path a refused session never opened, and the guard's direct connection
+        # sends nothing (its failure may read as a closed or a broken banner exchange).
+        if code != 255 or not (relay.dropped or (self.mux and relay.refused)):
+            return None  # the session ran (whatever its exit): never run it twice
+        import random
+
+        if self.mux:
+            from . import master
+
+            # Nothing reached the server: the master refused the session or is gone.
+            if relay.refused and self.refused < REFUSED_RETRIES and self.p.socket and master.alive(self.p.socket):
+                # The server allows fewer sessions than the slots taken now (or one that just
+                # closed still counted against its MaxSessions): learn that, and try again
+                # shortly, when a session has ended.
+                self.refused += 1
+                _learn_refusal(self.p)
+                delay = min(REFUSED_BASE * 2.0 ** (self.refused - 1), 1.0) * random.uniform(0.5, 1.5)
+                _debug(self.env, f"the server refused the session; over the master again in {delay:.2f}s")
+                return delay
+            assert self.p.fallback is not None
+            said = b" / ".join(line.strip() for line in relay.held).decode(errors="replace")
+            _debug(self.env, f"the master cannot carry this session ({said or 'ssh said nothing'}); connecting directly")
+            self.argv, self.mux = self.p.fallback, False
+            return 0.0
+        if self.dropped >= self.retries:
+            return None
+        self.dropped += 1
+        delay = min(RETRY_BASE * 2.0 ** (self.dropped - 1), 4.0) * random.uniform(0.5, 1.5)
+        _debug(self.env, f"the server dropped the connection during key exchange; attempt {self.dropped + 1} in {delay:.2f}s")
+        return delay
 
 
 def _release_slot(p: Plan, linger: float) -> None:
@@ -336,8 +393,14 @@ class _StderrRelay:
 
     HOLD = (b"kex_exchange_identification", b"ssh_exchange_identification")
     AFTER = (b"Connection closed by ", b"Connection reset by ")
+    # the multiplexed path's lines of a session the master could not carry (MUX_ONLY's ProxyCommand)
+    MUX_HOLD = (b"proxy dialer did not pass back a connection",)
+    MUX_QUIET = (b"mux_client_request_session: session request failed", b"mm_receive_fd: ",
+                 b"banner exchange: Connection to UNKNOWN port 65535")
 
-    def __init__(self) -> None:
+    def __init__(self, mux: bool = False) -> None:
+        self.hold = (*self.HOLD, *self.MUX_HOLD) if mux else self.HOLD
+        self.quiet = self.MUX_QUIET if mux else ()
         self.partial = b""
         self.held: list[bytes] = []
         self.dropped = False
@@ -345,14 +408,14 @@ class _StderrRelay:
 
     def _holds(self, line: bytes) -> bool:
         text = line.lstrip()
-        if text.startswith(self.HOLD):
+        if text.startswith(self.hold):
             self.dropped = True
             return True
-        return self.dropped and text.startswith(self.AFTER)
+        return text.startswith(self.quiet) or (self.dropped and text.startswith(self.AFTER))
 
     def _maybe_held(self, partial: bytes) -> bool:
         text = partial.lstrip()
-        return any(p.startswith(text) or text.startswith(p) for p in (*self.HOLD, *self.AFTER))
+        return any(p.startswith(text) or text.startswith(p) for p in (*self.hold, *self.quiet, *self.AFTER))
 
     def feed(self, chunk: bytes) -> bytes:
         self.refused = self.refused or b"Session open refused" in self.partial[-64:] + chunk
@@ -397,7 +460,8 @@ def _write_all(data: bytes) -> None:
 
 
 def _learn_refusal(p: Plan) -> None:
-    """Halve the session slots of this master (persistently): the server allows fewer."""
+    """Halve the session slots of this host (persistently): the server allows fewer. Half of the
+    limit this session was planned under, so a burst of refusals halves it once, not once each."""
     if p.learn is None:
         return
     state, key, used = p.learn

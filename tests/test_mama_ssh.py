@@ -128,6 +128,29 @@ def test_low_max_sessions_server_never_refuses_a_session(workspace: Path, server
         assert server.auth_count() == len(masters(env)) <= 4
 
 
+def test_refused_session_waits_for_the_master_instead_of_logging_in_again(workspace: Path, tmp_path: Path) -> None:
+    """More slots than sshd's MaxSessions: the session it refuses is run over the master again once
+    one ends, with what git wrote to it intact, and never becomes a second authentication."""
+    with private_sshd(tmp_path, "MaxSessions 2\n") as (server, env):
+        env.update(MAMA_SSH_MAX_SESSIONS="3", MAMA_SSH_MAX_MASTERS="1")
+        argv = ["mama-ssh", *env["GIT_SSH_COMMAND"].split()[1:], "-p", str(server.port), f"{server.user}@127.0.0.1"]
+        subprocess.run([*argv, "true"], env=env, check=True, timeout=60)
+        procs = [subprocess.Popen([*argv, "sleep 0.4; cat"], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        for i, p in enumerate(procs):  # every session gets its input (and EOF) before any is waited for
+            assert p.stdin is not None
+            p.stdin.write(f"payload {i}\n")
+            p.stdin.close()
+            p.stdin = None
+        results = [p.communicate(timeout=60) + (p.returncode,) for p in procs]
+        assert [r[2] for r in results] == [0, 0, 0], [r[1] for r in results]
+        assert [r[0] for r in results] == [f"payload {i}\n" for i in range(3)]
+        assert not any(r[1] for r in results), "nothing about the refusal reaches git's stderr"
+        log = server.log.read_text()
+        assert "refused" in log.lower() or "no more sessions" in log.lower(), "sshd really refused a session"
+        assert server.auth_count() == 1, "the refused session rode the master when it could"
+
+
 def test_fifty_processes_racing_start_one_master_each_slot(sshd, mama) -> None:  # type: ignore[no-untyped-def]
     before = sshd.auth_count()
     argv = ["mama-ssh", *mama["GIT_SSH_COMMAND"].split()[1:], "-p", str(sshd.port), f"{sshd.user}@127.0.0.1", "true"]
@@ -322,24 +345,29 @@ def test_no_module_shadowing_from_the_working_directory(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
 
 
-def test_low_max_sessions_is_learned_without_configuration(workspace: Path, server_root: Path, tmp_path: Path) -> None:
+def test_low_max_sessions_is_learned_without_configuration(workspace: Path, tmp_path: Path) -> None:
+    """sshd allows 2 sessions a connection, mama-ssh plans 8: the refusals halve the slots it uses
+    (8 -> 4 -> 2, once per burst, not once per refused session), and then nothing is refused."""
     with private_sshd(tmp_path, "MaxSessions 2\n") as (server, env):
         env["MAMA_SSH_MAX_MASTERS"] = "1"  # one master, so that only learning can stop the refusals
-        url = ssh_url(server, bare(server_root, "mama-learn"))
+        argv = ["mama-ssh", *env["GIT_SSH_COMMAND"].split()[1:], "-p", str(server.port), f"{server.user}@127.0.0.1", "sleep 0.3"]
 
         def learned() -> int:
             caps = list((tmp_path / "state-private" / "caps").glob("*.json"))
             return json.loads(caps[0].read_text())["max"] if caps else 8
 
-        for _ in range(6):  # refusals fall back to direct connections and halve the slots: 8 -> 4 -> 2
-            results = run_many(["git", "ls-remote", url], env, 12)
-            assert [r.returncode for r in results] == [0] * 12, [r.stderr for r in results if r.returncode]
-            if learned() <= 2:
-                break
-        assert learned() <= 2
-        before = server.auth_count()
-        results = run_many(["git", "ls-remote", url], env, 12)
-        assert [r.returncode for r in results] == [0] * 12
+        def refusals() -> int:
+            return sum(1 for line in server.log.read_text().splitlines() if "no more sessions" in line.lower() or "refused" in line.lower())
+
+        for expected in (4, 2):  # as many sessions at once as the slots: more than sshd takes
+            results = run_many(argv, env, learned())
+            assert [r.returncode for r in results] == [0] * len(results), [r.stderr for r in results if r.returncode]
+            assert learned() == expected
+        assert refusals() > 0
+        before, refused = server.auth_count(), refusals()
+        results = run_many(argv, env, 6)
+        assert [r.returncode for r in results] == [0] * 6
+        assert refusals() == refused, "the learned limit is the server's: nothing is refused any more"
         assert server.auth_count() == before, "once learned, every session rides the master"
 
 

@@ -175,3 +175,16 @@ def test_stderr_relay_holds_back_only_a_key_exchange_drop(chunks: list[bytes], s
     out = b"".join(relay.feed(c) for c in chunks)
     assert out == shown and relay.dropped == dropped
     assert b"".join(relay.held) + relay.partial == (b"".join(chunks) if dropped else b"")
+
+
+def test_stderr_relay_of_the_multiplexed_path_holds_what_a_master_could_not_carry() -> None:
+    relay = cli._StderrRelay(mux=True)
+    lines = [b"mux_client_request_session: session request failed: Session open refused by peer\r\n",
+             b"kex_exchange_identification: Connection closed by remote host\r\n"]
+    assert b"".join(relay.feed(line) for line in lines) == b""
+    assert relay.refused and relay.dropped
+    relay = cli._StderrRelay(mux=True)
+    assert relay.feed(b"mm_receive_fd: recvmsg: expected received 1 got 0\nproxy dialer did not pass back a connection\n") == b""
+    assert relay.dropped and not relay.refused
+    relay = cli._StderrRelay()  # off the multiplexed path, the user's own fd-passing proxy failing is shown
+    assert relay.feed(b"proxy dialer did not pass back a connection\n") == b"proxy dialer did not pass back a connection\n"
