@@ -169,6 +169,8 @@ def _slot(pool: Pool, sockets: list[str], ssh: str, parsed: Any, key: str, keepa
             if not live and state.failed_until(key) > time.time():
                 return "a recent pre-warm failed"
             m = _claim_start(pool, sockets, key, state)
+            if m is None and not live and state.failed_until(key) > time.time():
+                return "a recent pre-warm failed"
             if m is not None:
                 start_fd, index = m
                 try:
@@ -202,6 +204,8 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
     MaxStartups (10)."""
     with pool.decide():
         live = _live(sockets)
+        if not live and state.failed_until(key) > time.time():
+            return None  # the first master failed since the caller looked: nobody tries again
         starting = pool.starting(state.root)
         if len(set(live) | set(starting)) >= pool.max_masters:
             return None
