@@ -25,6 +25,7 @@ from .limits import Limits
 from .protocol import ZERO_OID, Advertisement
 from .push import PackStream, PackTooLarge, PushOptions, RefUpdate
 from .transport.base import Service
+from .transport.session import say_goodbye
 from .ui import Reporter
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
@@ -192,7 +193,7 @@ def push_or_split(history: History, open_target: OpenTarget, first: tuple[Servic
     succeeded = False
     try:
         if budget is not None and total is not None and total > budget:
-            service.close()
+            _unused(service)
             before = learning.known.refused if learning is not None else None
             why = "relay.maxPushBytes" if max_push is not None else f"this target refused {before} bytes before"
             reporter.say(f"relay: about {total} bytes to push, more than {budget} ({why}); pushing in steps")
@@ -285,10 +286,10 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
         chain = history.chain(u.new, haves)
         steps, sized = _plan(history, chain, haves, budget)
     except BaseException:
-        service.close()
+        _unused(service)
         raise
     if not steps:
-        service.close()
+        _unused(service)
         return False, resets, 0, 0  # the target has all of this history already
     reporter.say(f"relay: {u.dst}: {len(steps)} steps of at most {budget.describe(sized)}")
     sent_total, objects_total = 0, 0
@@ -350,6 +351,13 @@ def _step_refused(exc: PackTooLarge, learning: Learning | None, resets: int) -> 
     if learning is not None:
         learning.refused(exc.sent, exc.uncertain)
     return resets + int(exc.uncertain)
+
+
+def _unused(service: Service) -> None:
+    """Close a connection that got no command: receive-pack ends quietly on a flush, while a bare
+    EOF makes it print "fatal: the remote end hung up unexpectedly" under a push that went well."""
+    say_goodbye(service)
+    service.close()
 
 
 def _drop(stream: PackStream | None) -> None:
