@@ -236,6 +236,12 @@ class Bench:
                 f"{st['bytes'] / MiB:.1f} MiB (last step)",
             ]
         )
+        # the same into another target with the same limit: the refused size is known now, so the
+        # push goes to steps at once (what a user's second big push to this host costs)
+        learned = target()
+        sh("git", "config", "receive.maxInputSize", str(limit), cwd=self.root / learned)
+        w_l, _ = run_measured(["git", "push", "-q", "relay::" + self.url(transport, learned), "main"], cwd=source, env=self.env)
+        self.rows.append(["  same, limit learned", transport, f"{nw:.2f}", f"{w_l:.2f}", f"{w_l / nw:.3f}", "", "", ""])
         mama = shutil.which("mama-ssh")
         if transport == "ssh" and mama and self.ssh is not None:  # type: ignore[attr-defined]
             # the same split push with every step's ssh session riding one mama-ssh master
