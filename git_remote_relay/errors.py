@@ -18,6 +18,7 @@ __all__ = [
     "RemoteError",
     "PackError",
     "UnsupportedError",
+    "DumbHttpError",
     "ShallowRemoteError",
     "LocalGitError",
 ]
@@ -73,6 +74,11 @@ class PackError(RelayError):
 
 class UnsupportedError(RelayError):
     """A request the engine cannot honour; never silently ignored."""
+
+
+class DumbHttpError(UnsupportedError):
+    """The HTTP server is not a smart git server (a dumb one, or not git at all): the helper hands
+    the session to git's own ``remote-http``, which reads dumb servers and names anything else."""
 
 
 class ShallowRemoteError(UnsupportedError):

@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Mapping
 
-from .errors import RelayError, ShallowRemoteError, UnsupportedError
+from .errors import DumbHttpError, RelayError, ShallowRemoteError, UnsupportedError
 from .gitcmd import Git
 from .quoting import c_quote, c_unquote
 from .settings import Settings
@@ -60,6 +60,9 @@ class Helper:
             say=self.reporter.say,
         )
         self.session = Session(self.url, self.ctx)
+        self.remote_arg = remote_name  # git's arguments, for a hand-over to git's own remote-http
+        self.address = address
+        self.options_said: list[str] = []  # the option commands so far, replayed on a hand-over
         self.servpath: str | None = None  # `option servpath` (--upload-pack/--receive-pack) for the next connect
         self.passthrough_opts: dict[str, str] = {}
         self.followtags = False
@@ -92,24 +95,93 @@ class Helper:
                 break
             cmd, _, arg = line.partition(" ")
             self.reporter.trace(f"< {line if cmd != 'option' else line[:200]}")
-            if cmd == "capabilities":
-                self._do_capabilities()
-            elif cmd == "option":
-                self._do_option(arg)
-            elif cmd == "list":
-                self._do_list(arg == "for-push")
-            elif cmd == "fetch":
-                self._do_fetch(line)
-            elif cmd == "push":
-                status |= self._do_push(line)
-            elif cmd == "connect" or cmd == "stateless-connect":
-                rc = self._do_connect(arg) if cmd == "connect" else self._do_stateless_connect(arg)
-                if rc is not None:
-                    return rc
-            else:
-                raise UnsupportedError(f"unknown command '{cmd}' from git", "this git is newer than git-remote-relay understands")
+            try:
+                pushed, ended = self._dispatch(cmd, arg, line)
+            except DumbHttpError as exc:
+                return self._hand_over(line, exc)  # nothing was answered yet for this command
+            if ended is not None:
+                return ended
+            status |= pushed
         self.close()
         return status
+
+    def _dispatch(self, cmd: str, arg: str, line: str) -> tuple[int, int | None]:
+        """Serve one command: (a push's status, or 0; the exit status when the session ends here)."""
+        if cmd == "capabilities":
+            self._do_capabilities()
+        elif cmd == "option":
+            self.options_said.append(line)
+            self._do_option(arg)
+        elif cmd == "list":
+            self._do_list(arg == "for-push")
+        elif cmd == "fetch":
+            self._do_fetch(line)
+        elif cmd == "push":
+            return self._do_push(line), None
+        elif cmd == "connect" or cmd == "stateless-connect":
+            return 0, self._do_connect(arg) if cmd == "connect" else self._do_stateless_connect(arg)
+        else:
+            raise UnsupportedError(f"unknown command '{cmd}' from git", "this git is newer than git-remote-relay understands")
+        return 0, None
+
+    def _hand_over(self, line: str, why: DumbHttpError) -> int:
+        """Not a smart HTTP server: git's own ``remote-http`` serves the rest of this session, as
+        if the URL had no ``relay::`` (it reads dumb HTTP servers, and names what else it found).
+
+        It is told what git told this helper so far (capabilities, options, ``line``), its
+        replies to those are dropped, and from then on the bytes are copied both ways."""
+        import io
+        import threading
+
+        from .gitcmd import PIPE, spawn
+
+        self.reporter.trace(f"not smart HTTP ({why.message}); git remote-{self.url.scheme} takes over")
+        self.session.close()
+        try:
+            child = spawn(["git", f"remote-{self.url.scheme}", self.remote_arg, self.address], env=self.env, cwd=self.git.cwd,
+                          stdin=PIPE, stdout=PIPE)
+        except OSError:
+            raise why from None
+        to_child, from_child = child.stdin, child.stdout
+        assert to_child is not None and isinstance(from_child, io.BufferedReader)
+        try:
+            to_child.write(b"capabilities\n")
+            to_child.flush()
+            while from_child.readline() not in (b"\n", b""):
+                pass
+            for said in self.options_said:
+                to_child.write(said.encode("utf-8", "surrogateescape") + b"\n")
+                to_child.flush()
+                from_child.readline()
+            to_child.write(line.encode("utf-8", "surrogateescape") + b"\n")
+            to_child.flush()
+        except BrokenPipeError:
+            pass  # it ended already: its exit status and its own message say why
+
+        def feed() -> None:
+            try:
+                while True:
+                    chunk = self.stdin.read1(65536)  # type: ignore[attr-defined]
+                    if not chunk:
+                        break
+                    to_child.write(chunk)
+                    to_child.flush()
+            except (OSError, ValueError):
+                pass
+            finally:
+                try:
+                    to_child.close()
+                except OSError:
+                    pass
+
+        threading.Thread(target=feed, daemon=True).start()
+        while True:
+            chunk = from_child.read1(65536)
+            if not chunk:
+                break
+            self.stdout.write(chunk)
+            self.stdout.flush()
+        return child.wait()
 
     def close(self) -> None:
         self.session.close()

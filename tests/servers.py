@@ -86,6 +86,8 @@ server.port = {port}
 server.pid-file = "{base}/lighttpd.pid"
 server.errorlog = "{base}/lighttpd.log"
 server.max-request-size = 0
+# static files (the dumb HTTP tests) are read afresh: git replaces info/refs by a rename
+server.stat-cache-engine = "disable"
 server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_file", "mod_redirect")
 auth.backend = "plain"
 auth.backend.plain.userfile = "{base}/htpasswd"

@@ -198,11 +198,17 @@ def test_clone_of_a_remote_whose_head_names_a_missing_branch(tmp_path: Path, wor
         assert refs(tmp_path / kind) == refs(tmp_path / "relay")
 
 
-def test_smart_http_switched_off_is_refused_clearly(work: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
+def test_smart_http_switched_off_behaves_as_git_does(work: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
+    """GIT_SMART_HTTP=0 asks for dumb HTTP, which git's own remote-http speaks: relay:: hands over."""
     remote = make_remote("http")
     git("push", "-q", remote.relay_url, "main", cwd=work)
-    res = git("ls-remote", remote.relay_url, env=dict(os.environ, GIT_SMART_HTTP="0"), check=False)
-    assert res.returncode != 0 and "GIT_SMART_HTTP=0" in res.stderr
+    off = dict(os.environ, GIT_SMART_HTTP="0")
+    res = git("ls-remote", remote.relay_url, env=off, check=False)
+    native = git("ls-remote", remote.url, env=off, check=False)
+    assert (res.returncode, res.stdout) == (native.returncode, native.stdout), (res.stderr, native.stderr)
+    git("update-server-info", cwd=remote.path)  # now a dumb client finds the refs
+    res = git("ls-remote", remote.relay_url, env=off)
+    assert refs(remote.path)["refs/heads/main"] in res.stdout
 
 
 def test_http_curlopt_resolve_names_the_address(work: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
@@ -257,3 +263,27 @@ def test_http_cookie_file_is_sent_and_saved_like_curl(work: Path, make_remote, t
     assert results["relay"] == results["native"], results
     assert f"127.0.0.1\tFALSE\t/{path}/info/\tFALSE\t0\tname\tvalue" in results["relay"]
     assert "127.0.0.1\tFALSE\t/cookies/\tFALSE\t0\tothername\tothervalue" in results["relay"]
+
+
+def test_dumb_http_server_is_read_by_gits_own_http_transport(work: Path, tmp_path: Path, server_root: Path, http_server: int) -> None:
+    """A server that only serves files (t5551 "dumb clone"): relay:: hands the session to git's own
+    remote-http, so clone and fetch work as they do without relay::."""
+    bare = server_root / "dumb-static.git"
+    git("clone", "-q", "--bare", str(work), str(bare))
+    git("update-server-info", cwd=bare)
+    url = f"http://127.0.0.1:{http_server}/dumb-static.git"  # lighttpd's static files, not http-backend
+    clone = tmp_path / "clone"
+    res = git("clone", "relay::" + url, str(clone), env=dict(os.environ, GIT_RELAY_TRACE="1"))
+    assert "takes over" in res.stderr
+    assert refs(clone)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    git("fsck", "--strict", cwd=clone)
+    new = commit(work, "later.txt")
+    git("push", "-q", str(bare), "main", cwd=work)
+    git("update-server-info", cwd=bare)
+    git("fetch", "-q", "relay::" + url, "main", cwd=clone)
+    assert git("rev-parse", "FETCH_HEAD", cwd=clone).stdout.strip() == new
+    # a push cannot go to a dumb server (no WebDAV here): git's own error, and nothing moves
+    res = git("push", "relay::" + url, "HEAD:refs/heads/other", cwd=clone, check=False)
+    native = git("push", url, "HEAD:refs/heads/other", cwd=clone, check=False)
+    assert res.returncode == native.returncode != 0, (res.stderr, native.stderr)
+    assert "refs/heads/other" not in refs(bare)

@@ -226,17 +226,6 @@ def test_clone_of_a_shallow_remote_is_shallow_like_native(transport: str, protoc
     fsck(relayed)
 
 
-def test_dumb_http_is_refused_with_what_to_do(source: Path, make_remote, tmp_path: Path, http_server: int) -> None:
-    remote = make_remote("path", source=source)
-    git("update-server-info", cwd=remote.path)
-    url = f"http://127.0.0.1:{http_server}/{remote.path.name}"  # served as plain files: dumb HTTP
-    git("clone", "-q", url, str(tmp_path / "native"))  # native git can read it
-    res = git("clone", "relay::" + url, str(tmp_path / "relayed"), check=False)
-    assert res.returncode != 0
-    assert "dumb HTTP" in res.stderr and "without relay::" in res.stderr, res.stderr
-    assert not (tmp_path / "relayed").exists()
-
-
 def test_sha256_repository_is_refused_with_what_to_do(make_remote, tmp_path: Path) -> None:
     remote = make_remote("file")
     src = tmp_path / "s256"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import AuthError, ProtocolError, TooLargeError, TransportError, UnsupportedError
+from ..errors import AuthError, DumbHttpError, ProtocolError, TooLargeError, TransportError
 from ..pktline import FLUSH, PktReader
 from ..url import InnerUrl, redact
 from . import credential
@@ -166,7 +166,7 @@ class HttpTransport:
 
     def open(self, service: str, want_v2: bool) -> "HttpService":
         if (self.ctx.env.get("GIT_SMART_HTTP") or "1").strip().lower() in ("0", "false", "no", "off"):
-            raise UnsupportedError("smart HTTP is turned off (GIT_SMART_HTTP=0) and relay:: speaks only smart HTTP",
+            raise DumbHttpError("smart HTTP is turned off (GIT_SMART_HTTP=0) and relay:: speaks only smart HTTP",
                                    "unset GIT_SMART_HTTP, or use the URL without relay:: for dumb HTTP")
         url = f"{self.base}/info/refs?service=git-{service}"
         headers = {"Accept": "*/*"}
@@ -182,7 +182,7 @@ class HttpTransport:
         ctype = (resp.headers.get("content-type") or "").split(";")[0].strip()
         if ctype != f"application/x-git-{service}-advertisement":
             resp.close()
-            raise UnsupportedError(
+            raise DumbHttpError(
                 f"repository '{redact(self.base)}/' not valid: is this a git repository? It did not answer as a smart HTTP "
                 f"server (Content-Type '{ctype}')",
                 "relay:: needs smart HTTP; for a dumb HTTP server use the same URL without relay:: (plain git reads those)",
