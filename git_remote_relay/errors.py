@@ -19,6 +19,7 @@ __all__ = [
     "PackError",
     "UnsupportedError",
     "DumbHttpError",
+    "ObjectFormatError",
     "ShallowRemoteError",
     "LocalGitError",
 ]
@@ -79,6 +80,10 @@ class UnsupportedError(RelayError):
 class DumbHttpError(UnsupportedError):
     """The HTTP server is not a smart git server (a dumb one, or not git at all): the helper hands
     the session to git's own ``remote-http``, which reads dumb servers and names anything else."""
+
+
+class ObjectFormatError(UnsupportedError):
+    """The remote repository's object format is not sha1 (the engine's): git's own transport serves it."""
 
 
 class ShallowRemoteError(UnsupportedError):

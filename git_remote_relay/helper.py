@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Mapping
 
-from .errors import DumbHttpError, RelayError, ShallowRemoteError, UnsupportedError
+from .errors import DumbHttpError, ObjectFormatError, RelayError, ShallowRemoteError, UnsupportedError
 from .gitcmd import Git
 from .quoting import c_quote, c_unquote
 from .settings import Settings
@@ -97,7 +97,9 @@ class Helper:
             self.reporter.trace(f"< {line if cmd != 'option' else line[:200]}")
             try:
                 pushed, ended = self._dispatch(cmd, arg, line)
-            except DumbHttpError as exc:
+            except (DumbHttpError, ObjectFormatError) as exc:
+                if not self.stateless:
+                    raise  # (over a stream, connect already handed a sha256 remote to git's own code)
                 return self._hand_over(line, exc)  # nothing was answered yet for this command
             if ended is not None:
                 return ended
@@ -124,9 +126,10 @@ class Helper:
             raise UnsupportedError(f"unknown command '{cmd}' from git", "this git is newer than git-remote-relay understands")
         return 0, None
 
-    def _hand_over(self, line: str, why: DumbHttpError) -> int:
-        """Not a smart HTTP server: git's own ``remote-http`` serves the rest of this session, as
-        if the URL had no ``relay::`` (it reads dumb HTTP servers, and names what else it found).
+    def _hand_over(self, line: str, why: UnsupportedError) -> int:
+        """Not a smart HTTP server, or a sha256 repository: git's own ``remote-http`` serves the rest
+        of this session, as if the URL had no ``relay::`` (it reads dumb HTTP servers and sha256
+        repositories, and names what else it found).
 
         It is told what git told this helper so far (capabilities, options, ``line``), its
         replies to those are dropped, and from then on the bytes are copied both ways."""
@@ -135,7 +138,7 @@ class Helper:
 
         from .gitcmd import PIPE, spawn
 
-        self.reporter.trace(f"not smart HTTP ({why.message}); git remote-{self.url.scheme} takes over")
+        self.reporter.trace(f"{why.message}; git remote-{self.url.scheme} takes over")
         self.session.close()
         try:
             child = spawn(["git", f"remote-{self.url.scheme}", self.remote_arg, self.address], env=self.env, cwd=self.git.cwd,
@@ -376,7 +379,14 @@ class Helper:
             # --upload-pack/--receive-pack: the program to run on the remote, for passthrough and engine alike
             self.ctx.programs[service[len("git-") :]] = self.servpath
             self.servpath = None
-        if not self._wants_passthrough(service) and not (service == "git-upload-pack" and self._needs_git_fetch()):
+        try:
+            wanted = self._wants_passthrough(service) or (service == "git-upload-pack" and self._needs_git_fetch())
+            if not wanted and service == "git-receive-pack":
+                self.session.receive()  # its advertisement names the object format (list for-push reuses it)
+        except ObjectFormatError as exc:
+            self.reporter.trace(f"{exc.message}: git's own {service[len('git-'):]} code takes over")
+            wanted = True
+        if not wanted:
             self._reply("fallback\n")
             return None
         self.close()

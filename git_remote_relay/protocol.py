@@ -8,7 +8,7 @@ tags, capabilities, the object format (sha1 only), and the request lines of a on
 from __future__ import annotations
 
 from . import __version__
-from .errors import ProtocolError, UnsupportedError
+from .errors import ObjectFormatError, ProtocolError, UnsupportedError
 from .pktline import DELIM, FLUSH, PktReader, Special, pkt_text
 
 __all__ = ["Advertisement", "read_advertisement", "ls_refs_request", "read_ls_refs", "fetch_request", "ZERO_OID", "AGENT"]
@@ -37,7 +37,7 @@ class Advertisement:
     def check_object_format(self) -> None:
         fmt = self.caps.get("object-format") or "sha1"
         if fmt != "sha1":
-            raise UnsupportedError(
+            raise ObjectFormatError(
                 f"the remote repository uses the {fmt} object format",
                 "git-remote-relay speaks sha1 only: use the same URL without 'relay::' (plain git handles sha256 repositories)",
             )
@@ -86,13 +86,13 @@ def read_advertisement(reader: PktReader) -> Advertisement:
     if not nul:
         raise ProtocolError(f"protocol error: expected capabilities in the first line, got '{first[:120]}'")
     adv.caps = _parse_caps(capstext)
+    adv.check_object_format()  # before the refs: their object ids are in that format
     for line in [refline, *reader.read_lines_until_flush()]:
         _v0_line(adv, line)
     for pair in (adv.caps.get("symref") or "").split():
         src, _, dst = pair.partition(":")
         if src and dst:
             adv.symrefs[src] = dst
-    adv.check_object_format()
     return adv
 
 

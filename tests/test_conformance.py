@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import commit, git, make_source, refs
+from conftest import commit, git, make_source, refs, url_for
 
 pytestmark = pytest.mark.integration
 
@@ -287,3 +287,29 @@ def test_dumb_http_server_is_read_by_gits_own_http_transport(work: Path, tmp_pat
     native = git("push", url, "HEAD:refs/heads/other", cwd=clone, check=False)
     assert res.returncode == native.returncode != 0, (res.stderr, native.stderr)
     assert "refs/heads/other" not in refs(bare)
+
+
+@pytest.mark.parametrize("transport", ["file", "ssh", "git", "http"])
+def test_sha256_repository_is_served_by_gits_own_code(transport: str, request: pytest.FixtureRequest, server_root: Path,
+                                                      tmp_path: Path) -> None:
+    """t5601 "clone with sha256": the engine speaks sha1, so for a sha256 remote the helper hands
+    the work to git's own code (connect over a stream, git's remote-http over HTTP)."""
+    src = tmp_path / "s256"
+    git("init", "-q", "--object-format=sha256", str(src))
+    commit(src, "a.txt")
+    path = server_root / f"sha256-{transport}.git"
+    git("init", "-q", "--bare", "--object-format=sha256", str(path))
+    git("push", "-q", str(path), "main", cwd=src)
+    url = "relay::" + url_for(request, transport, path)
+    clone = tmp_path / "clone"
+    res = git("clone", url, str(clone))
+    assert "fatal" not in res.stderr and "hung up" not in res.stderr, res.stderr
+    assert git("rev-parse", "--show-object-format", cwd=clone).stdout.strip() == "sha256"
+    assert refs(clone)["refs/heads/main"] == refs(src)["refs/heads/main"]
+    new = commit(clone, "b.txt")
+    res = git("push", url, "main", cwd=clone)
+    assert "fatal" not in res.stderr, res.stderr
+    assert refs(path)["refs/heads/main"] == new
+    git("fetch", "-q", url, "main", cwd=src)
+    assert git("rev-parse", "FETCH_HEAD", cwd=src).stdout.strip() == new
+    git("fsck", "--strict", cwd=path)

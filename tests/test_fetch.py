@@ -226,20 +226,6 @@ def test_clone_of_a_shallow_remote_is_shallow_like_native(transport: str, protoc
     fsck(relayed)
 
 
-def test_sha256_repository_is_refused_with_what_to_do(make_remote, tmp_path: Path) -> None:
-    remote = make_remote("file")
-    src = tmp_path / "s256"
-    git("init", "-q", "--object-format=sha256", str(src))
-    (src / "a").write_text("a\n")
-    git("add", "a", cwd=src)
-    git("commit", "-q", "-m", "a", cwd=src)
-    git("init", "-q", "--bare", "--object-format=sha256", str(remote.path) + ".256")
-    git("push", "-q", f"file://{remote.path}.256", "main", cwd=src)
-    res = git("clone", "relay::" + f"file://{remote.path}.256", str(tmp_path / "c"), check=False)
-    assert res.returncode != 0 and "sha256" in res.stderr and "without 'relay::'" in res.stderr, res.stderr
-    assert not (tmp_path / "c").exists()
-
-
 def test_http_connections_are_kept_alive(source: Path, make_remote, tmp_path: Path, http_server: int) -> None:
     """Discovery, ls-refs and the fetch of a clone share one TCP connection (like git's curl)."""
     import servers

@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from ..errors import UnsupportedError
+from ..errors import ObjectFormatError, RelayError, UnsupportedError
+from ..pktline import FLUSH
 from ..url import InnerUrl
 from .base import Context, Service, StreamService
 
@@ -85,6 +86,15 @@ class Remote:
         svc = self.open(service)
         try:
             return svc, read_advertisement(svc.reader)
+        except ObjectFormatError:
+            if not svc.stateless:
+                try:  # a flush: the service ends quietly, as after git's own ls-remote
+                    svc.request([FLUSH.wire])
+                    svc.wait_sent()
+                except RelayError:
+                    pass
+            svc.close()
+            raise
         except BaseException:
             svc.close()
             raise
