@@ -247,12 +247,15 @@ class Helper:
         * a remote whose HEAD names a branch with no commits yet (an empty one, or one whose HEAD
           was pointed elsewhere): only git's v2 fetch carries that unborn HEAD to a clone (``list``
           cannot say it: a symref to a missing ref there would leave the clone without a HEAD);
-        * a v0 remote that is itself shallow: git's fetch-pack makes a shallow clone of it.
+        * a v0 remote that is itself shallow: git's fetch-pack makes a shallow clone of it;
+        * a remote that offers packfile URIs when git's ``fetch.uriProtocols`` asks for them: git's
+          fetch-pack downloads and checks those packs.
         """
         if self.settings.mode == "passthrough":
             return False
         adv = self.session.upload(listed=True)[1]
-        return (adv.version == 2 and adv.unborn_head is not None) or bool(adv.shallow)
+        uris = adv.version == 2 and "packfile-uris" in (adv.caps.get("fetch") or "").split() and bool(self.config.get("fetch.uriprotocols"))
+        return (adv.version == 2 and adv.unborn_head is not None) or bool(adv.shallow) or uris
 
     def _do_list(self, for_push: bool) -> None:
         if for_push:

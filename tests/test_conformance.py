@@ -313,3 +313,29 @@ def test_sha256_repository_is_served_by_gits_own_code(transport: str, request: p
     git("fetch", "-q", url, "main", cwd=src)
     assert git("rev-parse", "FETCH_HEAD", cwd=src).stdout.strip() == new
     git("fsck", "--strict", cwd=path)
+
+
+def test_packfile_uris_are_downloaded_by_gits_own_fetch(work: Path, tmp_path: Path, server_root: Path, http_server: int) -> None:
+    """t5702 "part of packfile response provided as URI": a server that offers a blob as a pack at
+    a URI, and a client that accepts them (fetch.uriProtocols), get git's own fetch-pack, which
+    downloads that pack, checks it and keeps it beside the rest, as without relay::."""
+    parent = server_root / "uris-parent.git"
+    git("clone", "-q", "--bare", str(work), str(parent))
+    blob_file = tmp_path / "excluded.bin"
+    blob_file.write_bytes(b"a blob served from a packfile URI\n" * 100)
+    blob = git("hash-object", "-w", str(blob_file), cwd=parent).stdout.strip()
+    tree = git("mktree", cwd=parent, input=f"100644 blob {blob}\texcluded.bin\n".encode()).stdout.strip()
+    head = git("rev-parse", "main", cwd=parent).stdout.strip()
+    new = git("commit-tree", tree, "-p", head, "-m", "excluded blob", cwd=parent).stdout.strip()
+    git("update-ref", "refs/heads/main", new, cwd=parent)
+    pack = git("pack-objects", str(server_root / "uripack"), cwd=parent, input=f"{blob}\n".encode()).stdout.strip()
+    git("config", "uploadpack.allowsidebandall", "true", cwd=parent)  # upload-pack sends URIs only then
+    git("config", "--add", "uploadpack.blobpackfileuri", f"{blob} {pack} http://127.0.0.1:{http_server}/uripack-{pack}.pack", cwd=parent)
+    url = f"http://127.0.0.1:{http_server}/git/uris-parent.git"
+    for kind, where in (("native", url), ("relay", "relay::" + url)):
+        child = tmp_path / kind
+        git("-c", "protocol.version=2", "-c", "fetch.uriprotocols=http", "clone", "-q", where, str(child))
+        packs = sorted(p.name for p in (child / ".git" / "objects" / "pack").glob("*.pack"))
+        assert f"pack-{pack}.pack" in packs and len(packs) == 2, (kind, packs)
+        assert refs(child)["refs/heads/main"] == new
+        git("fsck", "--strict", cwd=child)
