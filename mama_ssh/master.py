@@ -66,6 +66,10 @@ def alive(path: str) -> bool:
     try:
         s.connect(path)
         return True
+    except (BlockingIOError, TimeoutError):
+        # EAGAIN: a listener whose backlog is full (fifty processes looking at once). Taking that
+        # for a dead master would start another on its path and orphan the live one.
+        return True
     except OSError:
         return False
     finally:

@@ -188,3 +188,33 @@ def test_stderr_relay_of_the_multiplexed_path_holds_what_a_master_could_not_carr
     assert relay.dropped and not relay.refused
     relay = cli._StderrRelay()  # off the multiplexed path, the user's own fd-passing proxy failing is shown
     assert relay.feed(b"proxy dialer did not pass back a connection\n") == b"proxy dialer did not pass back a connection\n"
+
+
+def test_a_master_with_a_full_backlog_is_alive_and_a_closed_socket_is_not(tmp_path: Path) -> None:
+    """Fifty processes looking at once fill a master's listen backlog: connect() then fails with
+    EAGAIN, which must not read as a dead master (another would be started on its path)."""
+    import socket
+
+    from mama_ssh import master
+
+    path = str(tmp_path / "m.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(1)
+    queued = []
+    try:
+        for _ in range(3):  # more than the backlog, nobody accepting
+            s = socket.socket(socket.AF_UNIX)
+            s.setblocking(False)
+            try:
+                s.connect(path)
+            except BlockingIOError:
+                pass
+            queued.append(s)
+        assert master.alive(path)
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()
+    assert not master.alive(path), "nobody listens on a closed socket's path"
+    assert not master.alive(str(tmp_path / "missing.sock"))
