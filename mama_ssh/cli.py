@@ -30,8 +30,20 @@ REFUSED_BASE = 0.05
 # connection: a new authentication) is made to fail at once, without a byte, so that mama-ssh decides:
 # try the master again after a refused session, or run the plain command. A ProxyCommand given on
 # the command line wins over the user's config and silences a configured ProxyJump; the mux client
-# itself never uses it. (Not with -J, which ssh refuses beside a ProxyCommand.)
-MUX_ONLY = ["-o", "ProxyCommand=false"]
+# itself never uses it. (Not with -J, which ssh refuses beside a ProxyCommand.) The command is
+# mama-ssh's own GUARD, which says so on stderr: ssh's own words for that failed connection are
+# missing about one time in three under load, and a silent exit 255 must stay final (it is also
+# what a session that ran and lost its master ends with).
+GUARD = "--mux-guard"
+GUARD_LINE = b"mama-ssh: the master could not carry this session"
+
+
+def _mux_only() -> list[str]:
+    """The ``-o ProxyCommand=...`` of the multiplexed path: this mama-ssh's guard, or ``false``."""
+    me = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not (os.path.isfile(me) and os.access(me, os.X_OK)) or any(c in me for c in "%'\"\n"):
+        return ["-o", "ProxyCommand=false"]
+    return ["-o", f"ProxyCommand='{me}' {GUARD}"]
 GROW_BACKOFF = 60.0  # after a further master of a pool failed to start, don't try that one again for a minute
 
 
@@ -45,7 +57,7 @@ class Plan:
         self.why = why
         self.learn = learn  # (state, key, session limit used): where a refused session is recorded
         self.wake = wake  # the pool whose waiters are told when the slot is free again
-        self.fallback = fallback  # what runs when the master cannot carry the session (argv has MUX_ONLY)
+        self.fallback = fallback  # what runs when the master cannot carry the session (argv has the guard)
         self.socket = socket  # the master's control socket
         self.master = master  # which master of the pool
 
@@ -127,9 +139,9 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
     if isinstance(got, str):
         return Plan(plain.argv, why=got)
     fd, m = got
-    # ControlMaster=no: a client never becomes a master we don't manage. MUX_ONLY: when the
+    # ControlMaster=no: a client never becomes a master we don't manage. The guard: when the
     # master cannot carry the session, _run decides what happens instead of ssh.
-    guard = [] if "J" in parsed.flags else MUX_ONLY
+    guard = [] if "J" in parsed.flags else _mux_only()
     return Plan(
         [ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={sockets[m]}", *guard, *extra, *args],
         slot_fd=fd,
@@ -397,8 +409,8 @@ class _StderrRelay:
 
     HOLD = (b"kex_exchange_identification", b"ssh_exchange_identification")
     AFTER = (b"Connection closed by ", b"Connection reset by ")
-    # the multiplexed path's lines of a session the master could not carry (MUX_ONLY's ProxyCommand)
-    MUX_HOLD = (b"proxy dialer did not pass back a connection",)
+    # the multiplexed path's lines of a session the master could not carry (the guard's ProxyCommand)
+    MUX_HOLD = (GUARD_LINE, b"proxy dialer did not pass back a connection")
     MUX_QUIET = (b"mux_client_request_session: session request failed", b"mm_receive_fd: ",
                  b"banner exchange: Connection to UNKNOWN port 65535")
 
@@ -609,6 +621,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ
     ssh = env.get("MAMA_SSH_SSH") or "ssh"
+    if args == [GUARD]:
+        os.write(2, GUARD_LINE + b"\n")  # ssh's ProxyCommand on the multiplexed path: see GUARD
+        sys.exit(1)
     if args and args[0] in ("--status", "--cleanup", "--explain", "--help", "-h", "--version"):
         if args[0] in ("--help", "-h"):
             sys.stdout.write(USAGE)

@@ -9,6 +9,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -203,6 +204,25 @@ def test_stalled_prewarm_of_one_host_does_not_delay_another(sshd, mama, server_r
         listener.close()
         for s in held:
             s.close()
+
+
+def test_a_master_gone_under_the_session_means_plain_ssh_never_a_silent_failure(sshd, mama, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The master vanishes between mama-ssh's check and ssh's connect (here: every session's
+    ControlPath is made to miss). ssh's own words for its guarded fallback are missing about one
+    time in three under load; mama-ssh's guard says it, so every run goes plain and succeeds."""
+    real = shutil.which("ssh")
+    fake = tmp_path / "ssh-missing-master"
+    fake.write_text(f"#!{sys.executable}\nimport os, sys\n"
+                    "args = ['ControlPath=/nonexistent/mama-test' if a.startswith('ControlPath=') and 'ControlMaster=no' in sys.argv else a"
+                    " for a in sys.argv[1:]]\n"
+                    f"os.execv({real!r}, [{real!r}, *args])\n")
+    fake.chmod(0o755)
+    argv = ["mama-ssh", *mama["GIT_SSH_COMMAND"].split()[1:], "-p", str(sshd.port), f"{sshd.user}@127.0.0.1", "echo ran"]
+    subprocess.run(argv[:-1] + ["true"], env=mama, check=True, timeout=60)  # a master is up: the sessions are planned on it
+    results = run_many(argv, dict(mama, MAMA_SSH_SSH=str(fake)), 30)
+    assert [r.returncode for r in results] == [0] * 30, [r.stderr for r in results if r.returncode][:3]
+    assert [r.stdout for r in results] == ["ran\n"] * 30
+    assert not any(r.stderr for r in results), [r.stderr for r in results if r.stderr][:3]
 
 
 def test_failed_prewarm_makes_everyone_connect_plainly(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
