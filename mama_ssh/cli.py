@@ -186,7 +186,8 @@ def _slot(pool: Pool, sockets: list[str], ssh: str, parsed: Any, key: str, keepa
             if m is not None:
                 start_fd, index = m
                 try:
-                    problem = _start(ssh, parsed, sockets[index], key, index, keepalive, state, env, others=bool(live))
+                    problem = _start(ssh, parsed, sockets[index], key, index, keepalive, state, env, others=bool(live),
+                                     up=lambda: pool.wake(max(pool.waiters(), pool.limit)))
                 finally:
                     os.close(start_fd)
                     # every waiter looks again: for the new slots, and to start the next master
@@ -240,7 +241,7 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
 
 
 def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, state: Any, env: Mapping[str, str],
-           others: bool) -> str | None:
+           others: bool, up: "Callable[[], None] | None" = None) -> str | None:
     """Pre-warm master ``m`` of ``key``'s pool (its start lock is held); the reason it failed, or None."""
     from . import master
 
@@ -249,7 +250,7 @@ def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, 
         return None
     timeout = _number(env, "MAMA_SSH_PREWARM_TIMEOUT", PREWARM_TIMEOUT)
     try:
-        pid = master.prewarm(ssh, parsed.options, parsed.dest, path, keepalive, state, name, env, timeout)
+        pid = master.prewarm(ssh, parsed.options, parsed.dest, path, keepalive, state, name, env, timeout, up)
     except master.PrewarmFailed as exc:
         # The first master failing sends everyone to plain ssh for a while; a further one failing
         # (the server's MaxStartups, a slow link) only stops the pool growing for a minute.

@@ -15,7 +15,7 @@ from .state import State, UnsafeDirectory, private_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Mapping
+    from typing import Callable, Mapping
 
 __all__ = ["socket_dir", "socket_path", "alive", "prewarm", "stop", "MAX_SOCKET_PATH", "PrewarmFailed"]
 
@@ -89,9 +89,11 @@ def _check_pid(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> int | 
 
 
 def prewarm(
-    ssh: str, options: list[str], dest: str, path: str, keepalive: bool, state: State, key: str, env: Mapping[str, str], timeout: float
+    ssh: str, options: list[str], dest: str, path: str, keepalive: bool, state: State, key: str, env: Mapping[str, str], timeout: float,
+    up: "Callable[[], None] | None" = None,
 ) -> int:
-    """Start a master for ``dest`` on ``path``; return its pid. Raises ``PrewarmFailed``."""
+    """Start a master for ``dest`` on ``path``; return its pid. Raises ``PrewarmFailed``.
+    ``up`` is called as soon as the master listens (before its pid is asked for)."""
     import subprocess
 
     if os.path.lexists(path):
@@ -139,7 +141,10 @@ def prewarm(
         except OSError as exc:
             raise PrewarmFailed(f"cannot run {ssh}: {exc.strerror}") from exc
         # `ssh -fN` exiting 0 proves nothing (a lost race leaves a plain connection): ask the socket.
-        pid = _check_pid(ssh, path, dest, env) if alive(path) else None
+        listening = alive(path)
+        if listening and up is not None:
+            up()  # the waiting processes can take its sessions while we ask for its pid
+        pid = _check_pid(ssh, path, dest, env) if listening else None
         if pid is not None:
             return pid
         if rc is None or not _dropped_in_key_exchange(log, seen) or attempt + 1 == PREWARM_ATTEMPTS:
