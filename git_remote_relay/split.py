@@ -25,7 +25,6 @@ from .limits import Limits
 from .protocol import ZERO_OID, Advertisement
 from .push import PackStream, PackTooLarge, PushOptions, RefUpdate
 from .transport.base import Service
-from .transport.session import say_goodbye
 from .ui import Reporter
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
@@ -354,9 +353,8 @@ def _step_refused(exc: PackTooLarge, learning: Learning | None, resets: int) -> 
 
 
 def _unused(service: Service) -> None:
-    """Close a connection that got no command: receive-pack ends quietly on a flush, while a bare
-    EOF makes it print "fatal: the remote end hung up unexpectedly" under a push that went well."""
-    say_goodbye(service)
+    """Close a connection that got no command, so receive-pack prints nothing under a push that went well."""
+    service.goodbye()
     service.close()
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from ..errors import ObjectFormatError, RelayError, UnsupportedError
-from ..pktline import FLUSH
+from ..errors import ObjectFormatError, UnsupportedError
 from ..url import InnerUrl
 from .base import Context, Service, StreamService
 
@@ -87,12 +86,7 @@ class Remote:
         try:
             return svc, read_advertisement(svc.reader)
         except ObjectFormatError:
-            if not svc.stateless:
-                try:  # a flush: the service ends quietly, as after git's own ls-remote
-                    svc.request([FLUSH.wire])
-                    svc.wait_sent()
-                except RelayError:
-                    pass
+            svc.goodbye()  # a well-formed advertisement, just not ours to serve: end it quietly
             svc.close()
             raise
         except BaseException:

@@ -16,9 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 
-from ..errors import StalledError, TransportError
+from ..errors import RelayError, StalledError, TransportError
 from ..gitcmd import Config, Git
-from ..pktline import PktReader
+from ..pktline import FLUSH, PktReader
 
 __all__ = ["Context", "Service", "StreamService", "SendError", "NOT_FOUND_HINT", "Activity", "IdleReader", "stalled"]
 
@@ -138,6 +138,17 @@ class Service:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    def goodbye(self) -> None:
+        """Before closing a connection that got no request: a stateful service ends quietly on a
+        flush, where a bare EOF makes it print "fatal: the remote end hung up unexpectedly"."""
+        if self.stateless:
+            return
+        try:
+            self.request([FLUSH.wire])
+            self.wait_sent()
+        except RelayError:
+            pass
 
     def abort(self) -> None:
         """Close in the middle of a reply (which makes the connection unusable)."""

@@ -13,25 +13,12 @@ Shared by the helper and ``git relay``, so connection lifecycle is written once:
 
 from __future__ import annotations
 
-from ..errors import RelayError
-from ..pktline import FLUSH
 from ..protocol import Advertisement, ls_refs_request, read_ls_refs
 from ..url import InnerUrl
 from . import Remote
 from .base import Context, Service
 
 __all__ = ["Session"]
-
-
-def say_goodbye(service: Service) -> None:
-    """A stateful service that still waits for a request ends quietly on a flush."""
-    if service.stateless:
-        return
-    try:
-        service.request([FLUSH.wire])
-        service.wait_sent()
-    except RelayError:
-        pass
 
 
 class Session:
@@ -92,7 +79,7 @@ class Session:
             service, adv = self._upload
             self._upload = None
             if self._fresh and adv.version == 0:
-                say_goodbye(service)
+                service.goodbye()
             service.close()
 
     # -- receive-pack ---------------------------------------------------------------------------
@@ -112,13 +99,13 @@ class Session:
             service = self._receive[0]
             self._receive = None
             if not used:
-                say_goodbye(service)
+                service.goodbye()
             service.close()
 
     @staticmethod
     def say_goodbye(service: Service) -> None:
         """End a connection that got no request (a flush for stateful services), then close it."""
-        say_goodbye(service)
+        service.goodbye()
         service.close()
 
     def close(self) -> None:
