@@ -26,6 +26,7 @@ RETRY_BASE = 0.25
 SLOT_LINGER = 0.05  # seconds a slot stays taken after its session ended (the channel is closing)
 REFUSED_RETRIES = 5  # runs over the master after the server refused the session (sshd's MaxSessions), with backoff
 REFUSED_BASE = 0.05
+GROW_BACKOFF = 60.0  # after a further master of a pool failed to start, don't try that one again for a minute
 # On the multiplexed path, ssh's own fallback when the master cannot carry the session (a direct
 # connection: a new authentication) is made to fail at once, without a byte, so that mama-ssh decides:
 # try the master again after a refused session, or run the plain command. A ProxyCommand given on
@@ -44,14 +45,13 @@ def _mux_only() -> list[str]:
     if not (os.path.isfile(me) and os.access(me, os.X_OK)) or any(c in me for c in "%'\"\n"):
         return ["-o", "ProxyCommand=false"]
     return ["-o", f"ProxyCommand='{me}' {GUARD}"]
-GROW_BACKOFF = 60.0  # after a further master of a pool failed to start, don't try that one again for a minute
 
 
 class Plan:
     """What to run: ``argv`` and, when it rides a master, the fd of its session slot."""
 
     def __init__(self, argv: list[str], slot_fd: int | None = None, why: str = "", learn: "tuple[object, str, int] | None" = None,
-                 wake: Pool | None = None, fallback: list[str] | None = None, socket: str | None = None, master: int = 0) -> None:
+                 wake: Pool | None = None, fallback: list[str] | None = None, socket: str | None = None) -> None:
         self.argv = argv
         self.slot_fd = slot_fd
         self.why = why
@@ -59,7 +59,6 @@ class Plan:
         self.wake = wake  # the pool whose waiters are told when the slot is free again
         self.fallback = fallback  # what runs when the master cannot carry the session (argv has the guard)
         self.socket = socket  # the master's control socket
-        self.master = master  # which master of the pool
 
 
 def _debug(env: Mapping[str, str], text: str) -> None:
@@ -150,7 +149,6 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
         wake=pool,
         fallback=plain.argv if guard else None,
         socket=sockets[m],
-        master=m,
     )
 
 
@@ -178,9 +176,7 @@ def _slot(pool: Pool, sockets: list[str], ssh: str, parsed: Any, key: str, keepa
             if got is not None:
                 _adopt(state, key, got[1], sockets, parsed)
                 return got
-            if not live and state.failed_until(key) > time.time():
-                return "a recent pre-warm failed"
-            m = _claim_start(pool, sockets, key, state)
+            m = _claim_start(pool, sockets, key, state)  # None, among others, when the first master just failed
             if m is None and not live and state.failed_until(key) > time.time():
                 return "a recent pre-warm failed"
             if m is not None:
