@@ -165,7 +165,7 @@ def _slot(pool: Pool, sockets: list[str], ssh: str, parsed: Any, key: str, keepa
     live = _live(sockets)
     got = pool.take_slot(live)
     if got is not None:
-        _adopt(state, key, got[1], sockets, parsed)
+        _adopt(state, key, got[1], sockets, parsed, pool)
         return got
     deadline = time.monotonic() + _number(env, "MAMA_SSH_SLOT_WAIT", SLOT_WAIT)
     ticket = pool.enqueue()
@@ -174,7 +174,7 @@ def _slot(pool: Pool, sockets: list[str], ssh: str, parsed: Any, key: str, keepa
         while True:
             got = pool.take_slot(live)
             if got is not None:
-                _adopt(state, key, got[1], sockets, parsed)
+                _adopt(state, key, got[1], sockets, parsed, pool)
                 return got
             m = _claim_start(pool, sockets, key, state)  # None, among others, when the first master just failed
             if m is None and not live and state.failed_until(key) > time.time():
@@ -208,7 +208,7 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
 
     Another master starts when the waiting processes outnumber the slots that are free or about
     to come up (``limit`` per master being started), and the pool is not full. The starts are
-    staggered (each needs its share of waiters, twice that while no master is up yet) and never
+    staggered (each needs its share of waiters, one master's more while no master is up yet) and never
     more than the pool's size, so our unauthenticated connections stay well under sshd's
     MaxStartups (10)."""
     with pool.decide():
@@ -220,10 +220,10 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
             return None
         if live or starting:
             waiting = pool.waiters()
-            if not live and waiting <= 2 * pool.limit * len(starting):
-                # Until one master is up (proving the host takes them), another starts only under
-                # twice the demand its slots would serve, so a host that refuses masters sees a
-                # single failed pre-warm from a handful of processes.
+            if not live and waiting <= pool.limit * (len(starting) + 1):
+                # Until one master is up (proving the host takes them), another starts only when
+                # the waiters would fill one more master than those starting: a host that refuses
+                # masters sees a single failed pre-warm from up to twice a master's sessions.
                 return None
             if live and waiting <= pool.free(live) + pool.limit * len(starting):
                 return None
@@ -261,10 +261,14 @@ def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, 
     return None
 
 
-def _adopt(state: Any, key: str, m: int, sockets: list[str], parsed: Any) -> None:
-    """Record a live master nobody recorded (a lost record, or one started by hand): used, never closed."""
+def _adopt(state: Any, key: str, m: int, sockets: list[str], parsed: Any, pool: Pool) -> None:
+    """Record a live master nobody recorded (a lost record, or one started by hand): used, never closed.
+
+    A master whose start lock is held is being started by one of us, who records it once it has
+    its pid: the processes it woke take its slots without touching the state lock (a burst of
+    them queueing for that lock cost a cold pool more than half a second)."""
     name = member(key, m)
-    if not state.exists("masters", name):
+    if not state.exists("masters", name) and not pool.is_starting(m, state.root):
         with state.lock():
             if state.read("masters", name) is None:
                 state.write("masters", name, {"socket": sockets[m], "pid": None, "dest": parsed.dest, "options": parsed.options,

@@ -116,8 +116,11 @@ class Pool:
         """The start lock of master ``m`` (``prewarm-<member>.lock``), if nobody is starting it."""
         return _try_lock(os.path.join(lock_dir, f"prewarm-{member(self.key, m)}.lock"))
 
+    def is_starting(self, m: int, lock_dir: str) -> bool:
+        return _held(os.path.join(lock_dir, f"prewarm-{member(self.key, m)}.lock"))
+
     def starting(self, lock_dir: str) -> list[int]:
-        return [m for m in range(self.max_masters) if _held(os.path.join(lock_dir, f"prewarm-{member(self.key, m)}.lock"))]
+        return [m for m in range(self.max_masters) if self.is_starting(m, lock_dir)]
 
     # -- hand-over ------------------------------------------------------------------------------
     def waker(self) -> "Waker":

@@ -218,3 +218,46 @@ def test_a_master_with_a_full_backlog_is_alive_and_a_closed_socket_is_not(tmp_pa
         listener.close()
     assert not master.alive(path), "nobody listens on a closed socket's path"
     assert not master.alive(str(tmp_path / "missing.sock"))
+
+
+def test_slots_of_a_master_being_started_are_taken_without_the_state_lock(tmp_path: Path) -> None:
+    """The processes a starting master wakes take its slots before its starter has recorded it:
+    that is not an adoption, and forty of them queueing for the state lock (filelock polls) cost
+    a cold pool more than half a second."""
+    from filelock import FileLock
+
+    from mama_ssh.argv import parse
+
+    state = State(str(tmp_path / "state"))
+    pool = slots.Pool(os.path.join(state.root, "slots"), "k", limit=2, max_masters=2)
+    parsed = parse(["h", "git-upload-pack 'r'"])
+    sockets = [str(tmp_path / "k"), str(tmp_path / "k-1")]
+    start = pool.try_start(1, state.root)
+    assert start is not None
+    with FileLock(os.path.join(state.root, "state.lock"), timeout=1):
+        began = time.monotonic()
+        cli._adopt(state, "k", 1, sockets, parsed, pool)  # must neither wait for the lock nor record
+        assert time.monotonic() - began < 0.5
+    assert not state.exists("masters", "k-1"), "its starter records it, as owned"
+    os.close(start)
+    cli._adopt(state, "k", 1, sockets, parsed, pool)  # nobody starting it: a master started by hand
+    rec = state.read("masters", "k-1")
+    assert rec is not None and rec["owned"] is False and rec["socket"] == sockets[1]
+
+
+@pytest.mark.parametrize("waiting, starts", [(1, 1), (16, 1), (17, 2), (24, 2), (25, 3), (32, 3), (33, 4), (200, 4)])
+def test_masters_start_staggered_before_the_first_is_up(tmp_path: Path, waiting: int, starts: int) -> None:
+    """With no master up yet, master n+1 starts once the waiters would fill one more master than
+    the n starting: a burst of 40 gets all four logging in at once, while a host that refuses
+    masters sees one failed pre-warm from up to 16 processes."""
+    state = State(str(tmp_path / "state"))
+    pool = slots.Pool(os.path.join(state.root, "slots"), "k", limit=8, max_masters=4)
+    sockets = [str(tmp_path / f"s{m}") for m in range(4)]  # nothing listens: no master is up
+    tickets = [pool.enqueue() for _ in range(waiting)]
+    held = []
+    while (got := cli._claim_start(pool, sockets, "k", state)) is not None:
+        held.append(got[0])
+    assert len(held) == starts
+    for fd in [*held, *tickets]:
+        assert fd is not None
+        os.close(fd)
