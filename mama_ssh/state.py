@@ -91,12 +91,13 @@ class State:
             return None
 
     def write(self, kind: str, key: str, value: dict[str, Any]) -> None:
-        """Atomic replace: a unique temporary name, then rename (concurrent writers never collide)."""
+        """Atomic replace: a unique temporary name, then rename (concurrent writers never collide).
+        (Not ``tempfile``: its import costs ~7 ms, paid by every master's starter in a burst.)"""
         import json
-        import tempfile
 
         directory = os.path.join(self.root, kind)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=".tmp")
+        tmp = os.path.join(directory, f".{key}.{os.getpid()}.{os.urandom(6).hex()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(value, fh)

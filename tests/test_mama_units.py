@@ -261,3 +261,26 @@ def test_masters_start_staggered_before_the_first_is_up(tmp_path: Path, waiting:
     for fd in [*held, *tickets]:
         assert fd is not None
         os.close(fd)
+
+
+def test_spawn_wait_passes_no_leaked_descriptor_reads_stderr_and_kills_at_the_timeout() -> None:
+    """What pre-warms and ``-O check`` run through (instead of subprocess): a descriptor the caller
+    leaked never reaches the child (a master lives on for minutes), stderr comes back when asked
+    for, and a child past its time is killed, not waited for."""
+    from mama_ssh import master
+
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    try:
+        rc, _ = master.spawn_wait(["sh", "-c", f"test -e /dev/fd/{w} && exit 3; exit 0"], os.environ, 10.0)
+        assert rc == 0, "the leaked pipe was passed on"
+        rc, err = master.spawn_wait(["sh", "-c", "echo 'Master running (pid=4242)' >&2; exit 0"], os.environ, 10.0, stderr=True)
+        assert (rc, err) == (0, b"Master running (pid=4242)\n")
+        rc, err = master.spawn_wait(["sh", "-c", "exit 7"], os.environ, 10.0)
+        assert (rc, err) == (7, b"")
+        began = time.monotonic()
+        rc, _ = master.spawn_wait(["sleep", "30"], os.environ, 0.3)
+        assert rc is None and time.monotonic() - began < 5
+    finally:
+        os.close(r)
+        os.close(w)
