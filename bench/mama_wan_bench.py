@@ -8,7 +8,7 @@ no master running): failed operations, authentications (sshd's "Accepted publick
 wall time; then mama-ssh again with its masters still up (warm). Prints the table and the targets
 (0 failures, at most ceil(ops / sessions per master) + 1 authentications, wall at most 0.6x plain).
 
-    .venv/bin/python bench/mama_wan_bench.py [--rtt-ms 40] [--mbit 50] [--runs 3] [--bin DIR]
+    .venv/bin/python bench/mama_wan_bench.py [--rtt-ms 40] [--mbit 50] [--runs 3] [--bin DIR] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ def batch(url: str, env: dict[str, str], base: Path, tag: str, n_ls: int, n_clon
     return time.monotonic() - start, len(errors), errors[:3]
 
 
+def ssh_version() -> str:
+    """ssh's version: it decides what a login costs (OpenSSH 9.0-9.8 default to sntrup761x25519, about
+    50 ms of client CPU per login here; curve25519 alone is about 8 ms)."""
+    done = subprocess.run(["ssh", "-V"], capture_output=True, text=True)
+    return (done.stderr or done.stdout).strip().split(",")[0]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rtt-ms", type=float, default=40.0)
@@ -59,13 +66,19 @@ def main() -> int:
     ap.add_argument("--ls-remote", type=int, default=20)
     ap.add_argument("--clones", type=int, default=20)
     ap.add_argument("--bin", type=Path, help="the directory with mama-ssh (an ./install.sh install starts faster than the editable .venv)")
+    ap.add_argument("--dir", type=Path, default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
+                    help="where the repositories, clones and state go (default: /dev/shm, a tmpfs, when there is one)")
     a = ap.parse_args()
     ops = a.ls_remote + a.clones
     if a.bin:
         os.environ["PATH"] = str(a.bin.resolve()) + os.pathsep + os.environ["PATH"]
     elif not shutil.which("mama-ssh"):
         os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]
-    with tempfile.TemporaryDirectory(prefix="mama-wan-") as tmp:
+    # On a tmpfs by default: on ext4, each file a batch creates first skips every inode freed in
+    # the last seconds (perf: recently_deleted, find_inode_bit), so a clean-up before a run (a
+    # previous run's, the test suite's) cost the 20 clones up to a second of CPU and made the
+    # walls depend on what happened before, not on ssh.
+    with tempfile.TemporaryDirectory(prefix="mama-wan-", dir=a.dir) as tmp:
         base = Path(tmp)
         gitconfig = base / "gitconfig"
         gitconfig.write_text("[user]\n\tname = B\n\temail = b@example.invalid\n[init]\n\tdefaultBranch = main\n[safe]\n\tdirectory = *\n")
@@ -101,7 +114,8 @@ def main() -> int:
                 subprocess.run(["mama-ssh", "--cleanup"], env=mama, capture_output=True)
                 shutil.rmtree(sock, ignore_errors=True)
     print(f"\n{ops} operations at once ({a.ls_remote} ls-remote + {a.clones} clones) over a {a.rtt_ms:g} ms RTT, "
-          f"{a.mbit:g} Mbit/s link; sshd defaults (MaxStartups 10:30:100, MaxSessions 10); {a.runs} runs, median wall\n")
+          f"{a.mbit:g} Mbit/s link; sshd defaults (MaxStartups 10:30:100, MaxSessions 10); {a.runs} runs, median wall; "
+          f"{os.cpu_count()} cores; {ssh_version()}; files in {a.dir or tempfile.gettempdir()}\n")
     print("| | wall s (median) | wall / plain | failures (per run) | authentications (per run) |")
     print("|---|---|---|---|---|")
     plain_wall = statistics.median(r[0] for r in results["plain"])
