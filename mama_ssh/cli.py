@@ -27,6 +27,9 @@ SLOT_LINGER = 0.05  # seconds a slot stays taken after its session ended (the ch
 REFUSED_RETRIES = 5  # runs over the master after the server refused the session (sshd's MaxSessions), with backoff
 REFUSED_BASE = 0.05
 GROW_BACKOFF = 60.0  # after a further master of a pool failed to start, don't try that one again for a minute
+# A session limit learned from refusals is trusted for a day, then learned again: the server's
+# MaxSessions may have been raised, and a refusal under a moment's load must not cost forever.
+LEARNED_FOR = 86400.0
 # On the multiplexed path, ssh's own fallback when the master cannot carry the session (a direct
 # connection: a new authentication) is made to fail at once, without a byte, so that mama-ssh decides:
 # try the master again after a refused session, or run the plain command. A ProxyCommand given on
@@ -129,9 +132,9 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
     except UnsafeDirectory as exc:
         return Plan(plain.argv, why=f"no private socket directory: {exc}")
     limit = max(int(_number(env, "MAMA_SSH_MAX_SESSIONS", slots.DEFAULT_MAX_SESSIONS)), 1)
-    learned = state.read("caps", key)
-    if learned and isinstance(learned.get("max"), int):
-        limit = max(1, min(limit, learned["max"]))
+    learned = _learned(state, key)
+    if learned is not None:
+        limit = max(1, min(limit, learned[0]))
     pool = Pool(os.path.join(state.root, "slots"), key, limit, int(_number(env, "MAMA_SSH_MAX_MASTERS", DEFAULT_MAX_MASTERS)))
     sockets = [master.socket_path(os.path.dirname(path), member(key, m)) for m in range(pool.max_masters)]
     got = _slot(pool, sockets, ssh, parsed, key, bool(extra), state, env)
@@ -150,6 +153,18 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
         fallback=plain.argv if guard else None,
         socket=sockets[m],
     )
+
+
+def _learned(state: Any, key: str) -> "tuple[int, float] | None":
+    """(session limit, seconds it is still trusted) learned for ``key`` from refused sessions, if any."""
+    rec = state.read("caps", key)
+    try:
+        left = float(rec["at"]) + LEARNED_FOR - time.time() if rec else 0.0
+    except (KeyError, TypeError, ValueError):
+        return None
+    if rec is None or left <= 0 or not isinstance(rec.get("max"), int):
+        return None
+    return rec["max"], left
 
 
 def _live(sockets: list[str]) -> list[int]:
@@ -494,10 +509,9 @@ def _learn_refusal(p: Plan) -> None:
     state, key, used = p.learn
     try:
         with state.lock():  # type: ignore[attr-defined]
-            current = state.read("caps", key)  # type: ignore[attr-defined]
-            known = current.get("max") if current else None
+            current = _learned(state, key)
             new = max(1, used // 2)
-            if not isinstance(known, int) or new < known:
+            if current is None or new < current[0]:
                 state.write("caps", key, {"max": new, "at": time.time()})  # type: ignore[attr-defined]
     except Exception:  # noqa: BLE001 - learning is an optimisation; the session itself already ran
         pass
@@ -536,18 +550,25 @@ def _show(data: dict[str, Any], as_json: bool, text: Callable[[dict[str, Any]], 
 def _status(state: Any, limit: int) -> dict[str, Any]:
     from . import master, slots
 
+    learned = {}
+    for key in state.keys("caps"):
+        got = _learned(state, key)
+        if got is not None:
+            learned[key] = {"key": key, "max_sessions": got[0], "seconds_left": round(got[1])}
     masters = []
     for key in state.keys("masters"):
         rec = state.read("masters", key) or {}
+        pool_key = key.rsplit("-", 1)[0] if "-" in key else key  # member m of a pool is "<key>-<m>"
+        used = min(limit, learned[pool_key]["max_sessions"]) if pool_key in learned else limit
         masters.append({"key": key, "dest": rec.get("dest"), "up": master.alive(rec.get("socket", "")), "owned": bool(rec.get("owned")),
-                        "pid": rec.get("pid"), "sessions": slots.in_use(os.path.join(state.root, "slots"), key, limit),
-                        "limit": limit, "socket": rec.get("socket")})
+                        "pid": rec.get("pid"), "sessions": slots.in_use(os.path.join(state.root, "slots"), key, used),
+                        "limit": used, "socket": rec.get("socket")})
     failed = []
     for key in state.keys("failed"):
         left = state.failed_until(key) - time.time()
         if left > 0:
             failed.append({"key": key, "seconds_left": round(left), "reason": (state.read("failed", key) or {}).get("reason")})
-    return {"state": state.root, "masters": masters, "failed": failed}
+    return {"state": state.root, "masters": masters, "failed": failed, "learned": list(learned.values())}
 
 
 def _status_text(data: dict[str, Any]) -> list[str]:
@@ -559,6 +580,8 @@ def _status_text(data: dict[str, Any]) -> list[str]:
         lines.append(f"{m['key']}  {m['dest']}  {'up' if m['up'] else 'down'}  {who}  sessions {m['sessions']}/{m['limit']}  {m['socket']}")
     for f in data["failed"]:
         lines.append(f"{f['key']}  pre-warm failed, plain connections for {f['seconds_left']}s more: {f['reason']}")
+    for c in data["learned"]:
+        lines.append(f"{c['key']}  the server refused sessions: {c['max_sessions']} per master, learned again in {c['seconds_left']}s")
     return lines
 
 

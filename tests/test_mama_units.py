@@ -284,3 +284,25 @@ def test_spawn_wait_passes_no_leaked_descriptor_reads_stderr_and_kills_at_the_ti
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_learned_session_limit_is_trusted_for_a_day_then_learned_again(tmp_path: Path) -> None:
+    """A server's MaxSessions may be raised, and one burst of refusals under load must not halve
+    the pool forever: the learned limit applies for a day, is shown by --status, then lapses."""
+    state = State(str(tmp_path / "state"))
+    now = time.time()
+    state.write("caps", "k", {"max": 2, "at": now - 60})
+    got = cli._learned(state, "k")
+    assert got is not None and got[0] == 2 and cli.LEARNED_FOR - 120 < got[1] <= cli.LEARNED_FOR - 60
+    status = cli._status(state, 8)
+    assert status["learned"] == [{"key": "k", "max_sessions": 2, "seconds_left": round(got[1])}]
+    assert any("2 per master" in line for line in cli._status_text(status))
+    state.write("caps", "k", {"max": 2, "at": now - cli.LEARNED_FOR - 1})
+    assert cli._learned(state, "k") is None and cli._status(state, 8)["learned"] == []
+    state.write("caps", "k", {"max": 2, "at": "yesterday"})
+    assert cli._learned(state, "k") is None, "a record that cannot be read is no limit"
+    # after it lapsed, a new refusal learns from the limit in use again (8 -> 4), not from the old 2
+    p = cli.Plan(["ssh"], learn=(state, "k", 8))
+    state.write("caps", "k", {"max": 2, "at": now - cli.LEARNED_FOR - 1})
+    cli._learn_refusal(p)
+    assert cli._learned(state, "k") is not None and cli._learned(state, "k")[0] == 4  # type: ignore[index]
