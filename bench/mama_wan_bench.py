@@ -66,6 +66,9 @@ def main() -> int:
     ap.add_argument("--ls-remote", type=int, default=20)
     ap.add_argument("--clones", type=int, default=20)
     ap.add_argument("--bin", type=Path, help="the directory with mama-ssh (an ./install.sh install starts faster than the editable .venv)")
+    ap.add_argument("--ssh-option", "-o", action="append", default=[], metavar="OPTION",
+                    help="an ssh -o option for plain ssh and mama-ssh alike, e.g. KexAlgorithms=curve25519-sha256 "
+                         "(a login's cost as with OpenSSH 9.9's ML-KEM); repeatable")
     ap.add_argument("--dir", type=Path, default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
                     help="where the repositories, clones and state go (default: /dev/shm, a tmpfs, when there is one)")
     a = ap.parse_args()
@@ -98,7 +101,7 @@ def main() -> int:
             with server.known_hosts.open("a") as fh:
                 fh.write(f"[127.0.0.1]:{link.port} {keytype} {key}\n")
             url = f"ssh://{server.user}@127.0.0.1:{link.port}{base}/r.git"
-            opts = server.ssh_command[len("ssh "):]
+            opts = server.ssh_command[len("ssh "):] + "".join(f" -o {o}" for o in a.ssh_option)
             plain = dict(env, GIT_SSH_COMMAND="ssh " + opts)
             for run in range(a.runs):
                 sock = tempfile.mkdtemp(prefix="mw", dir="/tmp")
@@ -115,7 +118,8 @@ def main() -> int:
                 shutil.rmtree(sock, ignore_errors=True)
     print(f"\n{ops} operations at once ({a.ls_remote} ls-remote + {a.clones} clones) over a {a.rtt_ms:g} ms RTT, "
           f"{a.mbit:g} Mbit/s link; sshd defaults (MaxStartups 10:30:100, MaxSessions 10); {a.runs} runs, median wall; "
-          f"{os.cpu_count()} cores; {ssh_version()}; files in {a.dir or tempfile.gettempdir()}\n")
+          f"{os.cpu_count()} cores; {ssh_version()}{''.join(f' -o {o}' for o in a.ssh_option)}; "
+          f"files in {a.dir or tempfile.gettempdir()}\n")
     print("| | wall s (median) | wall / plain | failures (per run) | authentications (per run) |")
     print("|---|---|---|---|---|")
     plain_wall = statistics.median(r[0] for r in results["plain"])
