@@ -52,7 +52,7 @@ def batch(url: str, env: dict[str, str], base: Path, tag: str, n_ls: int, n_clon
 
 
 def ssh_version() -> str:
-    """ssh's version: it decides what a login costs (OpenSSH 9.0-9.8 default to sntrup761x25519, about
+    """ssh's version: it decides what a login costs (OpenSSH 9.0-9.9 default to sntrup761x25519, about
     50 ms of client CPU per login here; curve25519 alone is about 8 ms)."""
     done = subprocess.run(["ssh", "-V"], capture_output=True, text=True)
     return (done.stderr or done.stdout).strip().split(",")[0]
@@ -68,7 +68,7 @@ def main() -> int:
     ap.add_argument("--bin", type=Path, help="the directory with mama-ssh (an ./install.sh install starts faster than the editable .venv)")
     ap.add_argument("--ssh-option", "-o", action="append", default=[], metavar="OPTION",
                     help="an ssh -o option for plain ssh and mama-ssh alike, e.g. KexAlgorithms=curve25519-sha256 "
-                         "(a login's cost as with OpenSSH 9.9's ML-KEM); repeatable")
+                         "(close to a login's cost with OpenSSH 10's default ML-KEM exchange); repeatable")
     ap.add_argument("--dir", type=Path, default=Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else None,
                     help="where the repositories, clones and state go (default: /dev/shm, a tmpfs, when there is one)")
     a = ap.parse_args()
