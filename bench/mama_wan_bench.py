@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import servers  # noqa: E402
 from wanlink import WanLink  # noqa: E402
 
-SESSIONS_PER_MASTER = 8
+SESSIONS_PER_MASTER = 10  # mama-ssh's default (MAMA_SSH_MAX_SESSIONS)
 
 
 def sh(*args: str, **kw) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]

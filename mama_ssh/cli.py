@@ -223,7 +223,7 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
 
     Another master starts when the waiting processes outnumber the slots that are free or about
     to come up (``limit`` per master being started), and the pool is not full. The starts are
-    staggered (each needs its share of waiters, one master's more while no master is up yet) and never
+    staggered (each needs its share of waiters) and never
     more than the pool's size, so our unauthenticated connections stay well under sshd's
     MaxStartups (10)."""
     with pool.decide():
@@ -235,10 +235,10 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
             return None
         if live or starting:
             waiting = pool.waiters()
-            if not live and waiting <= pool.limit * (len(starting) + 1):
+            if not live and waiting <= pool.limit * len(starting):
                 # Until one master is up (proving the host takes them), another starts only when
-                # the waiters would fill one more master than those starting: a host that refuses
-                # masters sees a single failed pre-warm from up to twice a master's sessions.
+                # the waiters would fill more than the masters starting: a host that refuses
+                # masters sees a single failed pre-warm from up to one master's sessions.
                 return None
             if live and waiting <= pool.free(live) + pool.limit * len(starting):
                 return None
@@ -367,11 +367,12 @@ class _Runs:
 
             # Nothing reached the server: the master refused the session or is gone.
             if relay.refused and self.refused < REFUSED_RETRIES and self.p.socket and master.alive(self.p.socket):
-                # The server allows fewer sessions than the slots taken now (or one that just
-                # closed still counted against its MaxSessions): learn that, and try again
-                # shortly, when a session has ended.
+                # The server allows fewer sessions than the slots taken now, or one that just
+                # closed still counted against its MaxSessions: try again shortly, when a session
+                # has ended. Refused a second time, it is the server's limit: learn it.
                 self.refused += 1
-                _learn_refusal(self.p)
+                if self.refused >= 2:
+                    _learn_refusal(self.p)
                 delay = min(REFUSED_BASE * 2.0 ** (self.refused - 1), 1.0) * random.uniform(0.5, 1.5)
                 _debug(self.env, f"the server refused the session; over the master again in {delay:.2f}s")
                 return delay
@@ -645,7 +646,7 @@ USAGE = """usage: mama-ssh [ssh options] [user@]host [command]   (what git runs)
        mama-ssh --status [--json] | --cleanup | --explain [--json] [user@]host | --version
 
 Use it as git's ssh command:  git config --global core.sshCommand mama-ssh
-Environment: MAMA_SSH_MAX_SESSIONS (8 per master), MAMA_SSH_MAX_MASTERS (4 per host), MAMA_SSH_SLOT_WAIT (10 s),
+Environment: MAMA_SSH_MAX_SESSIONS (10 per master), MAMA_SSH_MAX_MASTERS (4 per host), MAMA_SSH_SLOT_WAIT (10 s),
 MAMA_SSH_RETRIES (4), MAMA_SSH_PREWARM_TIMEOUT (30 s), MAMA_SSH_MULTIPLEX=0 (keepalives only),
 MAMA_SSH_SSH (the ssh to run), MAMA_SSH_DEBUG=1.
 """

@@ -23,11 +23,13 @@ import stat
 
 __all__ = ["Pool", "DEFAULT_MAX_SESSIONS", "DEFAULT_MAX_MASTERS", "in_use"]
 
-# sshd's default MaxSessions is 10; 8 leaves room for a user's own interactive sessions and for the
-# session the master itself may hold, so a git operation never meets "Session open refused".
-DEFAULT_MAX_SESSIONS = 8
+# sshd's default MaxSessions. Our masters hold no session of their own (-N) and nobody else's
+# sessions ride them; a slot is handed over only after its channel has been closed with the server
+# (SLOT_LINGER in cli.py), and a server that allows fewer refuses the extra sessions, which wait
+# for the master and teach the pool the server's limit.
+DEFAULT_MAX_SESSIONS = 10
 # Four masters stay well under sshd's default MaxStartups (10 unauthenticated connections) even
-# when all of them authenticate at once, and give 32 sessions per host.
+# when all of them authenticate at once, and give 40 sessions per host.
 DEFAULT_MAX_MASTERS = 4
 _MAX_WAITERS = 256
 # A holder killed with SIGKILL frees its slot without a wake-up byte: waiters look again this often.

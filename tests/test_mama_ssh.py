@@ -366,20 +366,20 @@ def test_no_module_shadowing_from_the_working_directory(tmp_path: Path) -> None:
 
 
 def test_low_max_sessions_is_learned_without_configuration(workspace: Path, tmp_path: Path) -> None:
-    """sshd allows 2 sessions a connection, mama-ssh plans 8: the refusals halve the slots it uses
-    (8 -> 4 -> 2, once per burst, not once per refused session), and then nothing is refused."""
+    """sshd allows 2 sessions a connection, mama-ssh plans 10: sessions refused twice halve the slots
+    it uses (10 -> 5 -> 2, once per burst, not once per refused session), and then nothing is refused."""
     with private_sshd(tmp_path, "MaxSessions 2\n") as (server, env):
         env["MAMA_SSH_MAX_MASTERS"] = "1"  # one master, so that only learning can stop the refusals
         argv = ["mama-ssh", *env["GIT_SSH_COMMAND"].split()[1:], "-p", str(server.port), f"{server.user}@127.0.0.1", "sleep 0.3"]
 
         def learned() -> int:
             caps = list((tmp_path / "state-private" / "caps").glob("*.json"))
-            return json.loads(caps[0].read_text())["max"] if caps else 8
+            return json.loads(caps[0].read_text())["max"] if caps else 10
 
         def refusals() -> int:
             return sum(1 for line in server.log.read_text().splitlines() if "no more sessions" in line.lower() or "refused" in line.lower())
 
-        for expected in (4, 2):  # as many sessions at once as the slots: more than sshd takes
+        for expected in (5, 2):  # as many sessions at once as the slots: more than sshd takes
             results = run_many(argv, env, learned())
             assert [r.returncode for r in results] == [0] * len(results), [r.stderr for r in results if r.returncode]
             assert learned() == expected
@@ -399,7 +399,7 @@ def test_status_and_explain_as_json_for_scripts(sshd, mama, server_root: Path) -
     status = json.loads(subprocess.run(["mama-ssh", "--status", "--json"], env=mama, capture_output=True, text=True, check=True).stdout)
     assert status["state"] == mama["MAMA_SSH_STATE_DIR"]
     (entry,) = status["masters"]
-    assert entry["up"] and entry["owned"] and entry["dest"].endswith("@127.0.0.1") and entry["limit"] == 8
+    assert entry["up"] and entry["owned"] and entry["dest"].endswith("@127.0.0.1") and entry["limit"] == 10
     assert status["failed"] == []
     opts = mama["GIT_SSH_COMMAND"].split()[1:]
     explain = json.loads(subprocess.run(["mama-ssh", "--explain", "--json", *opts, "-p", str(sshd.port), f"{sshd.user}@127.0.0.1"],

@@ -245,11 +245,11 @@ def test_slots_of_a_master_being_started_are_taken_without_the_state_lock(tmp_pa
     assert rec is not None and rec["owned"] is False and rec["socket"] == sockets[1]
 
 
-@pytest.mark.parametrize("waiting, starts", [(1, 1), (16, 1), (17, 2), (24, 2), (25, 3), (32, 3), (33, 4), (200, 4)])
+@pytest.mark.parametrize("waiting, starts", [(1, 1), (8, 1), (9, 2), (16, 2), (17, 3), (24, 3), (25, 4), (200, 4)])
 def test_masters_start_staggered_before_the_first_is_up(tmp_path: Path, waiting: int, starts: int) -> None:
-    """With no master up yet, master n+1 starts once the waiters would fill one more master than
-    the n starting: a burst of 40 gets all four logging in at once, while a host that refuses
-    masters sees one failed pre-warm from up to 16 processes."""
+    """With no master up yet, master n+1 starts once the waiters are more than the n starting will
+    serve: a burst gets all the masters it needs logging in at once, while a host that refuses
+    masters sees one failed pre-warm from up to one master's sessions (8 slots here)."""
     state = State(str(tmp_path / "state"))
     pool = slots.Pool(os.path.join(state.root, "slots"), "k", limit=8, max_masters=4)
     sockets = [str(tmp_path / f"s{m}") for m in range(4)]  # nothing listens: no master is up
@@ -306,3 +306,35 @@ def test_a_learned_session_limit_is_trusted_for_a_day_then_learned_again(tmp_pat
     state.write("caps", "k", {"max": 2, "at": now - cli.LEARNED_FOR - 1})
     cli._learn_refusal(p)
     assert cli._learned(state, "k") is not None and cli._learned(state, "k")[0] == 4  # type: ignore[index]
+
+
+def test_a_session_refused_once_is_retried_and_refused_twice_teaches_the_limit(tmp_path: Path) -> None:
+    """A session that had only just closed may still count against the server's MaxSessions: one
+    refusal costs a retry over the master and nothing more. The same session refused again is the
+    server's limit, and the pool's slots are halved for the next runs."""
+    import socket
+
+    state = State(str(tmp_path / "state"))
+    path = str(tmp_path / "m.sock")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen(8)
+    try:
+        p = cli.Plan(["ssh", "-o", "ControlPath=x", "h", "cmd"], learn=(state, "k", 10), fallback=["ssh", "h", "cmd"], socket=path)
+        runs = cli._Runs(p, {})
+
+        def refused() -> cli._StderrRelay:
+            relay = cli._StderrRelay(mux=True)
+            relay.feed(b"channel 0: open failed: administratively prohibited: open failed\r\nSession open refused by peer\r\n")
+            relay.feed(cli.GUARD_LINE + b"\n")
+            return relay
+
+        first = runs.again(refused(), 255)
+        assert first is not None and 0 < first < 1 and runs.argv == p.argv, "over the master again, shortly"
+        assert cli._learned(state, "k") is None, "one refusal teaches nothing"
+        second = runs.again(refused(), 255)
+        assert second is not None and runs.argv == p.argv
+        learned = cli._learned(state, "k")
+        assert learned is not None and learned[0] == 5
+    finally:
+        listener.close()
