@@ -198,7 +198,8 @@ def _slot(pool: Pool, sockets: list[str], ssh: str, parsed: Any, key: str, keepa
                 start_fd, index = m
                 try:
                     problem = _start(ssh, parsed, sockets[index], key, index, keepalive, state, env, others=bool(live),
-                                     up=lambda: pool.wake(max(pool.waiters(), pool.limit)))
+                                     up=lambda: pool.wake(max(pool.waiters(), pool.limit)),
+                                     not_for_recorder=[fd for fd in (ticket, waker.fd) if fd is not None])
                 finally:
                     os.close(start_fd)
                     # every waiter looks again: for the new slots, and to start the next master
@@ -240,7 +241,8 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
                 # the waiters would fill more than the masters starting: a host that refuses
                 # masters sees a single failed pre-warm from up to one master's sessions.
                 return None
-            if live and waiting <= pool.free(live) + pool.limit * len(starting):
+            # (a master that is up while its starter still records it counts once, as live)
+            if live and waiting <= pool.free(live) + pool.limit * len(set(starting) - set(live)):
                 return None
         for m in range(pool.max_masters):
             if m in live or m in starting or state.failed_until(member(key, m)) > time.time():
@@ -252,8 +254,14 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
 
 
 def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, state: Any, env: Mapping[str, str],
-           others: bool, up: "Callable[[], None] | None" = None) -> str | None:
-    """Pre-warm master ``m`` of ``key``'s pool (its start lock is held); the reason it failed, or None."""
+           others: bool, up: "Callable[[], None] | None" = None, not_for_recorder: Sequence[int] = ()) -> str | None:
+    """Pre-warm master ``m`` of ``key``'s pool (its start lock is held); the reason it failed, or None.
+
+    Once the master listens, its pid (``-O check``) and its record are left to a forked child,
+    which holds the start lock until the record is written (so nobody adopts the master
+    meanwhile), and this process goes on to its own session at once: asking and recording took
+    ~0.2 s under a burst, and the starters were the last operations of the burst to finish.
+    ``_run`` waits for that child before exiting, so the record exists once git is done."""
     from . import master
 
     name = member(key, m)
@@ -261,7 +269,7 @@ def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, 
         return None
     timeout = _number(env, "MAMA_SSH_PREWARM_TIMEOUT", PREWARM_TIMEOUT)
     try:
-        pid = master.prewarm(ssh, parsed.options, parsed.dest, path, keepalive, state, name, env, timeout, up)
+        pid = master.prewarm(ssh, parsed.options, parsed.dest, path, keepalive, state, name, env, timeout, up, confirm=False)
     except master.PrewarmFailed as exc:
         # The first master failing sends everyone to plain ssh for a while; a further one failing
         # (the server's MaxStartups, a slow link) only stops the pool growing for a minute.
@@ -270,10 +278,36 @@ def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, 
         else:
             state.mark_failed(key, str(exc), _number(env, "MAMA_SSH_FAILED_FOR", FAILED_FOR))
         return str(exc)
-    with state.lock():
-        state.write("masters", name, {"socket": path, "pid": pid, "dest": parsed.dest, "options": parsed.options,
-                                      "owned": True, "started": time.time(), "by": os.getpid()})
+    by = os.getpid()
+
+    def record() -> None:
+        found = master.find_pid(ssh, path, parsed.dest, env) if pid is None else pid
+        with state.lock():
+            state.write("masters", name, {"socket": path, "pid": found, "dest": parsed.dest, "options": parsed.options,
+                                          "owned": True, "started": time.time(), "by": by})
+
+    try:
+        child = os.fork()
+    except OSError:
+        child = -1
+    if child == 0:  # the recorder: none of git's pipes, none of our waiting; the start lock it keeps
+        try:
+            null = os.open(os.devnull, os.O_RDWR)
+            for std in (0, 1, 2):
+                os.dup2(null, std)
+            for fd in not_for_recorder:
+                os.close(fd)
+            record()
+        finally:
+            os._exit(0)
+    if child < 0:
+        record()
+    else:
+        _RECORDERS.append(child)
     return None
+
+
+_RECORDERS: list[int] = []  # forked children writing a new master's record; waited for at exit
 
 
 def _adopt(state: Any, key: str, m: int, sockets: list[str], parsed: Any, pool: Pool) -> None:
@@ -296,6 +330,8 @@ def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
 
         sys.exit(subprocess.call(p.argv))
     if env.get("MAMA_SSH_RETRIES") == "0" and p.slot_fd is None:
+        for pid in _RECORDERS:
+            _wait(pid)
         os.execvp(p.argv[0], p.argv)
     # Stay ssh's parent: to keep the slot while the session runs, to notice a refused session in its
     # stderr, and to run it again when the server dropped it during key exchange (sshd's MaxStartups
@@ -327,6 +363,8 @@ def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
         time.sleep(delay)
     if p.slot_fd is not None:
         _release_slot(p, _number(env, "MAMA_SSH_SLOT_LINGER", SLOT_LINGER))
+    for pid in _RECORDERS:  # the record of the master we started exists once git is done
+        _wait(pid)
     _leave(code)
 
 

@@ -17,7 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Mapping
 
-__all__ = ["socket_dir", "socket_path", "alive", "prewarm", "stop", "MAX_SOCKET_PATH", "PrewarmFailed"]
+__all__ = ["socket_dir", "socket_path", "alive", "prewarm", "find_pid", "stop", "spawn_wait", "MAX_SOCKET_PATH", "PrewarmFailed"]
 
 # sun_path is 108 bytes on Linux and 104 on macOS, and the master first binds
 # "<ControlPath>.<16 random chars>": 86 keeps every platform safe (reference §4).
@@ -166,7 +166,8 @@ def _reap(pid: int, deadline: float) -> int | None:
             os.close(pidfd)
 
 
-def _check_pid(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> int | None:
+def find_pid(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> int | None:
+    """The pid of the master on ``path`` (``-O check``), 0 when it does not say, None when it does not answer."""
     rc, err = spawn_wait([ssh, "-o", f"ControlPath={path}", "-O", "check", "--", dest], env, 10.0, stderr=True)
     if rc != 0:
         return None
@@ -178,10 +179,11 @@ def _check_pid(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> int | 
 
 def prewarm(
     ssh: str, options: list[str], dest: str, path: str, keepalive: bool, state: State, key: str, env: Mapping[str, str], timeout: float,
-    up: "Callable[[], None] | None" = None,
-) -> int:
+    up: "Callable[[], None] | None" = None, confirm: bool = True,
+) -> int | None:
     """Start a master for ``dest`` on ``path``; return its pid. Raises ``PrewarmFailed``.
-    ``up`` is called as soon as the master listens (before its pid is asked for)."""
+    ``up`` is called as soon as the master listens (before its pid is asked for). Without
+    ``confirm``, a master that listens is enough, and its pid (None) is left to ``find_pid``."""
     if os.path.lexists(path):
         # A socket nobody listens on blocks a new master ("already exists"); it is ours to remove
         # only inside our own verified directory, and the caller holds this host's lock.
@@ -225,7 +227,9 @@ def prewarm(
         listening = alive(path)
         if listening and up is not None:
             up()  # the waiting processes can take its sessions while we ask for its pid
-        pid = _check_pid(ssh, path, dest, env) if listening else None
+        if listening and not confirm:
+            return None
+        pid = find_pid(ssh, path, dest, env) if listening else None
         if pid is not None:
             return pid
         if rc is None or not _dropped_in_key_exchange(log, seen) or attempt + 1 == PREWARM_ATTEMPTS:
