@@ -292,6 +292,10 @@ def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, 
         child = -1
     if child == 0:  # the recorder: none of git's pipes, none of our waiting; the start lock it keeps
         try:
+            import _signal  # type: ignore[import-not-found,unused-ignore]
+
+            for sig in (_signal.SIGINT, _signal.SIGHUP, _signal.SIGTERM):  # a ^C to git must not lose the record
+                _signal.signal(sig, _signal.SIG_IGN)  # (the job is bounded: -O check and the lock time out)
             null = os.open(os.devnull, os.O_RDWR)
             for std in (0, 1, 2):
                 os.dup2(null, std)

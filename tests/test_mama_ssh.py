@@ -256,6 +256,33 @@ def test_user_multiplexing_is_left_alone(sshd, mama, server_root: Path, tmp_path
     shutil.rmtree(own, ignore_errors=True)
 
 
+def test_a_new_master_is_recorded_even_when_git_is_interrupted(sshd, mama, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The starter leaves the new master's record to a child and goes to its session. A ^C to git
+    (SIGINT to the whole process group) while that child still asks for the pid must not lose the
+    record: an unrecorded master would be adopted as not ours, and --cleanup would never stop it."""
+    slow = tmp_path / "ssh-slow-check"
+    real = shutil.which("ssh")
+    slow.write_text(f'#!/bin/sh\ncase " $* " in *" -O check "*) sleep 1;; esac\nexec {real} "$@"\n')
+    slow.chmod(0o755)
+    env = dict(mama, MAMA_SSH_SSH=str(slow))
+    argv = ["mama-ssh", *mama["GIT_SSH_COMMAND"].split()[1:], "-p", str(sshd.port), f"{sshd.user}@127.0.0.1", "sleep 2"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    sockets = Path(mama["MAMA_SSH_SOCKET_DIR"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (sockets.exists() and any(sockets.iterdir())):
+        time.sleep(0.02)
+    assert sockets.exists() and any(sockets.iterdir()), "the master came up"
+    time.sleep(0.2)  # the session runs; the recorder waits for its slow -O check
+    assert masters(mama) == {}, "not recorded yet: the test would prove nothing"
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not masters(mama):
+        time.sleep(0.05)
+    ((_, rec),) = masters(mama).items()
+    assert rec["owned"] and rec["pid"], rec
+
+
 def test_killed_master_and_stale_socket_recover(sshd, mama, server_root: Path) -> None:  # type: ignore[no-untyped-def]
     url = ssh_url(sshd, bare(server_root, "mama-kill"))
     git("ls-remote", url, env=mama)
