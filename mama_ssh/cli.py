@@ -576,7 +576,7 @@ def _admin(cmd: str, rest: list[str], env: Mapping[str, str], ssh: str) -> int:
         if not rest:
             print("usage: mama-ssh --explain [--json] [ssh options] [user@]host", file=sys.stderr)
             return 2
-        return _show(_explain(rest, env, ssh, limit), as_json, _explain_text)
+        return _show(_explain(rest, env, ssh, limit, state), as_json, _explain_text)
     return 2
 
 
@@ -645,7 +645,7 @@ def _cleanup(state: Any, ssh: str, env: Mapping[str, str]) -> int:
     return 0
 
 
-def _explain(rest: list[str], env: Mapping[str, str], ssh: str, limit: int) -> dict[str, Any]:
+def _explain(rest: list[str], env: Mapping[str, str], ssh: str, limit: int, state: Any = None) -> dict[str, Any]:
     from . import master
     from .argv import parse
     from .options import identity_key, needs_keepalive, user_multiplexes
@@ -664,7 +664,10 @@ def _explain(rest: list[str], env: Mapping[str, str], ssh: str, limit: int) -> d
             data["socket"] = None
             data["socket_problem"] = str(exc)
         data["control_persist"] = 600
-        data["session_slots"] = limit
+        learned = _learned(state, key) if state is not None else None
+        data["session_slots"] = min(limit, learned[0]) if learned else limit  # what a master carries now
+        data["session_slots_configured"] = limit
+        data["learned_for_seconds"] = round(learned[1]) if learned else None
         data["max_masters"] = int(_number(env, "MAMA_SSH_MAX_MASTERS", DEFAULT_MAX_MASTERS))
     data["would_run"] = p.argv[:-1]
     return data
@@ -679,7 +682,11 @@ def _explain_text(data: dict[str, Any]) -> list[str]:
         where = data["socket"] or f"none ({data.get('socket_problem')})"
         lines.append(f"multiplexing: a pool of up to {data['max_masters']} masters per identity (MAMA_SSH_MAX_MASTERS), "
                      f"the first on socket {where}, ControlPersist {data['control_persist']}s")
-        lines.append(f"session slots: {data['session_slots']} per master (MAMA_SSH_MAX_SESSIONS)")
+        if data.get("learned_for_seconds") is not None:
+            lines.append(f"session slots: {data['session_slots']} per master, learned from refused sessions for "
+                         f"{data['learned_for_seconds']}s more (MAMA_SSH_MAX_SESSIONS is {data['session_slots_configured']})")
+        else:
+            lines.append(f"session slots: {data['session_slots']} per master (MAMA_SSH_MAX_SESSIONS)")
     lines.append(f"would run: {' '.join(data['would_run'])} <command>")
     return lines
 

@@ -416,6 +416,9 @@ def test_low_max_sessions_is_learned_without_configuration(workspace: Path, tmp_
         assert [r.returncode for r in results] == [0] * 6
         assert refusals() == refused, "the learned limit is the server's: nothing is refused any more"
         assert server.auth_count() == before, "once learned, every session rides the master"
+        explained = subprocess.run(["mama-ssh", "--explain", "--json", *argv[1:-1]], env=env, capture_output=True, text=True, check=True)
+        data = json.loads(explained.stdout)
+        assert (data["session_slots"], data["session_slots_configured"]) == (2, 10) and data["learned_for_seconds"] > 0
 
 
 def test_status_and_explain_as_json_for_scripts(sshd, mama, server_root: Path) -> None:  # type: ignore[no-untyped-def]
