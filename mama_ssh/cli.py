@@ -198,11 +198,11 @@ def _slot(pool: Pool, sockets: list[str], ssh: str, parsed: Any, key: str, keepa
                 start_fd, index = m
                 try:
                     problem = _start(ssh, parsed, sockets[index], key, index, keepalive, state, env, others=bool(live),
-                                     up=lambda: pool.wake(max(pool.waiters(), pool.limit)),
                                      not_for_recorder=[fd for fd in (ticket, waker.fd) if fd is not None])
                 finally:
                     os.close(start_fd)
-                    # every waiter looks again: for the new slots, and to start the next master
+                    # every waiter looks again (the master listens by now, its record may still be
+                    # coming): for the new slots, and to start the next master
                     pool.wake(max(pool.waiters(), pool.limit))
                 if problem is not None and not live:
                     return problem
@@ -254,7 +254,7 @@ def _claim_start(pool: Pool, sockets: list[str], key: str, state: Any) -> "tuple
 
 
 def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, state: Any, env: Mapping[str, str],
-           others: bool, up: "Callable[[], None] | None" = None, not_for_recorder: Sequence[int] = ()) -> str | None:
+           others: bool, not_for_recorder: Sequence[int] = ()) -> str | None:
     """Pre-warm master ``m`` of ``key``'s pool (its start lock is held); the reason it failed, or None.
 
     Once the master listens, its pid (``-O check``) and its record are left to a forked child,
@@ -269,7 +269,7 @@ def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, 
         return None
     timeout = _number(env, "MAMA_SSH_PREWARM_TIMEOUT", PREWARM_TIMEOUT)
     try:
-        pid = master.prewarm(ssh, parsed.options, parsed.dest, path, keepalive, state, name, env, timeout, up, confirm=False)
+        master.prewarm(ssh, parsed.options, parsed.dest, path, keepalive, state, name, env, timeout)
     except master.PrewarmFailed as exc:
         # The first master failing sends everyone to plain ssh for a while; a further one failing
         # (the server's MaxStartups, a slow link) only stops the pool growing for a minute.
@@ -281,9 +281,9 @@ def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, 
     by = os.getpid()
 
     def record() -> None:
-        found = master.find_pid(ssh, path, parsed.dest, env) if pid is None else pid
+        pid = master.find_pid(ssh, path, parsed.dest, env)
         with state.lock():
-            state.write("masters", name, {"socket": path, "pid": found, "dest": parsed.dest, "options": parsed.options,
+            state.write("masters", name, {"socket": path, "pid": pid, "dest": parsed.dest, "options": parsed.options,
                                           "owned": True, "started": time.time(), "by": by})
 
     try:

@@ -15,7 +15,7 @@ from .state import State, UnsafeDirectory, private_dir
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Mapping
+    from typing import Mapping
 
 __all__ = ["socket_dir", "socket_path", "alive", "prewarm", "find_pid", "stop", "spawn_wait", "MAX_SOCKET_PATH", "PrewarmFailed"]
 
@@ -97,10 +97,10 @@ def _inherited() -> list[int]:
     return fds
 
 
-def spawn_wait(argv: list[str], env: Mapping[str, str], timeout: float, stderr: bool = False) -> tuple[int | None, bytes]:
-    """Run ``argv`` with /dev/null for stdin and stdout (and stderr, unless ``stderr``: then a pipe
-    read here) and none of our other descriptors; (exit code, or None when it was killed at the
-    timeout; its stderr).
+def spawn_wait(argv: list[str], env: Mapping[str, str], timeout: float, capture: int | None = None) -> tuple[int | None, bytes]:
+    """Run ``argv`` with /dev/null for stdin, stdout and stderr, except ``capture`` (1 or 2): a pipe
+    read here; and none of our other descriptors. (Exit code, or None when it was killed at the
+    timeout; what it wrote to ``capture``.)
 
     Not ``subprocess``: it costs ~10 ms to import, and a wait with a timeout polls with sleeps of up
     to 50 ms, which a pre-warm pays between ssh's login and the first session. Here the wait is a
@@ -109,21 +109,20 @@ def spawn_wait(argv: list[str], env: Mapping[str, str], timeout: float, stderr: 
 
     null = os.open(os.devnull, os.O_RDWR)
     r = w = -1
-    if stderr:
+    if capture is not None:
         r, w = os.pipe()
-    actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1),
-                                      (os.POSIX_SPAWN_DUP2, w if stderr else null, 2)]
+    actions: list[tuple[int, ...]] = [(os.POSIX_SPAWN_DUP2, w if std == capture else null, std) for std in (0, 1, 2)]
     actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited() if fd not in (null, r, w)]
     try:
         pid = os.posix_spawnp(argv[0], argv, dict(env), file_actions=actions)
     finally:
         os.close(null)
-        if stderr:
+        if capture is not None:
             os.close(w)
     deadline = time.monotonic() + timeout
     chunks = []
     try:
-        while stderr:  # ssh -O check writes a line and exits: read to the end, then reap
+        while capture is not None:  # read to the end (or the deadline), then reap
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
                 break
@@ -132,7 +131,7 @@ def spawn_wait(argv: list[str], env: Mapping[str, str], timeout: float, stderr: 
                 break
             chunks.append(chunk)
     finally:
-        if stderr:
+        if capture is not None:
             os.close(r)
     return _reap(pid, deadline), b"".join(chunks)
 
@@ -168,7 +167,7 @@ def _reap(pid: int, deadline: float) -> int | None:
 
 def find_pid(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> int | None:
     """The pid of the master on ``path`` (``-O check``), 0 when it does not say, None when it does not answer."""
-    rc, err = spawn_wait([ssh, "-o", f"ControlPath={path}", "-O", "check", "--", dest], env, 10.0, stderr=True)
+    rc, err = spawn_wait([ssh, "-o", f"ControlPath={path}", "-O", "check", "--", dest], env, 10.0, capture=2)
     if rc != 0:
         return None
     text = err.decode(errors="replace")  # "Master running (pid=1234)"
@@ -178,12 +177,10 @@ def find_pid(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> int | No
 
 
 def prewarm(
-    ssh: str, options: list[str], dest: str, path: str, keepalive: bool, state: State, key: str, env: Mapping[str, str], timeout: float,
-    up: "Callable[[], None] | None" = None, confirm: bool = True,
-) -> int | None:
-    """Start a master for ``dest`` on ``path``; return its pid. Raises ``PrewarmFailed``.
-    ``up`` is called as soon as the master listens (before its pid is asked for). Without
-    ``confirm``, a master that listens is enough, and its pid (None) is left to ``find_pid``."""
+    ssh: str, options: list[str], dest: str, path: str, keepalive: bool, state: State, key: str, env: Mapping[str, str], timeout: float
+) -> None:
+    """Start a master for ``dest`` on ``path``, returning once it listens (its pid is for
+    ``find_pid``). Raises ``PrewarmFailed``."""
     if os.path.lexists(path):
         # A socket nobody listens on blocks a new master ("already exists"); it is ours to remove
         # only inside our own verified directory, and the caller holds this host's lock.
@@ -224,14 +221,8 @@ def prewarm(
         except OSError as exc:
             raise PrewarmFailed(f"cannot run {ssh}: {exc.strerror}") from exc
         # `ssh -fN` exiting 0 proves nothing (a lost race leaves a plain connection): ask the socket.
-        listening = alive(path)
-        if listening and up is not None:
-            up()  # the waiting processes can take its sessions while we ask for its pid
-        if listening and not confirm:
-            return None
-        pid = find_pid(ssh, path, dest, env) if listening else None
-        if pid is not None:
-            return pid
+        if alive(path):
+            return
         if rc is None or not _dropped_in_key_exchange(log, seen) or attempt + 1 == PREWARM_ATTEMPTS:
             break
         # sshd's MaxStartups drops unauthenticated connections at random under load: try again soon

@@ -274,8 +274,10 @@ def test_spawn_wait_passes_no_leaked_descriptor_reads_stderr_and_kills_at_the_ti
     try:
         rc, _ = master.spawn_wait(["sh", "-c", f"test -e /dev/fd/{w} && exit 3; exit 0"], os.environ, 10.0)
         assert rc == 0, "the leaked pipe was passed on"
-        rc, err = master.spawn_wait(["sh", "-c", "echo 'Master running (pid=4242)' >&2; exit 0"], os.environ, 10.0, stderr=True)
+        rc, err = master.spawn_wait(["sh", "-c", "echo 'Master running (pid=4242)' >&2; exit 0"], os.environ, 10.0, capture=2)
         assert (rc, err) == (0, b"Master running (pid=4242)\n")
+        rc, out = master.spawn_wait(["sh", "-c", "echo out; echo err >&2"], os.environ, 10.0, capture=1)
+        assert (rc, out) == (0, b"out\n"), "what ssh -G prints is read from stdout"
         rc, err = master.spawn_wait(["sh", "-c", "exit 7"], os.environ, 10.0)
         assert (rc, err) == (7, b"")
         began = time.monotonic()
