@@ -93,7 +93,7 @@ def _recheck_moved(session: Session, reporter: Reporter, updates: list[RefUpdate
         service, adv = session.new_receive()
     except RelayError:
         return
-    session.say_goodbye(service)
+    service.dismiss()
     for u in suspects:
         if adv.refs.get(u.dst) == u.new:
             reporter.warn(f"{u.dst}: the server refused the update ({u.error}) but already holds {u.new[:12]}; nothing to do")

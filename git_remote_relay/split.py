@@ -192,7 +192,7 @@ def push_or_split(history: History, open_target: OpenTarget, first: tuple[Servic
     succeeded = False
     try:
         if budget is not None and total is not None and total > budget:
-            _unused(service)
+            service.dismiss()  # it got no command: receive-pack ends quietly
             before = learning.known.refused if learning is not None else None
             why = "relay.maxPushBytes" if max_push is not None else f"this target refused {before} bytes before"
             reporter.say(f"relay: about {total} bytes to push, more than {budget} ({why}); pushing in steps")
@@ -285,10 +285,10 @@ def _steps_of(history: History, open_target: OpenTarget, u: RefUpdate, reporter:
         chain = history.chain(u.new, haves)
         steps, sized = _plan(history, chain, haves, budget)
     except BaseException:
-        _unused(service)
+        service.dismiss()
         raise
     if not steps:
-        _unused(service)
+        service.dismiss()
         return False, resets, 0, 0  # the target has all of this history already
     reporter.say(f"relay: {u.dst}: {len(steps)} steps of at most {budget.describe(sized)}")
     sent_total, objects_total = 0, 0
@@ -350,12 +350,6 @@ def _step_refused(exc: PackTooLarge, learning: Learning | None, resets: int) -> 
     if learning is not None:
         learning.refused(exc.sent, exc.uncertain)
     return resets + int(exc.uncertain)
-
-
-def _unused(service: Service) -> None:
-    """Close a connection that got no command, so receive-pack prints nothing under a push that went well."""
-    service.goodbye()
-    service.close()
 
 
 def _drop(stream: PackStream | None) -> None:

@@ -86,8 +86,7 @@ class Remote:
         try:
             return svc, read_advertisement(svc.reader)
         except ObjectFormatError:
-            svc.goodbye()  # a well-formed advertisement, just not ours to serve: end it quietly
-            svc.close()
+            svc.dismiss()  # a well-formed advertisement, just not ours to serve: end it quietly
             raise
         except BaseException:
             svc.close()

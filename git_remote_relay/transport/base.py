@@ -150,6 +150,11 @@ class Service:
         except RelayError:
             pass
 
+    def dismiss(self) -> None:
+        """Close a connection that got no request: ``goodbye``, then ``close``."""
+        self.goodbye()
+        self.close()
+
     def abort(self) -> None:
         """Close in the middle of a reply (which makes the connection unusable)."""
         self.close()

@@ -98,15 +98,10 @@ class Session:
         if self._receive is not None:
             service = self._receive[0]
             self._receive = None
-            if not used:
-                service.goodbye()
-            service.close()
-
-    @staticmethod
-    def say_goodbye(service: Service) -> None:
-        """End a connection that got no request (a flush for stateful services), then close it."""
-        service.goodbye()
-        service.close()
+            if used:
+                service.close()
+            else:
+                service.dismiss()
 
     def close(self) -> None:
         self.close_upload()
