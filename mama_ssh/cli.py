@@ -16,6 +16,8 @@ TYPE_CHECKING = False  # no `typing` at run time: mama-ssh starts for every ssh 
 if TYPE_CHECKING:
     from typing import Any, Callable, Mapping, NoReturn, Sequence
 
+    from . import mux
+
 __all__ = ["main", "plan", "Plan"]
 
 PREWARM_TIMEOUT = 30.0  # an authentication that needs longer than this is not worth waiting for
@@ -30,38 +32,20 @@ GROW_BACKOFF = 60.0  # after a further master of a pool failed to start, don't t
 # A session limit learned from refusals is trusted for a day, then learned again: the server's
 # MaxSessions may have been raised, and a refusal under a moment's load must not cost forever.
 LEARNED_FOR = 86400.0
-# On the multiplexed path, ssh's own fallback when the master cannot carry the session (a direct
-# connection: a new authentication) is made to fail at once, without a byte, so that mama-ssh decides:
-# try the master again after a refused session, or run the plain command. A ProxyCommand given on
-# the command line wins over the user's config and silences a configured ProxyJump; the mux client
-# itself never uses it. (Not with -J, which ssh refuses beside a ProxyCommand.) The command is
-# mama-ssh's own GUARD, which says so on stderr: ssh's own words for that failed connection are
-# missing about one time in three under load, and a silent exit 255 must stay final (it is also
-# what a session that ran and lost its master ends with).
-GUARD = "--mux-guard"
-GUARD_LINE = b"mama-ssh: the master could not carry this session"
-
-
-def _mux_only() -> list[str]:
-    """The ``-o ProxyCommand=...`` of the multiplexed path: this mama-ssh's guard, or ``false``."""
-    me = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if not (os.path.isfile(me) and os.access(me, os.X_OK)) or any(c in me for c in "%'\"\n"):
-        return ["-o", "ProxyCommand=false"]
-    return ["-o", f"ProxyCommand='{me}' {GUARD}"]
 
 
 class Plan:
-    """What to run: ``argv`` and, when it rides a master, the fd of its session slot."""
+    """What to run: a ``session`` over a master (holding the slot ``slot_fd``), or plain ssh's ``argv``,
+    which is also what runs when the master cannot carry the session."""
 
     def __init__(self, argv: list[str], slot_fd: int | None = None, why: str = "", learn: "tuple[object, str, int] | None" = None,
-                 wake: Pool | None = None, fallback: list[str] | None = None, socket: str | None = None) -> None:
+                 wake: Pool | None = None, session: "mux.Request | None" = None) -> None:
         self.argv = argv
         self.slot_fd = slot_fd
         self.why = why
         self.learn = learn  # (state, key, session limit used): where a refused session is recorded
         self.wake = wake  # the pool whose waiters are told when the slot is free again
-        self.fallback = fallback  # what runs when the master cannot carry the session (argv has the guard)
-        self.socket = socket  # the master's control socket
+        self.session = session
 
 
 def _debug(env: Mapping[str, str], text: str) -> None:
@@ -98,8 +82,8 @@ def _mux_unsupported(ssh: str) -> str | None:
 def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
     """Decide what to run for git's ``args``. Raises on internal trouble (the caller falls back)."""
     from . import argv as argvmod
-    from . import master, slots
-    from .options import KEEPALIVE_INTERVAL, identity_key, needs_keepalive, user_multiplexes
+    from . import master, mux, slots
+    from .options import KEEPALIVE_INTERVAL, identity_key, needs_keepalive, passenger_problem, session_env, user_multiplexes
     from .probe import probe
     from .state import State, UnsafeDirectory, default_state_dir
 
@@ -123,6 +107,9 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
         return Plan([ssh, *extra, *args], why="the user's own multiplexing")
     if env.get("MAMA_SSH_MULTIPLEX", "1") in ("0", "false", "no"):
         return Plan(plain.argv, why="MAMA_SSH_MULTIPLEX=0")
+    problem = passenger_problem(result, parsed.flags)
+    if problem:
+        return Plan(plain.argv, why=f"plain ssh: {problem}")
     reason = _mux_unsupported(ssh)
     if reason or state is None:
         return Plan(plain.argv, why=reason or "no private state directory")
@@ -141,18 +128,13 @@ def plan(args: Sequence[str], env: Mapping[str, str], ssh: str) -> Plan:
     if isinstance(got, str):
         return Plan(plain.argv, why=got)
     fd, m = got
-    # ControlMaster=no: a client never becomes a master we don't manage. The guard: when the
-    # master cannot carry the session, _run decides what happens instead of ssh.
-    guard = [] if "J" in parsed.flags else _mux_only()
-    return Plan(
-        [ssh, "-o", "ControlMaster=no", "-o", f"ControlPath={sockets[m]}", *guard, *extra, *args],
-        slot_fd=fd,
-        why=f"multiplexed (master {m + 1} of up to {pool.max_masters})",
-        learn=(state, key, limit),
-        wake=pool,
-        fallback=plain.argv if guard else None,
-        socket=sockets[m],
-    )
+    # What ssh's own client would ask of the master for this argv (ssh joins the command's words with spaces).
+    request = mux.Request(sockets[m], " ".join(parsed.command).encode("utf-8", "surrogateescape"), session_env(result, env),
+                          want_agent=result.get("forwardagent", "no").lower() != "no",
+                          want_x11=result.get("forwardx11", "no").lower() == "yes",
+                          term=env.get("TERM", "").encode("utf-8", "surrogateescape"))
+    return Plan(plain.argv, slot_fd=fd, why=f"multiplexed (master {m + 1} of up to {pool.max_masters})", learn=(state, key, limit),
+                wake=pool, session=request)
 
 
 def _learned(state: Any, key: str) -> "tuple[int, float] | None":
@@ -257,7 +239,7 @@ def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, 
            others: bool, not_for_recorder: Sequence[int] = ()) -> str | None:
     """Pre-warm master ``m`` of ``key``'s pool (its start lock is held); the reason it failed, or None.
 
-    Once the master listens, its pid (``-O check``) and its record are left to a forked child,
+    Once the master listens, its pid (its alive check) and its record are left to a forked child,
     which holds the start lock until the record is written (so nobody adopts the master
     meanwhile), and this process goes on to its own session at once: asking and recording took
     ~0.2 s under a burst, and the starters were the last operations of the burst to finish.
@@ -281,7 +263,7 @@ def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, 
     by = os.getpid()
 
     def record() -> None:
-        pid = master.find_pid(ssh, path, parsed.dest, env)
+        pid = master.find_pid(path)
         with state.lock():
             state.write("masters", name, {"socket": path, "pid": pid, "dest": parsed.dest, "options": parsed.options,
                                           "owned": True, "started": time.time(), "by": by})
@@ -295,7 +277,7 @@ def _start(ssh: str, parsed: Any, path: str, key: str, m: int, keepalive: bool, 
             import _signal  # type: ignore[import-not-found,unused-ignore]
 
             for sig in (_signal.SIGINT, _signal.SIGHUP, _signal.SIGTERM):  # a ^C to git must not lose the record
-                _signal.signal(sig, _signal.SIG_IGN)  # (the job is bounded: -O check and the lock time out)
+                _signal.signal(sig, _signal.SIG_IGN)  # (the job is bounded: the alive check and the lock time out)
             null = os.open(os.devnull, os.O_RDWR)
             for std in (0, 1, 2):
                 os.dup2(null, std)
@@ -328,48 +310,102 @@ def _adopt(state: Any, key: str, m: int, sockets: list[str], parsed: Any, pool: 
                                               "owned": False, "started": time.time(), "by": None})
 
 
+class _Interrupted(Exception):
+    """SIGINT, SIGTERM or SIGHUP while no ssh of ours runs to pass it on to."""
+
+
 def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
     if sys.platform == "win32":
         import subprocess  # os.execvp on Windows does not wait and loses the exit code (cpython#101191)
 
         sys.exit(subprocess.call(p.argv))
-    if env.get("MAMA_SSH_RETRIES") == "0" and p.slot_fd is None:
+    if env.get("MAMA_SSH_RETRIES") == "0" and p.session is None:
         for pid in _RECORDERS:
             _wait(pid)
         os.execvp(p.argv[0], p.argv)
-    # Stay ssh's parent: to keep the slot while the session runs, to notice a refused session in its
-    # stderr, and to run it again when the server dropped it during key exchange (sshd's MaxStartups
-    # does that to an unauthenticated connection): no git byte went through yet, so a retry is safe.
-    # (posix_spawn rather than subprocess: this is the warm path, and subprocess costs ~12 ms to import.)
+    # Stay in charge: to keep the slot while the session runs, to run a refused session over the
+    # master again, and to run ssh again when the server dropped it during key exchange (sshd's
+    # MaxStartups does that to an unauthenticated connection): no git byte went through yet, so a
+    # retry is safe.
     import _signal  # type: ignore[import-not-found,unused-ignore]  # the C module: `signal` builds enums (~2 ms) that nothing here needs
 
     child = [0]
 
-    def forward(signum: int, _frame: object) -> None:
+    def on_signal(signum: int, _frame: object) -> None:
         if child[0]:
-            os.kill(child[0], signum)
+            os.kill(child[0], signum)  # ssh ends as it would have without us
+        else:
+            raise _Interrupted(signum)  # a session over the master ends when we close its connection
 
     for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
-        _signal.signal(sig, forward)
-    runs = _Runs(p, env)
-    while True:
-        r, w = os.pipe()
-        child[0] = os.posix_spawnp(runs.argv[0], runs.argv, os.environ,
-                                   file_actions=[(os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_CLOSE, r)])
-        os.close(w)
-        relay = _StderrRelay(mux=runs.mux)
-        relay.run(r)
-        code = _wait(child[0])
-        delay = runs.again(relay, code)
-        if delay is None:
-            relay.flush()
-            break
-        time.sleep(delay)
+        _signal.signal(sig, on_signal)
+    try:
+        code = _ride(p, env) if p.session is not None else None
+        if code is None:
+            code = _ssh(p.argv, env, child)
+    except _Interrupted:
+        code = 255  # what ssh exits with when a signal ends it
     if p.slot_fd is not None:
         _release_slot(p, _number(env, "MAMA_SSH_SLOT_LINGER", SLOT_LINGER))
     for pid in _RECORDERS:  # the record of the master we started exists once git is done
         _wait(pid)
     _leave(code)
+
+
+def _ride(p: Plan, env: Mapping[str, str]) -> int | None:
+    """Git's session over the master: its exit status, or None when the master cannot carry it
+    (gone, or refusing the session again and again), and plain ssh is to run instead."""
+    from . import mux
+
+    assert p.session is not None
+    refused = 0
+    while True:
+        try:
+            session = mux.Session(p.session)
+        except mux.Unavailable as exc:
+            _debug(env, f"the master cannot carry this session ({exc}); connecting directly")
+            return None
+        except mux.Refused as exc:
+            # The server allows fewer sessions than the slots taken now, or one that just closed
+            # still counted against its MaxSessions: try again shortly, when a session has ended.
+            # Refused a second time, it is the server's limit: learn it. Nothing was sent.
+            refused += 1
+            if refused > REFUSED_RETRIES:
+                _debug(env, f"the master's sessions stay refused ({exc}); connecting directly")
+                return None
+            if refused >= 2:
+                _learn_refusal(p)
+            import random
+
+            delay = min(REFUSED_BASE * 2.0 ** (refused - 1), 1.0) * random.uniform(0.5, 1.5)
+            _debug(env, f"the session was refused ({exc}); over the master again in {delay:.2f}s")
+            time.sleep(delay)
+            continue
+        return session.wait()
+
+
+def _ssh(argv: list[str], env: Mapping[str, str], child: list[int]) -> int:
+    """Run ssh (posix_spawn: subprocess costs ~12 ms to import), again with backoff and jitter while
+    the server drops it during key exchange; its exit status."""
+    retries = int(_number(env, "MAMA_SSH_RETRIES", RETRIES))
+    dropped = 0
+    while True:
+        r, w = os.pipe()
+        child[0] = os.posix_spawnp(argv[0], argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, w, 2), (os.POSIX_SPAWN_CLOSE, r)])
+        os.close(w)
+        relay = _StderrRelay()
+        relay.run(r)
+        code = _wait(child[0])
+        child[0] = 0
+        if code != 255 or not relay.dropped or dropped >= retries:
+            relay.flush()  # the session ran (whatever its exit): never run it twice
+            return code
+        import random
+
+        dropped += 1
+        delay = min(RETRY_BASE * 2.0 ** (dropped - 1), 4.0) * random.uniform(0.5, 1.5)
+        _debug(env, f"the server dropped the connection during key exchange; attempt {dropped + 1} in {delay:.2f}s")
+        time.sleep(delay)
 
 
 def _leave(code: int) -> NoReturn:
@@ -380,55 +416,6 @@ def _leave(code: int) -> NoReturn:
         sys.stderr.flush()
     finally:
         os._exit(code)
-
-
-class _Runs:
-    """What to run next after ssh ended: nothing (its exit stands), the same again, or the plain command."""
-
-    def __init__(self, p: Plan, env: Mapping[str, str]) -> None:
-        self.p = p
-        self.env = env
-        self.argv = p.argv
-        self.mux = p.fallback is not None  # ssh cannot leave the master on its own
-        self.retries = int(_number(env, "MAMA_SSH_RETRIES", RETRIES))
-        self.dropped = 0
-        self.refused = 0
-
-    def again(self, relay: _StderrRelay, code: int) -> float | None:
-        """Seconds to wait before running ``self.argv`` again, or None when ssh's exit is final."""
-        if relay.refused and not self.mux:
-            _learn_refusal(self.p)  # and ssh already connected directly, authenticating anew
-        # On the multiplexed path a refused session never opened, and the guard's direct connection
-        # sends nothing (its failure may read as a closed or a broken banner exchange).
-        if code != 255 or not (relay.dropped or (self.mux and relay.refused)):
-            return None  # the session ran (whatever its exit): never run it twice
-        import random
-
-        if self.mux:
-            from . import master
-
-            # Nothing reached the server: the master refused the session or is gone.
-            if relay.refused and self.refused < REFUSED_RETRIES and self.p.socket and master.alive(self.p.socket):
-                # The server allows fewer sessions than the slots taken now, or one that just
-                # closed still counted against its MaxSessions: try again shortly, when a session
-                # has ended. Refused a second time, it is the server's limit: learn it.
-                self.refused += 1
-                if self.refused >= 2:
-                    _learn_refusal(self.p)
-                delay = min(REFUSED_BASE * 2.0 ** (self.refused - 1), 1.0) * random.uniform(0.5, 1.5)
-                _debug(self.env, f"the server refused the session; over the master again in {delay:.2f}s")
-                return delay
-            assert self.p.fallback is not None
-            said = b" / ".join(line.strip() for line in relay.held).decode(errors="replace")
-            _debug(self.env, f"the master cannot carry this session ({said or 'ssh said nothing'}); connecting directly")
-            self.argv, self.mux = self.p.fallback, False
-            return 0.0
-        if self.dropped >= self.retries:
-            return None
-        self.dropped += 1
-        delay = min(RETRY_BASE * 2.0 ** (self.dropped - 1), 4.0) * random.uniform(0.5, 1.5)
-        _debug(self.env, f"the server dropped the connection during key exchange; attempt {self.dropped + 1} in {delay:.2f}s")
-        return delay
 
 
 def _release_slot(p: Plan, linger: float) -> None:
@@ -478,32 +465,24 @@ class _StderrRelay:
 
     HOLD = (b"kex_exchange_identification", b"ssh_exchange_identification")
     AFTER = (b"Connection closed by ", b"Connection reset by ")
-    # the multiplexed path's lines of a session the master could not carry (the guard's ProxyCommand)
-    MUX_HOLD = (GUARD_LINE, b"proxy dialer did not pass back a connection")
-    MUX_QUIET = (b"mux_client_request_session: session request failed", b"mm_receive_fd: ",
-                 b"banner exchange: Connection to UNKNOWN port 65535")
 
-    def __init__(self, mux: bool = False) -> None:
-        self.hold = (*self.HOLD, *self.MUX_HOLD) if mux else self.HOLD
-        self.quiet = self.MUX_QUIET if mux else ()
+    def __init__(self) -> None:
         self.partial = b""
         self.held: list[bytes] = []
         self.dropped = False
-        self.refused = False
 
     def _holds(self, line: bytes) -> bool:
         text = line.lstrip()
-        if text.startswith(self.hold):
+        if text.startswith(self.HOLD):
             self.dropped = True
             return True
-        return text.startswith(self.quiet) or (self.dropped and text.startswith(self.AFTER))
+        return self.dropped and text.startswith(self.AFTER)
 
     def _maybe_held(self, partial: bytes) -> bool:
         text = partial.lstrip()
-        return any(p.startswith(text) or text.startswith(p) for p in (*self.hold, *self.quiet, *self.AFTER))
+        return any(p.startswith(text) or text.startswith(p) for p in (*self.HOLD, *self.AFTER))
 
     def feed(self, chunk: bytes) -> bytes:
-        self.refused = self.refused or b"Session open refused" in self.partial[-64:] + chunk
         data = self.partial + chunk
         out = []
         *lines, self.partial = data.split(b"\n")
@@ -517,8 +496,8 @@ class _StderrRelay:
             self.partial = b""
         return b"".join(out)
 
-    def run(self, fd: int) -> bool:
-        """Relay until ssh closes its stderr; True if ssh said a session was refused."""
+    def run(self, fd: int) -> None:
+        """Relay until ssh closes its stderr."""
         while True:
             try:
                 chunk = os.read(fd, 65536)
@@ -526,7 +505,7 @@ class _StderrRelay:
                 continue
             if not chunk:
                 os.close(fd)
-                return self.refused
+                return
             _write_all(self.feed(chunk))
 
     def flush(self) -> None:
@@ -648,7 +627,7 @@ def _cleanup(state: Any, ssh: str, env: Mapping[str, str]) -> int:
 def _explain(rest: list[str], env: Mapping[str, str], ssh: str, limit: int, state: Any = None) -> dict[str, Any]:
     from . import master
     from .argv import parse
-    from .options import identity_key, needs_keepalive, user_multiplexes
+    from .options import identity_key, needs_keepalive, passenger_problem, user_multiplexes
     from .probe import probe
 
     p = plan([*rest, "true"], dict(env, MAMA_SSH_EXPLAIN="1", MAMA_SSH_MULTIPLEX="0"), ssh)
@@ -669,6 +648,7 @@ def _explain(rest: list[str], env: Mapping[str, str], ssh: str, limit: int, stat
         data["session_slots_configured"] = limit
         data["learned_for_seconds"] = round(learned[1]) if learned else None
         data["max_masters"] = int(_number(env, "MAMA_SSH_MAX_MASTERS", DEFAULT_MAX_MASTERS))
+        data["plain_ssh_because"] = passenger_problem(result, parsed.flags)  # None: sessions ride the masters
     data["would_run"] = p.argv[:-1]
     return data
 
@@ -687,6 +667,11 @@ def _explain_text(data: dict[str, Any]) -> list[str]:
                          f"{data['learned_for_seconds']}s more (MAMA_SSH_MAX_SESSIONS is {data['session_slots_configured']})")
         else:
             lines.append(f"session slots: {data['session_slots']} per master (MAMA_SSH_MAX_SESSIONS)")
+        if data["plain_ssh_because"] is None:
+            lines.append("sessions: carried over a master's socket by mama-ssh itself (no ssh process per session)")
+            lines.append(f"when no master can carry one: {' '.join(data['would_run'])} <command>")
+            return lines
+        lines.append(f"sessions: plain ssh, not multiplexed ({data['plain_ssh_because']})")
     lines.append(f"would run: {' '.join(data['would_run'])} <command>")
     return lines
 
@@ -705,9 +690,6 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ
     ssh = env.get("MAMA_SSH_SSH") or "ssh"
-    if args == [GUARD]:
-        os.write(2, GUARD_LINE + b"\n")  # ssh's ProxyCommand on the multiplexed path: see GUARD
-        _leave(1)
     if args and args[0] in ("--status", "--cleanup", "--explain", "--help", "-h", "--version"):
         if args[0] in ("--help", "-h"):
             sys.stdout.write(USAGE)
@@ -723,7 +705,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except Exception as exc:  # noqa: BLE001 - fail open: an optimisation must never break a fetch
         _debug(env, f"internal error, running plain ssh: {type(exc).__name__}: {exc}")
         p = Plan([ssh, *args], why="internal error")
-    _debug(env, f"{p.why}: {' '.join(p.argv[:-1])} ...")
+    _debug(env, f"{p.why}: " + (f"a session over {p.session.socket}" if p.session else f"{' '.join(p.argv[:-1])} ..."))
     try:
         _run(p, env)
     except OSError as exc:

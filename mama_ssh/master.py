@@ -165,15 +165,14 @@ def _reap(pid: int, deadline: float) -> int | None:
             os.close(pidfd)
 
 
-def find_pid(ssh: str, path: str, dest: str, env: Mapping[str, str]) -> int | None:
-    """The pid of the master on ``path`` (``-O check``), 0 when it does not say, None when it does not answer."""
-    rc, err = spawn_wait([ssh, "-o", f"ControlPath={path}", "-O", "check", "--", dest], env, 10.0, capture=2)
-    if rc != 0:
+def find_pid(path: str) -> int | None:
+    """The pid of the master on ``path``, None when it does not answer (its alive check, as ``ssh -O check`` asks it)."""
+    from .mux import Unavailable, alive_check
+
+    try:
+        return alive_check(path)
+    except Unavailable:
         return None
-    text = err.decode(errors="replace")  # "Master running (pid=1234)"
-    at = text.find("pid=")
-    digits = text[at + 4 :].split(")")[0].strip() if at >= 0 else ""
-    return int(digits) if digits.isdigit() else 0
 
 
 def prewarm(

@@ -20,7 +20,8 @@ def sha256(data: bytes = b"") -> "Any":
         from hashlib import sha256 as impl
     return impl(data)
 
-__all__ = ["sha256", "Probe", "user_multiplexes", "needs_keepalive", "identity_key", "KEEPALIVE_INTERVAL", "PERSIST_SECONDS"]
+__all__ = ["sha256", "Probe", "user_multiplexes", "needs_keepalive", "identity_key", "passenger_problem", "session_env",
+           "KEEPALIVE_INTERVAL", "PERSIST_SECONDS"]
 
 # 15 s x ServerAliveCountMax (default 3): a dead link is noticed within ~45 s instead of the
 # TCP timeout (minutes to hours) that makes a fetch over a flaky link hang.
@@ -81,3 +82,56 @@ def identity_key(probe: Probe, dest: str, agent_sock: str | None) -> str:
             h.update(b"\0" + key.encode() + b"=" + value.encode())
     h.update(b"\0agent=" + (agent_sock or "").encode())
     return str(h.hexdigest())[:16]
+
+
+# ssh flags a session riding a master cannot honour: no tty, stdin, subsystem, verbose client or
+# forwarding of its own (the rest shape the connection, which the master already has, or only the
+# client's own messages). -f, -N, -W, -M, -S, -O, -G and -V never reach here (not a git session).
+_NOT_PASSENGER_FLAGS = {"t": "-t (a tty)", "s": "-s (a subsystem)", "n": "-n", "v": "-v (ssh's own debug output)",
+                        "w": "-w (a tunnel)", "L": "-L (a forwarding)", "R": "-R (a forwarding)", "D": "-D (a forwarding)"}
+
+
+def passenger_problem(probe: Probe, flags: "set[str]") -> str | None:
+    """Why git's session cannot ride a master without an ssh client of its own, or None.
+
+    mama-ssh then runs plain ssh for it: the cases are ones a git host never needs (a tty, forwards,
+    a RemoteCommand), and ``-v``, where ssh's own account of the connection is the point."""
+    for flag in sorted(flags & _NOT_PASSENGER_FLAGS.keys()):
+        return f"{_NOT_PASSENGER_FLAGS[flag]} given"
+    if probe.get("requesttty", "auto").lower() not in ("auto", "no", "false"):
+        return f"RequestTTY {probe.get('requesttty')}"
+    checks = (("sessiontype", "default"), ("stdinnull", "no"), ("forkafterauthentication", "no"), ("tunnel", "false"),
+              ("remotecommand", "none"))
+    for key, expected in checks:
+        value = probe.get(key, expected).lower()
+        if value != expected and not (key == "tunnel" and value == "no"):
+            return f"{key} {value} in the ssh config"
+    for key in ("localforward", "remoteforward", "dynamicforward"):
+        if probe.values.get(key):
+            return f"{key} in the ssh config"
+    return None
+
+
+def session_env(probe: Probe, environ: "Any") -> "list[bytes]":
+    """The environment strings ssh's client would send with a session: our variables matching its
+    SendEnv patterns, then its SetEnv assignments."""
+    patterns = probe.values.get("sendenv", [])
+    out = [f"{name}={value}" for name, value in environ.items() if any(_wildcard(name, pattern) for pattern in patterns)]
+    return [text.encode("utf-8", "surrogateescape") for text in (*out, *probe.values.get("setenv", []))]
+
+
+def _wildcard(text: str, pattern: str) -> bool:
+    """ssh's match_pattern: ``*`` any run of characters, ``?`` one character, nothing else special."""
+    t = p = 0
+    star, mark = -1, 0
+    while t < len(text):
+        if p < len(pattern) and pattern[p] == "*":
+            star, mark, p = p, t, p + 1
+        elif p < len(pattern) and pattern[p] in ("?", text[t]):
+            t, p = t + 1, p + 1
+        elif star >= 0:
+            mark += 1
+            t, p = mark, star + 1
+        else:
+            return False
+    return all(c == "*" for c in pattern[p:])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from mama_ssh import cli, slots
 from mama_ssh.argv import ArgvError, parse
 from mama_ssh.cli import is_windows_openssh
 from mama_ssh.master import MAX_SOCKET_PATH, socket_dir, socket_path
-from mama_ssh.options import Probe, identity_key, needs_keepalive, user_multiplexes
+from mama_ssh.options import Probe, identity_key, needs_keepalive, passenger_problem, session_env, user_multiplexes
 from mama_ssh.state import State, UnsafeDirectory, private_dir
 
 
@@ -177,17 +178,153 @@ def test_stderr_relay_holds_back_only_a_key_exchange_drop(chunks: list[bytes], s
     assert b"".join(relay.held) + relay.partial == (b"".join(chunks) if dropped else b"")
 
 
-def test_stderr_relay_of_the_multiplexed_path_holds_what_a_master_could_not_carry() -> None:
-    relay = cli._StderrRelay(mux=True)
-    lines = [b"mux_client_request_session: session request failed: Session open refused by peer\r\n",
-             b"kex_exchange_identification: Connection closed by remote host\r\n"]
-    assert b"".join(relay.feed(line) for line in lines) == b""
-    assert relay.refused and relay.dropped
-    relay = cli._StderrRelay(mux=True)
-    assert relay.feed(b"mm_receive_fd: recvmsg: expected received 1 got 0\nproxy dialer did not pass back a connection\n") == b""
-    assert relay.dropped and not relay.refused
-    relay = cli._StderrRelay()  # off the multiplexed path, the user's own fd-passing proxy failing is shown
-    assert relay.feed(b"proxy dialer did not pass back a connection\n") == b"proxy dialer did not pass back a connection\n"
+class ScriptedMaster:
+    """A control socket that answers its clients, one after the other, the way ``answers`` say: the
+    far end of mama_ssh.mux, for the protocol's edge cases (a real master is in test_mama_ssh.py)."""
+
+    def __init__(self, path: str, *answers: str) -> None:
+        import socket
+
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(path)
+        self.listener.listen(4)
+        self.answers = answers
+        self.request = b""
+        self.fds: list[int] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def _message(kind: int, body: bytes = b"") -> bytes:
+        data = kind.to_bytes(4, "big") + body
+        return len(data).to_bytes(4, "big") + data
+
+    def _read(self, conn) -> bytes:  # type: ignore[no-untyped-def]
+        size = int.from_bytes(conn.recv(4, 0x100), "big")  # MSG_WAITALL
+        return conn.recv(size, 0x100) if size else b""
+
+    def _serve(self) -> None:
+        for answer in self.answers:
+            conn, _ = self.listener.accept()
+            with conn:
+                self._answer(conn, answer)
+
+    def _answer(self, conn, answer: str) -> None:  # type: ignore[no-untyped-def]
+        import socket
+
+        self.fds = []
+        if answer == "hang up":
+            return
+        self._read(conn)
+        conn.sendall(self._message(1, (3 if answer == "old version" else 4).to_bytes(4, "big")))
+        if answer == "old version":
+            return
+        self.request = self._read(conn)
+        if answer == "alive":
+            conn.sendall(self._message(0x80000005, self.request[4:8] + (4242).to_bytes(4, "big")))
+            return
+        for _ in range(3):
+            _, ancillary, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(4))
+            self.fds.append(int.from_bytes(ancillary[0][2], sys.byteorder))
+        rid = self.request[4:8]
+        if answer == "refuse":
+            reason = b"Session open refused by peer"
+            conn.sendall(self._message(0x80000003, rid + len(reason).to_bytes(4, "big") + reason))
+        elif answer != "hang up after the descriptors":
+            conn.sendall(self._message(0x80000006, rid + (7).to_bytes(4, "big")))
+            if answer.startswith("exit "):
+                if answer == "exit 3":  # (the other sessions were given the test's own stdout)
+                    os.write(self.fds[1], b"out from the remote\n")
+                conn.sendall(self._message(0x80000004, (7).to_bytes(4, "big") + int(answer[5:]).to_bytes(4, "big")))
+        for fd in self.fds:
+            os.close(fd)
+
+    def close(self) -> None:
+        self.thread.join(timeout=10)
+        self.listener.close()
+
+
+def test_mux_session_passes_command_environment_and_descriptors_and_returns_the_exit_status(tmp_path: Path) -> None:
+    from mama_ssh import mux
+
+    master = ScriptedMaster(str(tmp_path / "m"), "exit 3")
+    r, w = os.pipe()
+    try:
+        request = mux.Request(str(tmp_path / "m"), b"git-upload-pack '/r.git'", [b"GIT_PROTOCOL=version=2"], want_agent=True)
+        session = mux.Session(request, fds=(0, w, 2))
+        os.close(w)
+        assert session.wait() == 3
+        assert os.read(r, 100) == b"out from the remote\n", "the master wrote to the descriptor we passed"
+    finally:
+        os.close(r)
+        master.close()
+    body = master.request
+    assert body[:4] == (0x10000002).to_bytes(4, "big")
+    # request id, reserved "", tty 0, X11 0, agent 1, subsystem 0, no escape character, TERM "", command, environment
+    assert body[8:12] == b"\0\0\0\0" and body[12:28] == bytes.fromhex("00000000 00000000 00000001 00000000")
+    assert body[28:32] == b"\xff\xff\xff\xff" and body[32:36] == b"\0\0\0\0"
+    assert body[36:].endswith(len(b"git-upload-pack '/r.git'").to_bytes(4, "big") + b"git-upload-pack '/r.git'"
+                              + (22).to_bytes(4, "big") + b"GIT_PROTOCOL=version=2")
+
+
+@pytest.mark.parametrize("answer, outcome", [
+    ("refuse", "Refused"), ("hang up", "Unavailable"), ("old version", "Unavailable"),
+    ("hang up after the descriptors", "Unavailable"), ("no exit message", 255),
+])
+def test_mux_session_tells_a_refusal_from_a_master_that_cannot_carry_it(tmp_path: Path, answer: str, outcome: object) -> None:
+    """A refused session is retried over the master; one it cannot carry goes plain; a session that
+    ran without an exit status ends with 255, as ssh's does."""
+    from mama_ssh import mux
+
+    master = ScriptedMaster(str(tmp_path / "m"), answer)
+    try:
+        session = mux.Session(mux.Request(str(tmp_path / "m"), b"true", []))
+        got: object = session.wait()
+    except (mux.Refused, mux.Unavailable) as exc:
+        got = type(exc).__name__
+        if answer == "refuse":
+            assert str(exc) == "Session open refused by peer"
+    finally:
+        master.close()
+    assert got == outcome
+    with pytest.raises(mux.Unavailable):
+        mux.Session(mux.Request(str(tmp_path / "nobody"), b"true", []))
+
+
+def test_mux_alive_check_returns_the_master_pid(tmp_path: Path) -> None:
+    from mama_ssh import master, mux
+
+    scripted = ScriptedMaster(str(tmp_path / "m"), "alive")
+    try:
+        assert mux.alive_check(str(tmp_path / "m")) == 4242
+    finally:
+        scripted.close()
+    assert master.find_pid(str(tmp_path / "m")) is None, "nobody answers any more"
+
+
+@pytest.mark.parametrize("flags, config, problem", [
+    (set("4p"), "", None),
+    (set("A"), "forwardagent yes\n", None),
+    (set("t"), "", "-t (a tty) given"),
+    (set("v"), "", "-v (ssh's own debug output) given"),
+    (set("L"), "", "-L (a forwarding) given"),
+    (set(), "requesttty force\n", "RequestTTY force"),
+    (set(), "requesttty no\n", None),
+    (set(), "remotecommand ls\n", "remotecommand ls in the ssh config"),
+    (set(), "tunnel point-to-point\n", "tunnel point-to-point in the ssh config"),
+    (set(), "sessiontype subsystem\n", "sessiontype subsystem in the ssh config"),
+    (set(), "localforward 8080 [localhost]:80\n", "localforward in the ssh config"),
+])
+def test_which_sessions_ride_a_master_without_an_ssh_client(flags: set[str], config: str, problem: str | None) -> None:
+    defaults = "requesttty auto\nsessiontype default\nstdinnull no\nforkafterauthentication no\ntunnel false\n"
+    assert passenger_problem(Probe.parse(config + defaults), flags) == problem  # (ssh -G prints each key once)
+
+
+def test_session_environment_is_what_ssh_would_send() -> None:
+    probe = Probe.parse("sendenv GIT_PROTOCOL\nsendenv LC_*\nsetenv FOO=bar baz\n")
+    env = {"GIT_PROTOCOL": "version=2", "LC_ALL": "C", "LANG": "C", "LC": "x", "HOME": "/h"}
+    assert session_env(probe, env) == [b"GIT_PROTOCOL=version=2", b"LC_ALL=C", b"FOO=bar baz"]
+    assert session_env(Probe.parse(""), env) == []
 
 
 def test_a_master_with_a_full_backlog_is_alive_and_a_closed_socket_is_not(tmp_path: Path) -> None:
@@ -310,33 +447,28 @@ def test_a_learned_session_limit_is_trusted_for_a_day_then_learned_again(tmp_pat
     assert cli._learned(state, "k") is not None and cli._learned(state, "k")[0] == 4  # type: ignore[index]
 
 
-def test_a_session_refused_once_is_retried_and_refused_twice_teaches_the_limit(tmp_path: Path) -> None:
+def test_a_session_refused_once_is_retried_and_refused_twice_teaches_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A session that had only just closed may still count against the server's MaxSessions: one
     refusal costs a retry over the master and nothing more. The same session refused again is the
     server's limit, and the pool's slots are halved for the next runs."""
-    import socket
+    from mama_ssh import mux
 
     state = State(str(tmp_path / "state"))
     path = str(tmp_path / "m.sock")
-    listener = socket.socket(socket.AF_UNIX)
-    listener.bind(path)
-    listener.listen(8)
+    for answers, learned in ((("refuse", "exit 0"), None), (("refuse", "refuse", "exit 0"), 5)):
+        master = ScriptedMaster(path, *answers)
+        try:
+            p = cli.Plan(["ssh", "h", "cmd"], learn=(state, "k", 10), session=mux.Request(path, b"cmd", []))
+            assert cli._ride(p, {}) == 0, "over the master again, and the session ran there"
+        finally:
+            master.close()
+            os.unlink(path)
+        got = cli._learned(state, "k")
+        assert (got and got[0]) == learned, "one refusal teaches nothing; a second halves the slots"
+    monkeypatch.setattr(cli, "REFUSED_BASE", 0.001)  # (the backoff of six refusals is 1.5 s)
+    master = ScriptedMaster(path, *["refuse"] * (cli.REFUSED_RETRIES + 1))
     try:
-        p = cli.Plan(["ssh", "-o", "ControlPath=x", "h", "cmd"], learn=(state, "k", 10), fallback=["ssh", "h", "cmd"], socket=path)
-        runs = cli._Runs(p, {})
-
-        def refused() -> cli._StderrRelay:
-            relay = cli._StderrRelay(mux=True)
-            relay.feed(b"channel 0: open failed: administratively prohibited: open failed\r\nSession open refused by peer\r\n")
-            relay.feed(cli.GUARD_LINE + b"\n")
-            return relay
-
-        first = runs.again(refused(), 255)
-        assert first is not None and 0 < first < 1 and runs.argv == p.argv, "over the master again, shortly"
-        assert cli._learned(state, "k") is None, "one refusal teaches nothing"
-        second = runs.again(refused(), 255)
-        assert second is not None and runs.argv == p.argv
-        learned = cli._learned(state, "k")
-        assert learned is not None and learned[0] == 5
+        assert cli._ride(cli.Plan(["ssh", "h", "cmd"], session=mux.Request(path, b"cmd", [])), {}) is None, \
+            "refused again and again: plain ssh"
     finally:
-        listener.close()
+        master.close()
