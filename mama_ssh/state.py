@@ -66,11 +66,9 @@ class State:
             private_dir(os.path.join(self.root, sub))
 
     # -- locks ----------------------------------------------------------------------------------
-    def lock(self, timeout: float = 10.0) -> Any:
+    def lock(self, timeout: float = 10.0) -> "_Lock":
         """The state lock: hold it only to read or write records."""
-        from filelock import FileLock
-
-        return FileLock(os.path.join(self.root, "state.lock"), timeout=timeout, mode=0o600)
+        return _Lock(os.path.join(self.root, "state.lock"), timeout)
 
     # -- records --------------------------------------------------------------------------------
     def _path(self, kind: str, key: str) -> str:
@@ -171,3 +169,39 @@ class State:
     def mark_failed(self, key: str, reason: str, seconds: float) -> None:
         with self.lock():
             self.write("failed", key, {"until": time.time() + seconds, "reason": reason[-500:]})
+
+
+class _Lock:
+    """An exclusive ``flock`` on ``path``, waited for at most ``timeout`` seconds (then TimeoutError).
+
+    Not filelock (which the relay uses): its import costs ~40 ms of CPU, and each new master's
+    recorder paid it in the middle of a burst, just as the sessions start. Like filelock on Unix,
+    it is a ``flock`` on the file, so the two exclude each other; the kernel drops it however the
+    holder ends."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.fd = -1
+
+    def __enter__(self) -> "_Lock":
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        deadline = time.monotonic() + self.timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise TimeoutError(f"{self.path} stayed locked for {self.timeout:g}s") from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)

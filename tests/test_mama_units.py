@@ -472,3 +472,35 @@ def test_a_session_refused_once_is_retried_and_refused_twice_teaches_the_limit(t
             "refused again and again: plain ssh"
     finally:
         master.close()
+
+
+def test_state_lock_excludes_a_filelock_holder_and_times_out(tmp_path: Path) -> None:
+    """mama-ssh's state lock is a flock of its own (filelock costs ~40 ms to import), and the same
+    lock as filelock's on Unix: a holder of either keeps the other out, for at most the timeout."""
+    from filelock import FileLock
+
+    state = State(str(tmp_path / "state"))
+    held = FileLock(os.path.join(state.root, "state.lock"))
+    with held:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            with state.lock(timeout=0.2):
+                pass
+        assert 0.2 <= time.monotonic() - started < 2
+    with state.lock(timeout=0.2):
+        with pytest.raises(TimeoutError):
+            with state.lock(timeout=0.05):
+                pass
+        assert not _acquired(held), "filelock waits for ours too"
+    assert _acquired(held)
+    held.release()
+
+
+def _acquired(lock) -> bool:  # type: ignore[no-untyped-def]
+    from filelock import Timeout
+
+    try:
+        lock.acquire(timeout=0.05)
+    except Timeout:
+        return False
+    return True
