@@ -345,6 +345,8 @@ def _run(p: Plan, env: Mapping[str, str]) -> NoReturn:
             code = _ssh(p.argv, env, child)
     except _Interrupted:
         code = 255  # what ssh exits with when a signal ends it
+    for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(sig, _signal.SIG_DFL)  # the session is over: nothing of ours is left to end cleanly
     if p.slot_fd is not None:
         _release_slot(p, _number(env, "MAMA_SSH_SLOT_LINGER", SLOT_LINGER))
     for pid in _RECORDERS:  # the record of the master we started exists once git is done
@@ -702,6 +704,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(_admin(args[0], args[1:], env, ssh))
     try:
         p = plan(args, env, ssh)
+    except KeyboardInterrupt:
+        _leave(255)  # ^C while waiting for a master or a slot: gone quietly, as ssh is
     except Exception as exc:  # noqa: BLE001 - fail open: an optimisation must never break a fetch
         _debug(env, f"internal error, running plain ssh: {type(exc).__name__}: {exc}")
         p = Plan([ssh, *args], why="internal error")

@@ -130,10 +130,21 @@ def spawn_wait(argv: list[str], env: Mapping[str, str], timeout: float, capture:
             if not chunk:
                 break
             chunks.append(chunk)
+        return _reap(pid, deadline), b"".join(chunks)
+    except BaseException:  # ^C while it runs: it does not outlive us (a login we gave up on)
+        _kill(pid)
+        raise
     finally:
         if capture is not None:
             os.close(r)
-    return _reap(pid, deadline), b"".join(chunks)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass  # reaped already
 
 
 def _reap(pid: int, deadline: float) -> int | None:
@@ -152,8 +163,7 @@ def _reap(pid: int, deadline: float) -> int | None:
                 return os.waitstatus_to_exitcode(status)
             left = deadline - time.monotonic()
             if left <= 0:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
+                _kill(pid)
                 return None
             if pidfd >= 0:
                 select.select([pidfd], [], [], left)

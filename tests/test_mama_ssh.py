@@ -551,3 +551,24 @@ def test_forty_operations_under_default_server_limits(workspace: Path, server_ro
         pool = masters(env)
         assert server.auth_count() <= 40 // 8 + 1, "ceil(ops / sessions per master) + 1 authentications at most"
         assert len(pool) <= 4
+
+
+def test_interrupted_while_a_master_logs_in_ends_quietly_and_takes_the_login_along(sshd, mama, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """^C while mama-ssh waits for its pre-warm: no Python traceback on git's terminal, the exit
+    status ssh gives (255), and the login it started does not live on unrecorded."""
+    pidfile = tmp_path / "login.pid"
+    slow = tmp_path / "ssh-slow-login"
+    real = shutil.which("ssh")
+    slow.write_text(f'#!/bin/sh\ncase " $* " in *ControlMaster=yes*) echo $$ > {pidfile}; exec sleep 30;; esac\nexec {real} "$@"\n')
+    slow.chmod(0o755)
+    argv = ["mama-ssh", *mama["GIT_SSH_COMMAND"].split()[1:], "-p", str(sshd.port), f"{sshd.user}@127.0.0.1", "true"]
+    proc = subprocess.Popen(argv, env=dict(mama, MAMA_SSH_SSH=str(slow)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    login = int(pidfile.read_text())
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (255, "")
+    with pytest.raises(ProcessLookupError):
+        os.kill(login, 0)
