@@ -405,6 +405,22 @@ def test_relay_over_mama_ssh(sshd, mama, server_root: Path, tmp_path: Path) -> N
     assert sshd.auth_count() - before == 1
 
 
+def test_push_and_clone_of_megabytes_over_the_master_are_byte_exact(sshd, mama, server_root: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """git's own push and clone, with a few MiB of incompressible data each way, through sessions
+    that mama-ssh carries over one master: every byte arrives, and one login serves them all."""
+    src = tmp_path / "big-src"
+    git("init", "-q", str(src))
+    (src / "blob").write_bytes(os.urandom(3 * 1024 * 1024))
+    git("add", ".", cwd=src)
+    git("commit", "-q", "-m", "big", cwd=src)
+    url = ssh_url(sshd, bare(server_root, "mama-big"))
+    before = sshd.auth_count()
+    git("push", "-q", url, "main", cwd=src, env=mama)
+    git("clone", "-q", url, str(tmp_path / "big-clone"), env=mama)
+    assert (tmp_path / "big-clone" / "blob").read_bytes() == (src / "blob").read_bytes()
+    assert sshd.auth_count() - before == 1
+
+
 def test_no_module_shadowing_from_the_working_directory(tmp_path: Path) -> None:
     for name in ("json", "types", "subprocess"):
         (tmp_path / f"{name}.py").write_text("raise SystemExit('shadowed stdlib module imported')\n")
