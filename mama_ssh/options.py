@@ -96,15 +96,17 @@ def passenger_problem(probe: Probe, flags: "set[str]") -> str | None:
 
     mama-ssh then runs plain ssh for it: the cases are ones a git host never needs (a tty, forwards,
     a RemoteCommand), and ``-v``, where ssh's own account of the connection is the point."""
-    for flag in sorted(flags & _NOT_PASSENGER_FLAGS.keys()):
-        return f"{_NOT_PASSENGER_FLAGS[flag]} given"
+    given = sorted(flags & _NOT_PASSENGER_FLAGS.keys())
+    if given:
+        return f"{_NOT_PASSENGER_FLAGS[given[0]]} given"
     if probe.get("requesttty", "auto").lower() not in ("auto", "no", "false"):
         return f"RequestTTY {probe.get('requesttty')}"
+    # (what ssh -G prints when they are not set)
     checks = (("sessiontype", "default"), ("stdinnull", "no"), ("forkafterauthentication", "no"), ("tunnel", "false"),
               ("remotecommand", "none"))
-    for key, expected in checks:
-        value = probe.get(key, expected).lower()
-        if value != expected and not (key == "tunnel" and value == "no"):
+    for key, unset in checks:
+        value = probe.get(key, unset).lower()
+        if value != unset:
             return f"{key} {value} in the ssh config"
     for key in ("localforward", "remoteforward", "dynamicforward"):
         if probe.values.get(key):
