@@ -19,7 +19,6 @@ VERSION = 4
 MUX_MSG_HELLO = 0x00000001
 MUX_C_NEW_SESSION = 0x10000002
 MUX_C_ALIVE_CHECK = 0x10000004
-MUX_S_OK = 0x80000001
 MUX_S_PERMISSION_DENIED = 0x80000002
 MUX_S_FAILURE = 0x80000003
 MUX_S_EXIT_MESSAGE = 0x80000004
@@ -36,8 +35,8 @@ class Unavailable(Exception):
 
 
 class Refused(Exception):
-    """The master asked the server for the session and was refused (sshd's MaxSessions), or the
-    master itself refused. ``str()`` is the master's reason."""
+    """The master asked the server for the session and was refused (sshd's MaxSessions): worth
+    asking again shortly. ``str()`` is the master's reason."""
 
 
 def _u32(n: int) -> bytes:
@@ -166,8 +165,10 @@ class Session:
             self.id = int.from_bytes(body[4:8], "big")
             return
         self.conn.close()
-        if kind in (MUX_S_FAILURE, MUX_S_PERMISSION_DENIED) and len(body) >= 8:
+        if kind == MUX_S_FAILURE and len(body) >= 8:
             raise Refused(_reason(body))
+        if kind == MUX_S_PERMISSION_DENIED and len(body) >= 8:  # a master of ControlMaster=ask, adopted: it won't change its mind
+            raise Unavailable(f"the master denied the session: {_reason(body)}")
         raise Unavailable(f"unexpected reply 0x{kind:08x} from the master")
 
     def wait(self) -> int:

@@ -227,9 +227,9 @@ class ScriptedMaster:
             _, ancillary, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(4))
             self.fds.append(int.from_bytes(ancillary[0][2], sys.byteorder))
         rid = self.request[4:8]
-        if answer == "refuse":
-            reason = b"Session open refused by peer"
-            conn.sendall(self._message(0x80000003, rid + len(reason).to_bytes(4, "big") + reason))
+        if answer in ("refuse", "deny"):
+            reason = b"Session open refused by peer" if answer == "refuse" else b"Permission denied"
+            conn.sendall(self._message(0x80000003 if answer == "refuse" else 0x80000002, rid + len(reason).to_bytes(4, "big") + reason))
         elif answer != "hang up after the descriptors":
             conn.sendall(self._message(0x80000006, rid + (7).to_bytes(4, "big")))
             if answer.startswith("exit "):
@@ -268,7 +268,7 @@ def test_mux_session_passes_command_environment_and_descriptors_and_returns_the_
 
 
 @pytest.mark.parametrize("answer, outcome", [
-    ("refuse", "Refused"), ("hang up", "Unavailable"), ("old version", "Unavailable"),
+    ("refuse", "Refused"), ("deny", "Unavailable"), ("hang up", "Unavailable"), ("old version", "Unavailable"),
     ("hang up after the descriptors", "Unavailable"), ("no exit message", 255),
 ])
 def test_mux_session_tells_a_refusal_from_a_master_that_cannot_carry_it(tmp_path: Path, answer: str, outcome: object) -> None:
