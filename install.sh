@@ -30,7 +30,7 @@ die() { say "error: $*"; exit 1; }
 
 usable() {  # the interpreter behind $1 (resolving pyenv-style shims), if it is >= 3.11 and can make a venv with pip
   command -v "$1" >/dev/null 2>&1 || return 1
-  "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11)); ' 2>/dev/null || return 1
+  "$1" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || return 1
   "$1" -c 'import os, sys; print(os.path.realpath(sys.executable))'
 }
 
