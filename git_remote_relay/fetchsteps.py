@@ -31,10 +31,11 @@ from .fetch import FetchResult, fetch_pack
 from .gitcmd import Git
 from .history import Scratch, first_parent_chain
 from .protocol import Advertisement, supports_filter
+from .stepcache import StepCache
 from .transport.base import Service
 from .ui import Reporter
 
-__all__ = ["RunState", "fetch_resumable", "DEFAULT_STEP_OBJECTS", "MAX_STEPS"]
+__all__ = ["RunState", "Steps", "fetch_resumable", "DEFAULT_STEP_OBJECTS", "MAX_STEPS"]
 
 # About a quarter of git/git's history a step: a killed clone of it loses one step at most,
 # and a repository of a few thousand objects never steps.
@@ -43,6 +44,15 @@ DEFAULT_STEP_OBJECTS = 100_000
 MAX_STEPS = 64
 
 OpenUpload = Callable[[], "tuple[Service, Advertisement]"]
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class SessionLike(Protocol):
+        def take_upload(self) -> "tuple[Service, Advertisement]": ...
+        def done_upload(self, aborted: bool = False) -> None: ...
+        def close(self) -> None: ...
 
 
 class _TooBig(Exception):
@@ -72,6 +82,7 @@ class RunState:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         self.tmp: list[str] = []  # temporary packs being written now
         self.steps: list[tuple[str, str | None]] = []  # (commit, .keep protecting its pack)
+        self.on_step: Callable[[str, str | None], object] | None = None  # told of each finished step
 
     @property
     def done(self) -> list[str]:
@@ -90,10 +101,12 @@ class RunState:
         self.tmp = list(paths)
         self._save()
 
-    def add_step(self, oid: str, keep: str | None) -> None:
+    def add_step(self, oid: str, keep: str | None, announce: bool = True) -> None:
         self.steps.append((oid, keep))
         self.tmp = []
         self._save()
+        if announce and self.on_step is not None:
+            self.on_step(oid, keep)
 
     def adopt_dead(self) -> tuple[int, int]:
         """Take over what runs that died left: remove their temporary packs, reuse their steps.
@@ -274,10 +287,25 @@ def fetch_resumable(
 
 def _in_steps(fetch: _Fetch, wants: list[str], objects: int, step_objects: int, *, include_tag: bool, check_connectivity: bool,
               env: dict[str, str]) -> FetchResult:
+    total, stored = _fetch_steps(fetch, wants, objects, step_objects, env)
+    final = fetch(wants, include_tag=include_tag, check_connectivity=check_connectivity)
+    final.bytes += total
+    final.objects = (final.objects or 0) + stored
+    return final
+
+
+def _fetch_steps(fetch: _Fetch, wants: list[str], objects: int, step_objects: int, env: dict[str, str]) -> tuple[int, int]:
+    """Fetch the history of ``wants`` up to its last step, oldest first; (bytes, objects) stored.
+
+    The first-parent line comes from a commit-only fetch; steps a dead run finished (already in
+    ``fetch.state``) cover the line up to the newest of them, and only the rest is cut."""
     with Scratch(env) as scratch:
         fetch(wants, into=scratch.git, filter_spec="tree:0")
         parents = scratch.parents()
     chain = max((first_parent_chain(parents, w) for w in wants), key=len, default=[])
+    where = {oid: i for i, oid in enumerate(chain)}
+    covered = max((where[d] for d in fetch.state.done if d in where), default=-1)
+    chain = chain[covered + 1 :]
     count = min(MAX_STEPS, -(-objects // step_objects), len(chain))
     cuts = [chain[(i * len(chain)) // count - 1] for i in range(1, count)] if count >= 2 else []
     total, stored = 0, 0
@@ -289,7 +317,90 @@ def _in_steps(fetch: _Fetch, wants: list[str], objects: int, step_objects: int, 
         stored += step.objects or 0
     if cuts:
         fetch.reporter.say(f"relay: step {count}/{count}: the rest")
-    final = fetch(wants, include_tag=include_tag, check_connectivity=check_connectivity)
-    final.bytes += total
-    final.objects = (final.objects or 0) + stored
-    return final
+    return total, stored
+
+
+class Steps:
+    """Big fetches in steps for git's own fetch-pack (``tap.Stepper``): the steps are fetched into
+    the repository by the engine; git's request then goes out with them as haves.
+
+    A fetch that offers no haves (a clone, a fetch into a new repository) also keeps its steps
+    in the per-user ``StepCache`` of the URL, so that it resumes even after ``git clone`` removed
+    its directory.
+    """
+
+    def __init__(self, git: Git, reporter: Reporter, open_session: Callable[[], "SessionLike"], env: dict[str, str],
+                 host_label: str, limit: int, cache: StepCache | None) -> None:
+        self.git = git
+        self.reporter = reporter
+        self.open_session = open_session
+        self.env = env
+        self.host_label = host_label
+        self.limit = limit
+        self.cache = cache
+        self.state: RunState | None = None
+        self.fresh = False
+
+    def _state(self) -> RunState:
+        if self.state is None:
+            try:
+                self.state = RunState(self.git)
+            except OSError as exc:
+                raise LocalGitError(f"cannot write the fetch state under {self.git.git_path('relay')}: {exc.strerror}") from exc
+            removed, reused = self.state.adopt_dead()
+            if removed:
+                self.reporter.trace(f"fetch: removed {removed} temporary pack(s) left by a fetch that died")
+            if reused:
+                self.reporter.say(f"relay: resuming an interrupted fetch ({reused} finished step(s) kept)")
+            cache = self.cache if self.fresh else None
+            if cache is not None:
+                if cache.lock():
+                    restored = [(oid, keep) for oid, keep in cache.restore(self.git.git_path("objects/pack")) if oid not in self.state.done]
+                    for oid, keep in restored:
+                        self.state.add_step(oid, keep, announce=False)
+                    if restored:
+                        self.reporter.say(f"relay: resuming an interrupted clone ({len(restored)} finished step(s) from {cache.dir})")
+                    self.state.on_step = cache.add
+                else:
+                    self.cache = None  # another fetch of this URL is using it
+        return self.state
+
+    def _leftovers(self) -> bool:
+        relay_dir = os.path.join(self.git.cwd or os.getcwd(), self.env["GIT_DIR"], "relay") if self.env.get("GIT_DIR") else None
+        try:
+            if relay_dir and any(n.startswith("fetch-") for n in os.listdir(relay_dir)):
+                return True
+        except FileNotFoundError:
+            pass
+        return self.fresh and self.cache is not None and bool(self.cache.steps())
+
+    def resume(self, wants: list[str], haves: list[str]) -> list[str]:
+        self.fresh = not haves
+        if not self._leftovers():
+            return []
+        return self._state().done
+
+    def run(self, wants: list[str], haves: list[str], objects: int) -> list[str]:
+        state = self._state()
+        self.reporter.trace(f"fetch: the pack has {objects} objects; fetching in steps")
+        if self.fresh and self.cache is not None:
+            self.reporter.trace(f"fetch: finished steps are kept in {self.cache.dir} until the fetch completes")
+        session = self.open_session()
+        try:
+            fetch = _Fetch(session.take_upload, session.done_upload, self.git, self.reporter, haves, state, self.host_label, False)
+            _fetch_steps(fetch, wants, objects, self.limit or 1, self.env)
+        finally:
+            session.close()
+        return state.done
+
+    def finish(self) -> None:
+        if self.state is not None:
+            self.state.finish(None)
+        if self.cache is not None and self.fresh and self.cache._fd is not None:
+            self.cache.clear()
+
+    def release(self) -> None:
+        if self.state is not None:
+            self.state.release()
+        if self.cache is not None:
+            self.cache.unlock()

@@ -9,7 +9,6 @@ or the user set ``relay.mode=passthrough``.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping
 
@@ -24,7 +23,12 @@ from .url import InnerUrl, check_allowed, parse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import BinaryIO
+
+    from .protocol import Advertisement
+    from .tap import Stepper
+    from .transport.base import Service
 
 __all__ = ["Helper", "c_unquote", "c_quote"]
 
@@ -241,22 +245,6 @@ class Helper:
         assert isinstance(self.push_state, PushOptions)
         return self.push_state.set(name, value)
 
-    def _needs_git_fetch(self) -> bool:
-        """Remotes only git's own fetch-pack serves right, so they go to passthrough:
-
-        * a remote whose HEAD names a branch with no commits yet (an empty one, or one whose HEAD
-          was pointed elsewhere): only git's v2 fetch carries that unborn HEAD to a clone (``list``
-          cannot say it: a symref to a missing ref there would leave the clone without a HEAD);
-        * a v0 remote that is itself shallow: git's fetch-pack makes a shallow clone of it;
-        * a remote that offers packfile URIs when git's ``fetch.uriProtocols`` asks for them: git's
-          fetch-pack downloads and checks those packs.
-        """
-        if self.settings.mode == "passthrough":
-            return False
-        adv = self.session.upload(listed=True)[1]
-        uris = adv.version == 2 and "packfile-uris" in (adv.caps.get("fetch") or "").split() and bool(self.config.get("fetch.uriprotocols"))
-        return (adv.version == 2 and adv.unborn_head is not None) or bool(adv.shallow) or uris
-
     def _do_list(self, for_push: bool) -> None:
         if for_push:
             adv = self.session.receive()[1]
@@ -366,14 +354,30 @@ class Helper:
         self._reply(reply)
         return 0 if ok else 1
 
-    def _local_shallow(self) -> bool:
-        git_dir = self.env.get("GIT_DIR")
-        return bool(git_dir) and os.path.exists(os.path.join(self.git.cwd or "", git_dir or "", "shallow"))
+    def _stepper(self) -> Stepper | None:
+        """Big first fetches in resumable steps, unless turned off (or there is no repository)."""
+        if not self.settings.fetch_step_objects or not self.env.get("GIT_DIR"):
+            return None
+        from .fetchsteps import Steps
+        from .stepcache import StepCache, default_root
 
-    def _wants_passthrough(self, service: str) -> bool:
-        if self.settings.mode == "passthrough" or service == "git-upload-archive":
-            return True
-        return service == "git-upload-pack" and (bool(self.passthrough_opts) or self._local_shallow())
+        cache = StepCache(default_root(self.env), self.url.redacted, self.settings.fetch_cache_bytes)
+        return Steps(self.git, self.reporter, lambda: Session(self.url, self.ctx), self.env, self.url.host or "localhost",
+                     self.settings.fetch_step_objects, cache)
+
+    def _relay_v2(self, service: Service, adv: Advertisement, open_upload: Callable[[], tuple[Service, Advertisement]]) -> int:
+        """git's own fetch-pack on our connection (see ``tap``); the exit status for git."""
+        from . import stats
+        from .tap import Tally, relay_v2
+
+        self._reply("\n")
+        started = time.monotonic()
+        tally = Tally()
+        status = relay_v2(service, adv, open_upload, self.stdin, self.stdout, self._stepper(), tally)
+        if tally.wants:
+            stats.record(self.reporter, self.settings, self.url.redacted, "fetch", [{"new": oid} for oid in tally.wants],
+                         tally.bytes, tally.objects, started)
+        return status
 
     def _do_connect(self, service: str) -> int | None:
         if service not in ("git-upload-pack", "git-receive-pack", "git-upload-archive"):
@@ -382,16 +386,33 @@ class Helper:
             # --upload-pack/--receive-pack: the program to run on the remote, for passthrough and engine alike
             self.ctx.programs[service[len("git-") :]] = self.servpath
             self.servpath = None
-        try:
-            wanted = self._wants_passthrough(service) or (service == "git-upload-pack" and self._needs_git_fetch())
-            if not wanted and service == "git-receive-pack":
+        remote = self.session.remote
+        if service == "git-upload-pack" and self.settings.mode != "passthrough" and remote.fetch_v2:
+            # Every fetch is git's own fetch-pack; we keep the connection (and step big fetches).
+            self.close()
+            try:
+                upload, adv = remote.connect("upload-pack")
+            except ObjectFormatError as exc:
+                self.reporter.trace(f"{exc.message}: git's own fetch-pack on a plain pipe")
+            else:
+                if adv.version == 2:
+                    return self._relay_v2(upload, adv, lambda: remote.connect("upload-pack"))
+                upload.dismiss()  # a server that answers v0: git's fetch-pack talks to it directly
+            return self._pass_through(service)
+        wanted = self.settings.mode == "passthrough" or service != "git-receive-pack"
+        if not wanted:
+            try:
                 self.session.receive()  # its advertisement names the object format (list for-push reuses it)
-        except ObjectFormatError as exc:
-            self.reporter.trace(f"{exc.message}: git's own {service[len('git-'):]} code takes over")
-            wanted = True
+            except ObjectFormatError as exc:
+                self.reporter.trace(f"{exc.message}: git's own send-pack takes over")
+                wanted = True
         if not wanted:
             self._reply("fallback\n")
             return None
+        return self._pass_through(service)
+
+    def _pass_through(self, service: str) -> int:
+        """The service's own stream on our stdio: git's code end to end, no byte copied by us."""
         self.close()
         from .passthrough import connect
 
@@ -400,7 +421,7 @@ class Helper:
         return connect(self.session.remote, service[len("git-") :], self.stdin, self.stdout)
 
     def _do_stateless_connect(self, service: str) -> int | None:
-        if service != "git-upload-pack" or not (self._wants_passthrough(service) or self._needs_git_fetch()):
+        if service != "git-upload-pack":
             self._reply("fallback\n")
             return None
         adv = self.session.upload()[1]
@@ -408,15 +429,6 @@ class Helper:
             self._check_engine_can_fetch()  # raises: the options need v2
             self._reply("fallback\n")
             return None
-        from .passthrough import stateless_connect
-        from .transport.http import HttpService
+        upload, adv = self.session.hand_over_upload()
+        return self._relay_v2(upload, adv, lambda: (upload, adv))
 
-        service_obj, adv = self.session.hand_over_upload()
-        assert isinstance(service_obj, HttpService)  # stateless-connect is only advertised for http(s)
-        self.reporter.trace("stateless-connect: passthrough")
-        self._reply("\n")
-        try:
-            stateless_connect(service_obj, adv, self.stdin, self.stdout)
-        finally:
-            service_obj.close()
-        return 0

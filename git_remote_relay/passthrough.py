@@ -12,10 +12,8 @@ import os
 import selectors
 import socket
 
-from .errors import ProtocolError, TransportError
 from .gitcmd import spawn
-from .pktline import DELIM, FLUSH, RESPONSE_END, PktReader, Special, pkt, pkt_text
-from .protocol import Advertisement
+from .pktline import pkt
 from .transport import Remote
 from .transport.base import stalled
 from .url import InnerUrl
@@ -25,9 +23,8 @@ TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typ
 if TYPE_CHECKING:
     from typing import BinaryIO
 
-    from .transport.http import HttpService
 
-__all__ = ["connect", "stateless_connect"]
+__all__ = ["connect"]
 
 _CHUNK = 1 << 16
 
@@ -90,43 +87,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         view = view[os.write(fd, view):]
 
-
-def stateless_connect(service: HttpService, adv: Advertisement, stdin: BinaryIO, stdout: BinaryIO) -> None:
-    """git's v2 stateless relay over HTTP (gitremote-helpers ``stateless-connect``).
-
-    The caller has opened upload-pack, checked that it speaks v2 and written the blank line. We
-    send the capability advertisement, then relay each request (pkt-lines up to a flush) as one
-    POST and its reply verbatim, each followed by a response-end packet, until git closes stdin.
-    """
-    out = [pkt_text("version 2")]
-    for key, value in adv.caps.items():
-        out.append(pkt_text(key if value is None else f"{key}={value}"))
-    out.append(FLUSH.wire)
-    stdout.write(b"".join(out))
-    stdout.flush()
-    request_reader = PktReader(stdin.read, "git")
-    while True:
-        body: list[bytes] = []
-        try:
-            item = request_reader.read_pkt()
-        except TransportError:  # git closed stdin: the conversation is over
-            return
-        while True:
-            if isinstance(item, Special):
-                body.append(item.wire)
-                if item is FLUSH:
-                    break
-                if item is not DELIM:
-                    raise ProtocolError(f"protocol error: unexpected {item.name} packet from git")
-            else:
-                body.append(pkt(item))
-            item = request_reader.read_pkt()
-        service.request([b"".join(body)])
-        read = service.raw_read
-        while True:
-            data = read(_CHUNK)
-            if not data:
-                break
-            stdout.write(data)
-        stdout.write(RESPONSE_END.wire)
-        stdout.flush()

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from .errors import RelayError
 from .gitcmd import Config
+from .stepcache import DEFAULT_CACHE_BYTES
 
 __all__ = ["Settings", "DEFAULT_TIMEOUT", "DEFAULT_STEP_OBJECTS", "size_value"]
 
@@ -52,6 +53,8 @@ class Settings:
         self.max_object_bytes = size("GIT_RELAY_MAX_OBJECT_BYTES", "relay.maxObjectBytes")
         steps = size("GIT_RELAY_FETCH_STEP_OBJECTS", "relay.fetchStepObjects")
         self.fetch_step_objects = DEFAULT_STEP_OBJECTS if steps is None else steps
+        cache = size("GIT_RELAY_FETCH_CACHE_BYTES", "relay.fetchCacheBytes")
+        self.fetch_cache_bytes = DEFAULT_CACHE_BYTES if cache is None else cache
         self.stats_file = env.get("GIT_RELAY_STATS_FILE") or config.get("relay.statsfile")
         self.split_interval = _seconds(env.get("GIT_RELAY_SPLIT_INTERVAL") or config.get("relay.splitInterval"), "relay.splitInterval")
         self.timeout = _timeout(env.get("GIT_RELAY_TIMEOUT") or config.get("relay.timeout"))

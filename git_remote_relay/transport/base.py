@@ -128,6 +128,7 @@ class Service:
     version: int = 0
     stateless: bool = False
     reader: PktReader
+    raw_read: Callable[[int], bytes]  # stateless services: the last response's body, undecoded
     label: str = "remote"
 
     def request(self, body: Iterable[bytes]) -> PktReader:
