@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from .errors import LocalGitError, PackError, RelayError, ShallowRemoteError, TransportError
 from .gitcmd import PIPE, Child, Git, widen_pipe
@@ -23,7 +23,7 @@ from .protocol import Advertisement, fetch_request, read_fetch_preamble
 from .transport.base import Service
 from .ui import Reporter
 
-__all__ = ["FetchResult", "fetch_pack", "local_haves", "record_shallow", "MAX_WALK_HAVES"]
+__all__ = ["FetchResult", "fetch_pack", "fsck_msg_types", "local_haves", "record_shallow", "MAX_WALK_HAVES"]
 
 # A bound on the haves walk: enough to find a common ancestor behind a few hundred local commits
 # without a request that grows with history (the request is small: 50 bytes a have).
@@ -46,15 +46,17 @@ class FetchResult:
 
 
 def local_haves(git: Git, limit: int = MAX_WALK_HAVES) -> list[str]:
-    """Tips of every local ref first, then up to ``limit`` commits behind them, newest first."""
+    """Tips of every local ref (and of alternates' refs) first, then up to ``limit`` commits behind them, newest first."""
     if not git.in_repo:
         return []
     tips_out = git.run(["for-each-ref", "--format=%(objectname)"]).decode().split()
-    tips = list(dict.fromkeys(tips_out))
+    # the tips of alternates (`clone --reference`) count as ours, as in git's fetch-pack
+    alternates = git.run(["rev-list", "--no-walk", "--alternate-refs"]).decode().split()
+    tips = list(dict.fromkeys(tips_out + alternates))
     if not tips:
         return []
     # default order streams newest-first without walking the whole graph (--date-order would not)
-    walk = git.run(["rev-list", f"--max-count={limit}", "--all"]).decode().split()
+    walk = git.run(["rev-list", f"--max-count={limit}", "--all", "--alternate-refs"]).decode().split()
     return list(dict.fromkeys(tips + walk))
 
 
@@ -230,8 +232,21 @@ def _index_args(git: Git, reporter: Reporter, check_connectivity: bool, host_lab
         args.append("--check-self-contained-and-connected")
     fsck_key = "fetch.fsckobjects" if config.get("fetch.fsckobjects") is not None else "transfer.fsckobjects"
     if config.get_bool(fsck_key):
-        args.append("--strict")
+        args.append("--strict" + fsck_msg_types(config.values))
     return args
+
+
+def fsck_msg_types(values: Mapping[str, list[str]]) -> str:
+    """``fetch.fsck.<msg-id>`` and ``fetch.fsck.skipList`` as git's fetch-pack hands them to
+    ``index-pack --strict``: ``=id=severity,...,skiplist=path`` in config order ("" for none)."""
+    parts: list[str] = []
+    for key, vals in values.items():
+        if not key.startswith("fetch.fsck.") or key.count(".") != 2:
+            continue
+        name = key[len("fetch.fsck."):]
+        for value in vals:
+            parts.append(f"skiplist={os.path.expanduser(value)}" if name == "skiplist" else f"{name}={value}")
+    return "=" + ",".join(parts) if parts else ""
 
 
 def _start_index(git: Git, args: list[str]) -> Child:

@@ -296,7 +296,7 @@ class Helper:
             self._reply("\n")
             return
         self._check_engine_can_fetch()
-        haves = [] if self.cloning else local_haves(self.git)
+        haves = local_haves(self.git)  # a clone has none, unless it has a --reference
         try:
             result = fetch_resumable(
                 self.session.take_upload,

@@ -240,7 +240,7 @@ def relay_v2(
         while True:
             request = _read_request(requests)
             if request is None:
-                return 0
+                break
             if request.command == b"command=fetch":
                 out.tally.wants += request.oids(b"want")
             if stepper is not None and request.steppable() and "filter" in (adv.caps.get("fetch") or "").split():
@@ -255,6 +255,8 @@ def relay_v2(
                 return 1
     finally:
         service.close()
+    # like git's finish_connect: an upload-pack that failed fails the fetch, whatever it sent
+    return service.exit_status or 0
 
 
 def _fetch(service: Service, open_upload: OpenUpload, request: Request, out: _Out, stepper: Stepper) -> Service:

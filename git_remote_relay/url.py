@@ -149,6 +149,8 @@ def split_relay_address(argv1: str, argv2: str | None) -> str:
 def _check_text(address: str) -> None:
     if not address:
         raise UrlError("empty URL after 'relay::'", "write it as relay::<url>, e.g. relay::https://host/repo.git")
+    if address.startswith("git://") and "\n" in address:
+        raise UrlError("newline is forbidden in git:// hosts and repo paths")  # git's words (connect.c)
     if any(ord(c) < 0x20 or c == "\x7f" for c in address):
         # git refuses these too: a newline could forge a credential-helper or protocol line.
         raise UrlError(f"URL contains a control character: {redact(address)!r}")

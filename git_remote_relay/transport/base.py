@@ -130,6 +130,7 @@ class Service:
     reader: PktReader
     raw_read: Callable[[int], bytes]  # stateless services: the last response's body, undecoded
     label: str = "remote"
+    exit_status: int | None = None  # after close(): the exit status of a child process that served us
 
     def request(self, body: Iterable[bytes]) -> PktReader:
         raise NotImplementedError
@@ -175,7 +176,7 @@ class StreamService(Service):
         read: Callable[[int], bytes],
         write: Callable[[bytes], object],
         close_write: Callable[[], None],
-        close: Callable[[], None],
+        close: Callable[[], int | None],
         label: str,
         readinto: Callable[[memoryview], int | None] | None = None,
         activity: Activity | None = None,
@@ -237,4 +238,4 @@ class StreamService(Service):
             self._close_write()
         except OSError:
             pass
-        self._close()
+        self.exit_status = self._close()

@@ -185,7 +185,7 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
         if not stdin.closed:
             stdin.close()
 
-    def close() -> None:
+    def close() -> int | None:
         if raw.timed_out:
             kill_tree(proc)  # a stalled ssh would wait for its server as long as we let it
         close_write()
@@ -193,8 +193,10 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
         # instead of blocking on a full pipe until the wait below runs out.
         reader.close()
         stdout.close()
-        if wait_for(proc, 10) is None:
+        status = wait_for(proc, 10)
+        if status is None:
             kill_tree(proc)
+        return status
 
     return StreamService(reader.read, write_all, close_write, close, label, reader.readinto, activity)
 

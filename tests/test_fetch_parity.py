@@ -1,0 +1,173 @@
+"""Fetch parity: relay:: fetches behave like native git's, because git's own fetch-pack runs them
+on the helper's connection. Each test runs the same thing natively and through relay:: against
+real servers and compares what git itself shows (refs, objects stored, traces, errors)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import commit, fsck, git, make_source, objects, refs
+
+pytestmark = pytest.mark.integration
+
+STREAMS = ["file", "ssh", "git", "http"]
+
+
+def count_objects(repo: Path) -> dict[str, int]:
+    out = git("count-objects", "-v", cwd=repo).stdout
+    return {k: int(v) for k, v in (line.split(": ") for line in out.splitlines()) if v.isdigit()}
+
+
+@pytest.mark.parametrize("transport", STREAMS)
+def test_clone_with_reference_stores_what_native_stores(transport: str, tmp_path: Path, make_remote) -> None:
+    src = make_source(tmp_path / "src", commits=6, big=200_000)
+    remote = make_remote(transport, source=src)
+    reference = tmp_path / "reference.git"
+    git("clone", "-q", "--bare", str(src), str(reference))
+    stored = {}
+    for name, url in (("native", remote.url), ("relay", remote.relay_url)):
+        dest = tmp_path / name
+        git("clone", "-q", "--bare", "--reference", str(reference), url, str(dest))
+        counts = count_objects(dest)
+        stored[name] = counts["count"] + counts["in-pack"]
+        assert refs(dest) == refs(tmp_path / "native")
+        fsck(dest)
+    assert stored["relay"] == stored["native"] == 0, stored
+
+
+@pytest.mark.parametrize("transport", ["file", "http"])
+def test_fsck_skiplist_lets_a_known_bad_commit_in_as_natively(transport: str, tmp_path: Path, make_remote) -> None:
+    src = make_source(tmp_path / "src")
+    tree = git("rev-parse", "HEAD^{tree}", cwd=src).stdout.strip()
+    head = git("rev-parse", "HEAD", cwd=src).stdout.strip()
+    bogus = f"tree {tree}\nparent {head}\nauthor Bugs Bunny 1234567890 +0000\ncommitter C <c@d> 1234567890 +0000\n\nbad\n"
+    bad = git("hash-object", "-t", "commit", "-w", "--literally", "--stdin", cwd=src, input=bogus.encode()).stdout.strip()
+    git("update-ref", "refs/heads/bogus", bad, cwd=src)
+    remote = make_remote(transport, source=src)
+    skip = tmp_path / "skip"
+    skip.write_text(bad + "\n")
+    for name, url in (("native", remote.url), ("relay", remote.relay_url)):
+        dest = tmp_path / name
+        git("init", "-q", str(dest))
+        strict = ["-c", "fetch.fsckObjects=true"]
+        refused = git(*strict, "fetch", url, "refs/heads/*:refs/remotes/origin/*", cwd=dest, check=False)
+        assert refused.returncode != 0 and "missingEmail" in refused.stderr, (name, refused.stderr)
+        git(*strict, "-c", f"fetch.fsck.skipList={skip}", "fetch", url, "refs/heads/*:refs/remotes/origin/*", cwd=dest)
+        assert refs(dest)["refs/remotes/origin/bogus"] == bad
+        ok = git(*strict, "-c", "fetch.fsck.missingEmail=ignore", "fetch", url, "+refs/heads/*:refs/remotes/again/*", cwd=dest)
+        assert ok.returncode == 0
+
+
+@pytest.mark.parametrize("transport", STREAMS)
+def test_packet_trace_shows_the_conversation(transport: str, tmp_path: Path, make_remote) -> None:
+    remote = make_remote(transport, source=make_source(tmp_path / "src"))
+    trace = tmp_path / "trace"
+    env = dict(os.environ, GIT_TRACE_PACKET=str(trace))
+    git("clone", "-q", remote.relay_url, str(tmp_path / "dest"), env=env)
+    text = trace.read_text()
+    assert "clone> command=fetch" in text and "clone> want " in text, text[-2000:]
+    assert "clone< packfile" in text
+
+
+@pytest.mark.parametrize("transport", ["file", "ssh", "http"])
+def test_server_options_and_negotiation_settings_reach_the_server(transport: str, tmp_path: Path, make_remote) -> None:
+    src = make_source(tmp_path / "src")
+    remote = make_remote(transport, source=src)
+    work = tmp_path / "work"
+    git("clone", "-q", remote.relay_url, str(work))
+    commit(src, "more.txt")
+    git("push", "-q", str(remote.path), "main", cwd=src)
+    trace = tmp_path / "trace"
+    env = dict(os.environ, GIT_TRACE_PACKET=str(trace))
+    git("-c", "fetch.negotiationAlgorithm=noop", "fetch", "-o", "hello=world", "origin", cwd=work, env=env)
+    text = trace.read_text()
+    assert "fetch> server-option=hello=world" in text
+    assert "fetch> have " not in text, "the noop negotiator sends no haves"
+    assert refs(work)["refs/remotes/origin/main"] == refs(src)["refs/heads/main"]
+
+
+@pytest.mark.parametrize("transport", ["file", "http"])
+def test_fetch_from_a_shallow_remote_does_what_native_does(transport: str, tmp_path: Path, make_remote) -> None:
+    full = make_source(tmp_path / "full", commits=5)
+    shallow_src = tmp_path / "shallow.git"
+    git("clone", "-q", "--bare", "--depth", "2", f"file://{full}", str(shallow_src))
+    remote = make_remote(transport, source=shallow_src)
+    results = {}
+    for name, url in (("native", remote.url), ("relay", remote.relay_url)):
+        dest = tmp_path / name
+        git("clone", "-q", "--bare", str(full), str(dest))  # complete, and behind nothing
+        res = git("fetch", url, "+refs/heads/*:refs/remotes/r/*", cwd=dest, check=False)
+        results[name] = (res.returncode, refs(dest), (dest / "shallow").exists())
+    assert results["relay"] == results["native"]
+
+
+def test_an_upload_pack_that_fails_after_its_pack_fails_the_clone(tmp_path: Path, make_remote) -> None:
+    remote = make_remote("file", source=make_source(tmp_path / "src"))
+    failing = 'f() { git-upload-pack "$@"; return 1; }; f'
+    for name, url in (("native", remote.url), ("relay", remote.relay_url)):
+        res = git("clone", "--no-local", "-u", failing, url, str(tmp_path / name), check=False)
+        assert res.returncode != 0, (name, res.stderr)
+        assert not (tmp_path / name).exists()
+
+
+def test_git_url_with_a_newline_is_refused_in_gits_words(tmp_path: Path) -> None:
+    res = git("clone", "relay::git://127.0.0.1:9/repo\n.git", str(tmp_path / "x"), check=False)
+    assert res.returncode != 0 and "newline is forbidden" in res.stderr
+
+
+def history(path: Path, commits: int, size: int) -> Path:
+    git("init", "-q", str(path))
+    for i in range(commits):
+        commit(path, f"part{i}.bin", os.urandom(size))
+    return path
+
+
+def cache_entries(cache: Path) -> list[Path]:
+    return [p for p in (cache / "fetch").iterdir() if p.is_dir()] if (cache / "fetch").exists() else []
+
+
+@pytest.mark.parametrize("transport", ["ssh", "http"])
+def test_an_interrupted_clone_resumes_from_the_user_cache(transport: str, tmp_path: Path, make_remote) -> None:
+    src = history(tmp_path / "src", commits=24, size=8_000)
+    remote = make_remote(transport, source=src)
+    cache = tmp_path / "cache"
+    env = dict(os.environ, GIT_RELAY_CACHE_DIR=str(cache))
+    slow = remote.path / "relay-test-hook"  # the server thinks for a while before each pack
+    slow.write_text("#!/bin/sh\nsleep 1\n")
+    slow.chmod(0o755)
+    dest = tmp_path / "clone"
+    args = ["git", "-c", "relay.fetchStepObjects=15", "clone", "--bare", remote.relay_url, str(dest)]
+    proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, start_new_session=True)
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            seen.append(line)
+            if "step 3/" in line:
+                break
+        time.sleep(0.3)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait()
+    assert "step 3/" in "".join(seen), "".join(seen)
+    entries = cache_entries(cache)
+    assert len(entries) == 1
+    kept = [line.split()[0] for line in (entries[0] / "steps").read_text().splitlines()]
+    assert len(kept) == 2, "steps 1 and 2 were finished before the kill"
+    import shutil
+
+    shutil.rmtree(dest, ignore_errors=True)  # what git clone does when it fails
+    slow.unlink()
+    res = git("-c", "relay.fetchStepObjects=15", "clone", "--bare", remote.relay_url, str(dest), env=env)
+    assert "resuming an interrupted clone (2 finished step(s)" in res.stderr, res.stderr
+    again = [line.split("history up to ")[1].split()[0] for line in res.stderr.splitlines() if "history up to" in line]
+    assert not [c for c in again for k in kept if k.startswith(c)], "a resumed clone does not fetch a finished step again"
+    assert refs(dest) == refs(src)
+    assert objects(dest) == objects(src)
+    fsck(dest)
+    assert cache_entries(cache) == [], "a completed clone empties its cache entry"
+    assert not list((dest / "objects" / "pack").glob("*.keep"))
