@@ -340,6 +340,7 @@ class Steps:
         self.cache = cache
         self.state: RunState | None = None
         self.fresh = False
+        self.bytes = 0  # pack bytes of the steps fetched by this run
 
     def _state(self) -> RunState:
         if self.state is None:
@@ -388,7 +389,7 @@ class Steps:
         session = self.open_session()
         try:
             fetch = _Fetch(session.take_upload, session.done_upload, self.git, self.reporter, haves, state, self.host_label, False)
-            _fetch_steps(fetch, wants, objects, self.limit or 1, self.env)
+            self.bytes += _fetch_steps(fetch, wants, objects, self.limit or 1, self.env)[0]
         finally:
             session.close()
         return state.done

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import BinaryIO
 
+    from .fetchsteps import Steps
     from .protocol import Advertisement
-    from .tap import Stepper
     from .transport.base import Service
 
 __all__ = ["Helper", "c_unquote", "c_quote"]
@@ -354,7 +354,7 @@ class Helper:
         self._reply(reply)
         return 0 if ok else 1
 
-    def _stepper(self) -> Stepper | None:
+    def _stepper(self) -> Steps | None:
         """Big first fetches in resumable steps, unless turned off (or there is no repository)."""
         if not self.settings.fetch_step_objects or not self.env.get("GIT_DIR"):
             return None
@@ -373,10 +373,12 @@ class Helper:
         self._reply("\n")
         started = time.monotonic()
         tally = Tally()
-        status = relay_v2(service, adv, open_upload, self.stdin, self.stdout, self._stepper(), tally)
+        stepper = self._stepper()
+        status = relay_v2(service, adv, open_upload, self.stdin, self.stdout, stepper, tally)
         if tally.wants:
+            steps = stepper.bytes if stepper is not None else 0
             stats.record(self.reporter, self.settings, self.url.redacted, "fetch", [{"new": oid} for oid in tally.wants],
-                         tally.bytes, tally.objects, started)
+                         tally.bytes + steps, tally.objects, started)
         return status
 
     def _do_connect(self, service: str) -> int | None:
