@@ -98,9 +98,10 @@ class FetchBench:
     def negotiate(self) -> None:
         work = self.fresh("neg-base")
         sh("git", "init", "-q", "--bare", str(work))
-        sh("git", "fetch", "-q", "--no-tags", str(self.root / "git.git"), "v2.30.0^{commit}:refs/heads/local", cwd=work, env=self.env)
-        # 1500 local commits on v2.30.0 (fast-import: no worktree needed)
-        base = sh("git", "rev-parse", "refs/heads/local", cwd=work).strip()
+        sh("git", "fetch", "-q", "--no-tags", str(self.root / "git.git"), "refs/tags/v2.30.0:refs/tags/base", cwd=work, env=self.env)
+        # 1500 local commits on v2.30.0 (fast-import: no worktree needed); no ref the server knows
+        base = sh("git", "rev-parse", "refs/tags/base^{commit}", cwd=work).strip()
+        sh("git", "update-ref", "-d", "refs/tags/base", cwd=work)
         stream = [f"reset refs/heads/local\nfrom {base}\n"]
         for i in range(1500):
             stream.append(f"commit refs/heads/local\nmark :{i + 1}\ncommitter B <b@b> {1600000000 + i} +0000\ndata 8\nlocal {i:2d}\n"

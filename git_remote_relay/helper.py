@@ -210,6 +210,7 @@ class Helper:
                 self.reporter.verbosity = int(value)
             except ValueError:
                 reply = "error bad verbosity"
+            self.ctx.verbose = self.reporter.raw if self.reporter.verbosity >= 2 else None
         elif name == "followtags":
             self.followtags = value == "true"
         elif name == "cloning":

@@ -241,6 +241,11 @@ def relay_v2(
             request = _read_request(requests)
             if request is None:
                 break
+            if request.items == [FLUSH]:
+                # git's goodbye on a stream (disconnect_git): it expects no answer
+                service.request([FLUSH.wire])
+                service.wait_sent()
+                break
             if request.command == b"command=fetch":
                 out.tally.wants += request.oids(b"want")
             if stepper is not None and request.steppable() and "filter" in (adv.caps.get("fetch") or "").split():

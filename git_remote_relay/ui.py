@@ -78,6 +78,10 @@ class Reporter:
         """A line that is always shown (a report the user asked for, like ``git relay plan``)."""
         self._write(redact(text).encode("utf-8", "replace") + b"\n")
 
+    def raw(self, text: str) -> None:
+        """Text exactly as given (no line end added): git's own partial lines, such as connect.c's."""
+        self._write(redact(text).encode("utf-8", "replace"))
+
     def warn(self, text: str) -> None:
         self._write(b"warning: " + redact(text).encode() + b"\n")
 

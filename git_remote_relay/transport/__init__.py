@@ -71,6 +71,7 @@ class Remote:
         # GIT_TEST_PROTOCOL_VERSION stands in when protocol.version is not set.
         version = ctx.config.get("protocol.version") or ctx.env.get("GIT_TEST_PROTOCOL_VERSION") or None
         self.fetch_v2 = version is None or version.strip() == "2"
+        ctx.v1 = version is not None and version.strip() == "1"  # asked for by every service, as git does
 
     def open(self, service: str) -> Service:
         """Open ``upload-pack`` or ``receive-pack`` and read nothing yet but the transport's framing."""

@@ -120,6 +120,8 @@ class Context:
         self.family = family  # "ipv4" / "ipv6" from `option family`
         self.trace = trace
         self.programs: dict[str, str] = {}  # service -> remote program given by git (servpath)
+        self.v1 = False  # protocol.version=1: services that do not speak v2 are asked for version 1
+        self.verbose: Callable[[str], object] | None = None  # git -v: where connect.c's account of a connection goes
 
 
 class Service:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import socket
+from collections.abc import Callable
 
 from ..errors import TransportError
 from ..pktline import pkt
@@ -15,12 +16,18 @@ __all__ = ["DaemonTransport", "open_daemon_service", "DEFAULT_PORT"]
 DEFAULT_PORT = 9418
 
 
-def _connect(host: str, port: int, family: str | None, timeout: float) -> socket.socket:
+def _connect(host: str, port: int, family: str | None, timeout: float, say: Callable[[str], object] | None = None) -> socket.socket:
+    """A TCP connection to the daemon; ``say`` gets git's ``-v`` account of it (connect.c's
+    "Looking up ... done." and "Connecting to ... done.")."""
     fam = {"ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}.get(family or "", socket.AF_UNSPEC)
+    if say:
+        say(f"Looking up {host} ... ")
     try:
         infos = socket.getaddrinfo(host, port, fam, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise TransportError(f"unable to look up {host} ({exc.strerror})") from exc
+    if say:
+        say(f"done.\nConnecting to {host} (port {port}) ... ")
     last: OSError | None = None
     for af, kind, proto, _name, addr in infos:
         sock = socket.socket(af, kind, proto)
@@ -33,19 +40,21 @@ def _connect(host: str, port: int, family: str | None, timeout: float) -> socket
             continue
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if say:
+            say(f"{addr[0]} done.\n")
         return sock
     raise TransportError(f"unable to connect to {host}:{port}: {last.strerror if last else 'no address'}", NOT_FOUND_HINT)
 
 
 def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool) -> StreamService:
     port = url.port or DEFAULT_PORT
-    sock = _connect(url.host, port, ctx.family, timeout=min(30.0, ctx.timeout or 30.0))
+    sock = _connect(url.host, port, ctx.family, timeout=min(30.0, ctx.timeout or 30.0), say=ctx.verbose)
     host_field = url.host if ":" not in url.host else f"[{url.host}]"
     if url.port:
         host_field += f":{url.port}"
     request = f"git-{service} {url.path}\0host={host_field}\0".encode()
-    if want_v2:
-        request += b"\0version=2\0"
+    if want_v2 or ctx.v1:
+        request += b"\0version=2\0" if want_v2 else b"\0version=1\0"
     ctx.trace(f"git:// request: git-{service} {url.path} host={host_field}{' version=2' if want_v2 else ''}")
     try:
         sock.sendall(pkt(request))

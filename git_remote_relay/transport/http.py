@@ -170,8 +170,8 @@ class HttpTransport:
                                    "unset GIT_SMART_HTTP, or use the URL without relay:: for dumb HTTP")
         url = f"{self.base}/info/refs?service=git-{service}"
         headers = {"Accept": "*/*"}
-        if want_v2:
-            headers["Git-Protocol"] = "version=2"
+        if want_v2 or self.ctx.v1:
+            headers["Git-Protocol"] = "version=2" if want_v2 else "version=1"
         resp = self.send("GET", url, headers)
         self.check_status(resp, url)
         final = resp.url
@@ -281,8 +281,8 @@ class HttpService(Service):
             "Content-Type": f"application/x-git-{self.service}-request",
             "Accept": f"application/x-git-{self.service}-result",
         }
-        if self.want_v2:
-            headers["Git-Protocol"] = "version=2"
+        if self.want_v2 or self.transport.ctx.v1:
+            headers["Git-Protocol"] = "version=2" if self.want_v2 else "version=1"
         for previous in self._responses:
             _finish(previous)
         self._responses.clear()

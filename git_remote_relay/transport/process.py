@@ -128,7 +128,7 @@ def ssh_argv(ctx: Context, url: InnerUrl, remote_command: str, want_v2: bool) ->
             raise UnsupportedError(
                 "ssh variant 'simple' does not support -4/-6", "set ssh.variant=ssh if your ssh command accepts OpenSSH options"
             )
-    if variant == "ssh" and want_v2:
+    if variant == "ssh" and (want_v2 or ctx.v1):
         args += ["-o", "SendEnv=GIT_PROTOCOL"]
     if variant == "tortoiseplink":
         args.append("-batch")
@@ -147,6 +147,8 @@ def service_command(url: InnerUrl, service: str, ctx: Context, want_v2: bool) ->
     env.pop("GIT_PROTOCOL", None)
     if want_v2:
         env["GIT_PROTOCOL"] = "version=2"
+    elif ctx.v1:
+        env["GIT_PROTOCOL"] = "version=1"
     if url.is_local:
         path = url.path
         if program:
