@@ -104,7 +104,8 @@ class FetchBench:
         sh("git", "update-ref", "-d", "refs/tags/base", cwd=work)
         stream = [f"reset refs/heads/local\nfrom {base}\n"]
         for i in range(1500):
-            stream.append(f"commit refs/heads/local\nmark :{i + 1}\ncommitter B <b@b> {1600000000 + i} +0000\ndata 8\nlocal {i:2d}\n"
+            msg = f"local {i}"
+            stream.append(f"commit refs/heads/local\nmark :{i + 1}\ncommitter B <b@b> {1600000000 + i} +0000\ndata {len(msg)}\n{msg}\n"
                           f"M 644 inline local.txt\ndata {len(str(i)) + 1}\n{i}\n\n")
         subprocess.run(["git", "fast-import", "--quiet"], cwd=work, env=self.env, input="".join(stream).encode(), check=True)
         url = self.url("http", "git.git")

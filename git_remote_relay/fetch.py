@@ -51,12 +51,13 @@ def local_haves(git: Git, limit: int = MAX_WALK_HAVES) -> list[str]:
         return []
     tips_out = git.run(["for-each-ref", "--format=%(objectname)"]).decode().split()
     # the tips of alternates (`clone --reference`) count as ours, as in git's fetch-pack
-    alternates = git.run(["rev-list", "--no-walk", "--alternate-refs"]).decode().split()
+    has_alternates = os.path.exists(git.git_path("objects/info/alternates"))
+    alternates = git.run(["rev-list", "--no-walk", "--alternate-refs"]).decode().split() if has_alternates else []
     tips = list(dict.fromkeys(tips_out + alternates))
     if not tips:
         return []
     # default order streams newest-first without walking the whole graph (--date-order would not)
-    walk = git.run(["rev-list", f"--max-count={limit}", "--all", "--alternate-refs"]).decode().split()
+    walk = git.run(["rev-list", f"--max-count={limit}", "--all", *(["--alternate-refs"] if alternates else [])]).decode().split()
     return list(dict.fromkeys(tips + walk))
 
 

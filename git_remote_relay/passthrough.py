@@ -40,7 +40,8 @@ def connect(remote: Remote, service: str, stdin: BinaryIO, stdout: BinaryIO) -> 
         host_field = url.host if ":" not in url.host else f"[{url.host}]"
         if url.port:
             host_field += f":{url.port}"
-        request = f"git-{service} {url.path}\0host={host_field}\0".encode() + (b"\0version=2\0" if want_v2 else b"\0version=1\0" if remote.ctx.v1 else b"")
+        version = b"\0version=2\0" if want_v2 else b"\0version=1\0" if remote.ctx.v1 else b""
+        request = f"git-{service} {url.path}\0host={host_field}\0".encode() + version
         sock.sendall(pkt(request))
         _copy_both(sock, stdin, stdout, remote.ctx.timeout, f"remote end ({url.redacted})")
         return 0

@@ -171,3 +171,29 @@ def test_an_interrupted_clone_resumes_from_the_user_cache(transport: str, tmp_pa
     fsck(dest)
     assert cache_entries(cache) == [], "a completed clone empties its cache entry"
     assert not list((dest / "objects" / "pack").glob("*.keep"))
+
+
+@pytest.mark.parametrize("transport", ["file", "ssh", "git"])
+def test_a_fetch_with_nothing_new_is_quiet_and_a_void_clones(transport: str, tmp_path: Path, make_remote) -> None:
+    remote = make_remote(transport, source=make_source(tmp_path / "src"))
+    work = tmp_path / "work"
+    git("clone", "-q", remote.relay_url, str(work))
+    assert git("fetch", cwd=work).stderr == ""
+    void = make_remote(transport)
+    res = git("clone", void.relay_url, str(tmp_path / "void"))
+    assert "fatal" not in res.stderr and "cloned an empty repository" in res.stderr
+
+
+@pytest.mark.parametrize("transport", ["file", "ssh", "git"])
+def test_protocol_version_1_is_asked_for_as_natively(transport: str, tmp_path: Path, make_remote) -> None:
+    remote = make_remote(transport, source=make_source(tmp_path / "src"))
+    trace = tmp_path / "trace"
+    env = dict(os.environ, GIT_TRACE_PACKET=str(trace))
+    git("-c", "protocol.version=1", "clone", "-q", remote.relay_url, str(tmp_path / "dest"), env=env)
+    assert "version 1" in trace.read_text()
+
+
+def test_git_minus_v_tells_how_it_reached_a_git_daemon(tmp_path: Path, make_remote) -> None:
+    remote = make_remote("git", source=make_source(tmp_path / "src"))
+    res = git("clone", "-v", remote.relay_url, str(tmp_path / "dest"))
+    assert "Looking up 127.0.0.1 ... done." in res.stderr and "Connecting to 127.0.0.1 (port " in res.stderr
