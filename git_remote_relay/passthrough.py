@@ -13,7 +13,6 @@ import selectors
 import socket
 
 from .gitcmd import spawn
-from .pktline import pkt
 from .transport import Remote
 from .transport.base import stalled
 from .url import InnerUrl
@@ -34,15 +33,10 @@ def connect(remote: Remote, service: str, stdin: BinaryIO, stdout: BinaryIO) -> 
     url: InnerUrl = remote.url
     want_v2 = service == "upload-pack" and remote.fetch_v2
     if url.scheme == "git":
-        from .transport.daemon import DEFAULT_PORT, _connect
+        from .transport.daemon import DEFAULT_PORT, _connect, daemon_request
 
-        sock = _connect(url.host, url.port or DEFAULT_PORT, remote.ctx.family, 30.0)
-        host_field = url.host if ":" not in url.host else f"[{url.host}]"
-        if url.port:
-            host_field += f":{url.port}"
-        version = b"\0version=2\0" if want_v2 else b"\0version=1\0" if remote.ctx.v1 else b""
-        request = f"git-{service} {url.path}\0host={host_field}\0".encode() + version
-        sock.sendall(pkt(request))
+        sock = _connect(url.host, url.port or DEFAULT_PORT, remote.ctx.family, 30.0, say=remote.ctx.verbose)
+        sock.sendall(daemon_request(url, service, remote.ctx, want_v2))
         _copy_both(sock, stdin, stdout, remote.ctx.timeout, f"remote end ({url.redacted})")
         return 0
     from .transport.process import service_command

@@ -11,7 +11,7 @@ from ..pktline import pkt
 from ..url import InnerUrl
 from .base import NOT_FOUND_HINT, Activity, Context, IdleReader, StreamService
 
-__all__ = ["DaemonTransport", "open_daemon_service", "DEFAULT_PORT"]
+__all__ = ["DaemonTransport", "open_daemon_service", "daemon_request", "DEFAULT_PORT"]
 
 DEFAULT_PORT = 9418
 
@@ -46,18 +46,25 @@ def _connect(host: str, port: int, family: str | None, timeout: float, say: Call
     raise TransportError(f"unable to connect to {host}:{port}: {last.strerror if last else 'no address'}", NOT_FOUND_HINT)
 
 
-def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool) -> StreamService:
-    port = url.port or DEFAULT_PORT
-    sock = _connect(url.host, port, ctx.family, timeout=min(30.0, ctx.timeout or 30.0), say=ctx.verbose)
-    host_field = url.host if ":" not in url.host else f"[{url.host}]"
-    if url.port:
+def daemon_request(url: InnerUrl, service: str, ctx: Context, want_v2: bool) -> bytes:
+    """git's first packet to a daemon (connect.c): service, path, ``host=`` (or
+    ``GIT_OVERRIDE_VIRTUAL_HOST``), and the protocol version git would ask for."""
+    host_field = ctx.env.get("GIT_OVERRIDE_VIRTUAL_HOST") or (url.host if ":" not in url.host else f"[{url.host}]")
+    if url.port and not ctx.env.get("GIT_OVERRIDE_VIRTUAL_HOST"):
         host_field += f":{url.port}"
     request = f"git-{service} {url.path}\0host={host_field}\0".encode()
     if want_v2 or ctx.v1:
         request += b"\0version=2\0" if want_v2 else b"\0version=1\0"
     ctx.trace(f"git:// request: git-{service} {url.path} host={host_field}{' version=2' if want_v2 else ''}")
+    return pkt(request)
+
+
+def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool) -> StreamService:
+    port = url.port or DEFAULT_PORT
+    sock = _connect(url.host, port, ctx.family, timeout=min(30.0, ctx.timeout or 30.0), say=ctx.verbose)
+    request = daemon_request(url, service, ctx, want_v2)
     try:
-        sock.sendall(pkt(request))
+        sock.sendall(request)
     except OSError as exc:
         sock.close()
         raise TransportError(f"unable to send the request to {url.redacted}: {exc.strerror}") from exc
