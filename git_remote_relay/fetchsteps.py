@@ -397,7 +397,7 @@ class Steps:
     def finish(self) -> None:
         if self.state is not None:
             self.state.finish(None)
-        if self.cache is not None and self.fresh and self.cache._fd is not None:
+        if self.cache is not None and self.fresh and self.cache.locked:
             self.cache.clear()
 
     def release(self) -> None:

@@ -1,10 +1,11 @@
 """The remote-helper command loop (gitremote-helpers(7)) for ``relay::<url>``.
 
 stdout carries protocol replies only, flushed after each; every message for people goes to the
-``Reporter`` (stderr). One ``_do_<command>`` method per command. Fetch and push go through the
-pack-relay engine; ``connect``/``stateless-connect`` pass the raw stream to git's own
-fetch-pack when a request needs what the engine does not do (shallow, partial clone, refetch)
-or the user set ``relay.mode=passthrough``.
+``Reporter`` (stderr). One ``_do_<command>`` method per command. Every fetch is git's own
+fetch-pack: ``connect``/``stateless-connect`` for upload-pack hand git the connection this helper
+opened (``tap``: protocol v2 relayed, big packs stepped; a plain pipe otherwise). ``list`` and
+``fetch`` serve only an HTTP server without protocol v2 (the engine). Push goes through the
+pack-relay engine, or to git's send-pack with ``relay.mode=passthrough``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Helper", "c_unquote", "c_quote"]
 
-# Options that only git's own fetch-pack implements; the engine routes them to passthrough.
+# Options that only git's own fetch-pack implements; the engine (v0 HTTP) refuses a fetch that sets them.
 _PASSTHROUGH_OPTIONS = ("depth", "deepen-since", "deepen-not", "deepen-relative", "filter", "refetch", "from-promisor", "update-shallow")
 
 

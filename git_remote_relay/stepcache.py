@@ -81,6 +81,11 @@ class StepCache:
         self._fd = fd
         return True
 
+    @property
+    def locked(self) -> bool:
+        """This fetch holds the entry."""
+        return self._fd is not None
+
     def unlock(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
