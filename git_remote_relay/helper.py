@@ -369,16 +369,26 @@ class Helper:
 
     def _relay_v2(self, service: Service, adv: Advertisement, open_upload: Callable[[], tuple[Service, Advertisement]]) -> int:
         """git's own fetch-pack on our connection (see ``tap``); the exit status for git."""
-        from . import stats
         from .tap import Tally, relay_v2
 
         self._reply("\n")
         started = time.monotonic()
         tally = Tally()
-        stepper = self._stepper()
-        status = relay_v2(service, adv, open_upload, self.stdin, self.stdout, stepper, tally)
+        made: list[Steps] = []
+
+        def make_stepper() -> Steps | None:
+            if not made:
+                stepper = self._stepper()
+                if stepper is None:
+                    return None
+                made.append(stepper)
+            return made[0]
+
+        status = relay_v2(service, adv, open_upload, self.stdin, self.stdout, make_stepper, tally)
         if tally.wants:
-            steps = stepper.bytes if stepper is not None else 0
+            from . import stats
+
+            steps = made[0].bytes if made else 0
             stats.record(self.reporter, self.settings, self.url.redacted, "fetch", [{"new": oid} for oid in tally.wants],
                          tally.bytes + steps, tally.objects, started)
         return status

@@ -16,9 +16,9 @@ busy goes without the cache.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
-import shutil
+
+# hashlib and shutil are imported where used: settings imports this module on every helper start
 
 __all__ = ["StepCache", "DEFAULT_CACHE_BYTES", "default_root"]
 
@@ -37,6 +37,8 @@ def default_root(env: dict[str, str]) -> str:
 
 
 def _link_or_copy(src: str, dst: str) -> None:
+    import shutil
+
     try:
         os.link(src, dst)
     except FileExistsError:
@@ -64,6 +66,8 @@ class StepCache:
 
     def __init__(self, root: str, url: str, limit: int = DEFAULT_CACHE_BYTES) -> None:
         self.root = root
+        import hashlib
+
         self.key = hashlib.sha256(url.encode()).hexdigest()[:24]
         self.dir = os.path.join(root, self.key)
         self.limit = limit
@@ -138,10 +142,14 @@ class StepCache:
         return out
 
     def clear(self) -> None:
+        import shutil
+
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def _make_room(self, need: int) -> bool:
         """Remove other URLs' entries, oldest first, until ``need`` more bytes fit under the limit."""
+        import shutil
+
         if need > self.limit:
             return False
         try:

@@ -221,13 +221,14 @@ def relay_v2(
     open_upload: OpenUpload,
     stdin: BinaryIO,
     stdout: BinaryIO,
-    stepper: Stepper | None,
+    make_stepper: Callable[[], Stepper | None],
     tally: Tally | None = None,
 ) -> int:
     """Serve git's v2 conversation on ``service`` until git closes the pipe; the exit status.
 
     ``open_upload()`` opens upload-pack again after a response was dropped (a stream cannot
-    continue past it). ``stepper`` is None where big fetches are not to be stepped.
+    continue past it). ``make_stepper()`` is called at the first fetch that could be stepped (a
+no-op fetch never pays for it); it gives None where big fetches are not to be stepped.
     """
     out = _Out(stdout, tally or Tally())
     stateless = service.stateless
@@ -248,7 +249,8 @@ def relay_v2(
                 break
             if request.command == b"command=fetch":
                 out.tally.wants += request.oids(b"want")
-            if stepper is not None and request.steppable() and "filter" in (adv.caps.get("fetch") or "").split():
+            stepper = make_stepper() if request.steppable() and "filter" in (adv.caps.get("fetch") or "").split() else None
+            if stepper is not None:
                 service = _fetch(service, open_upload, request, out, stepper)
             else:
                 reader = service.request([request.wire()])
