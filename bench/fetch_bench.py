@@ -12,8 +12,8 @@ Scenarios (``--scenarios``, default all):
 * ``trace``: ``GIT_TRACE_PACKET`` of a relay fetch shows the ``want`` lines.
 * ``clone``: bare clone per transport: seconds, helper peak RSS, bytes.
 * ``noop``: a fetch with nothing new: milliseconds added (median of 9).
-* ``resume``: a relay clone SIGKILLed after its first finished step, run again: what the second
-  run received against a whole clone.
+* ``resume``: a relay clone in steps of 100000 objects SIGKILLed after its first finished step,
+  run again: what the second run received against a whole clone.
 
 Servers are the tests' own (tests/servers.py) on loopback. Nothing is asserted: it prints a table.
 """
@@ -181,7 +181,8 @@ class FetchBench:
         cache = self.base / "cache"
         env = dict(self.env, GIT_RELAY_CACHE_DIR=str(cache))
         dest = self.fresh("resume")
-        proc = subprocess.Popen(["git", "clone", "--bare", url, str(dest)], env=env, stderr=subprocess.PIPE,
+        steps = ["-c", "relay.fetchStepObjects=100000"]  # git.git is below the default threshold
+        proc = subprocess.Popen(["git", *steps, "clone", "--bare", url, str(dest)], env=env, stderr=subprocess.PIPE,
                                 stdout=subprocess.DEVNULL, text=True, start_new_session=True)
         assert proc.stderr is not None
         for line in proc.stderr:
@@ -192,7 +193,7 @@ class FetchBench:
         shutil.rmtree(dest, ignore_errors=True)
         kept = du(cache)
         start = time.monotonic()
-        res = subprocess.run(["git", "clone", "--bare", url, str(dest)], env=env, capture_output=True, text=True, check=True)
+        res = subprocess.run(["git", *steps, "clone", "--bare", url, str(dest)], env=env, capture_output=True, text=True, check=True)
         wall = time.monotonic() - start
         again = self.last_stats()["bytes"]
         whole = du(self.root / "git.git" / "objects" / "pack")

@@ -35,11 +35,8 @@ from .stepcache import StepCache
 from .transport.base import Service
 from .ui import Reporter
 
-__all__ = ["RunState", "Steps", "fetch_resumable", "DEFAULT_STEP_OBJECTS", "MAX_STEPS"]
+__all__ = ["RunState", "Steps", "fetch_resumable", "MAX_STEPS"]
 
-# About a quarter of git/git's history a step: a killed clone of it loses one step at most,
-# and a repository of a few thousand objects never steps.
-DEFAULT_STEP_OBJECTS = 100_000
 # More steps add a round trip (and a server-side object count) each for little gain.
 MAX_STEPS = 64
 
