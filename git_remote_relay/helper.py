@@ -120,6 +120,10 @@ class Helper:
             self.options_said.append(line)
             self._do_option(arg)
         elif cmd == "list":
+            if self.stateless and arg != "for-push":
+                # a protocol v0 fetch over HTTP (git asks for the list only when it does not speak
+                # v2): git's own remote-http does all of it, as for a URL without relay::
+                return 0, self._hand_over(line, UnsupportedError("a protocol v0 fetch over HTTP"))
             self._do_list(arg == "for-push")
         elif cmd == "fetch":
             self._do_fetch(line)
@@ -132,9 +136,10 @@ class Helper:
         return 0, None
 
     def _hand_over(self, line: str, why: UnsupportedError) -> int:
-        """Not a smart HTTP server, or a sha256 repository: git's own ``remote-http`` serves the rest
-        of this session, as if the URL had no ``relay::`` (it reads dumb HTTP servers and sha256
-        repositories, and names what else it found).
+        """Not a smart HTTP server, a sha256 repository, or a protocol v0 fetch: git's own
+        ``remote-http`` serves the rest of this session, as if the URL had no ``relay::`` (it reads
+        dumb HTTP servers and sha256 repositories, fetches with git's v0 negotiation, and names
+        what else it found).
 
         It is told what git told this helper so far (capabilities, options, ``line``), its
         replies to those are dropped, and from then on the bytes are copied both ways."""
@@ -405,12 +410,12 @@ class Helper:
             # Every fetch is git's own fetch-pack; we keep the connection (and step big fetches).
             self.close()
             try:
-                upload, adv = remote.connect("upload-pack")
+                upload, adv = remote.connect("upload-pack", traced=False)  # git traces what it reads and writes
             except ObjectFormatError as exc:
                 self.reporter.trace(f"{exc.message}: git's own fetch-pack on a plain pipe")
             else:
                 if adv.version == 2:
-                    return self._relay_v2(upload, adv, lambda: remote.connect("upload-pack"))
+                    return self._relay_v2(upload, adv, lambda: remote.connect("upload-pack", traced=False))
                 upload.dismiss()  # a server that answers v0: git's fetch-pack talks to it directly
             return self._pass_through(service)
         wanted = self.settings.mode == "passthrough" or service != "git-receive-pack"
@@ -440,9 +445,9 @@ class Helper:
             return None
         adv = self.session.upload()[1]
         if adv.version != 2:
-            self._check_engine_can_fetch()  # raises: the options need v2
-            self._reply("fallback\n")
-            return None
+            # the server speaks v0: git's own remote-http answers (with its "fallback") and fetches
+            return self._hand_over(f"stateless-connect {service}", UnsupportedError("the server speaks protocol v0 over HTTP"))
         upload, adv = self.session.hand_over_upload()
+        upload.traced(None)  # from here on git's requests and the answers: git traces them
         return self._relay_v2(upload, adv, lambda: (upload, adv))
 

@@ -84,6 +84,7 @@ class PktReader:
         self._what = what
         self._pushed: list[bytes | Special] = []
         self.started = False
+        self.trace: Callable[[bytes], None] | None = None  # GIT_TRACE_PACKET: each packet read (gittrace)
 
     def read_pkt(self) -> bytes | Special:
         """The next payload (bytes) or control packet."""
@@ -106,13 +107,18 @@ class PktReader:
         except ValueError:
             raise ProtocolError(f"protocol error: bad line length {head!r} from the {self._what}") from None
         if size < 4:
-            return _SPECIALS.get(size) or self._bad(head)
+            special = _SPECIALS.get(size) or self._bad(head)
+            if self.trace is not None:
+                self.trace(special.wire)
+            return special
         payload = self._read_safely(size - 4)
         if len(payload) < size - 4:
             raise TransportError(
                 f"the {self._what} hung up unexpectedly (truncated packet)",
                 "the connection closed in the middle of a reply; check the server and try again",
             )
+        if self.trace is not None:
+            self.trace(payload)
         return payload
 
     def _next_size(self) -> int:
@@ -196,7 +202,7 @@ def pump_sideband(reader: PktReader, on_data: Callable[[memoryview], object], on
     """
     total = 0
     readinto = reader._readinto
-    if readinto is None or reader._pushed:
+    if readinto is None or reader._pushed or reader.trace is not None:
         for channel, data in reader.sideband():
             if channel == 1:
                 on_data(memoryview(data))

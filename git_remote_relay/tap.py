@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import TransportError
+from .errors import ProtocolError, TransportError
 from .pktline import DELIM, FLUSH, RESPONSE_END, PktReader, Special, pkt, pkt_text
 from .protocol import Advertisement
 from .transport.base import Service
@@ -151,16 +151,55 @@ class _Out:
         self.stdout.flush()
 
 
+class _Framing:
+    """remote-curl's check of a relayed HTTP response: it must end on a packet boundary, so git
+    is told of a cut-off answer (and not left waiting for the rest of a packet)."""
+
+    def __init__(self) -> None:
+        self.head = b""  # length digits of the next packet seen so far
+        self.remaining = 0  # payload bytes of the current packet still to come
+
+    def feed(self, data: bytes) -> None:
+        i, n = 0, len(data)
+        while i < n:
+            if self.remaining:
+                step = min(self.remaining, n - i)
+                self.remaining -= step
+                i += step
+                continue
+            take = min(4 - len(self.head), n - i)
+            self.head += data[i : i + take]
+            i += take
+            if len(self.head) == 4:
+                try:
+                    size = int(self.head, 16)
+                except ValueError:
+                    raise ProtocolError(f"remote-curl: bad line length character: {self.head.decode('latin-1')}") from None
+                if size == 2:
+                    raise ProtocolError("remote-curl: unexpected response end packet")
+                self.remaining = size - 4 if size >= 4 else 0
+                self.head = b""
+
+    def end(self) -> None:
+        if self.head:
+            raise ProtocolError(f"{len(self.head)} bytes of length header were received")
+        if self.remaining:
+            raise ProtocolError(f"{self.remaining} bytes of body are still expected")
+
+
 def _copy_rest(service: Service, reader: PktReader, out: _Out) -> None:
     """The rest of a response: over HTTP the body to its end, undecoded; on a stream, up to its flush."""
     if service.stateless:
         read = service.raw_read
+        framing = _Framing()  # the reader stopped on a packet boundary, if it read at all
         while True:
             data = read(1 << 16)
             if not data:
                 break
+            framing.feed(data)
             out.write(data)
         out.stdout.flush()
+        framing.end()
         return
     while True:
         item = reader.read_pkt()

@@ -73,17 +73,23 @@ class Remote:
         self.fetch_v2 = version is None or version.strip() == "2"
         ctx.v1 = version is not None and version.strip() == "1"  # asked for by every service, as git does
 
-    def open(self, service: str) -> Service:
-        """Open ``upload-pack`` or ``receive-pack`` and read nothing yet but the transport's framing."""
+    def open(self, service: str, traced: bool = True) -> Service:
+        """Open ``upload-pack`` or ``receive-pack`` and read nothing yet but the transport's framing.
+
+        ``traced``: its packets go to ``GIT_TRACE_PACKET`` (not when git's own fetch-pack speaks
+        on it: git traces those itself)."""
         if self._transport is None:
             self._transport = _factory(self.url.scheme)(self.url, self.ctx)
-        return self._transport.open(service, service == "upload-pack" and self.fetch_v2)
+        svc = self._transport.open(service, service == "upload-pack" and self.fetch_v2)
+        if traced and self.ctx.packets is not None:
+            svc.traced(self.ctx.packets)
+        return svc
 
-    def connect(self, service: str) -> "tuple[Service, Advertisement]":
+    def connect(self, service: str, traced: bool = True) -> "tuple[Service, Advertisement]":
         """Open ``service`` and read its advertisement; nothing is left open on failure."""
         from ..protocol import read_advertisement
 
-        svc = self.open(service)
+        svc = self.open(service, traced)
         try:
             return svc, read_advertisement(svc.reader)
         except ObjectFormatError:

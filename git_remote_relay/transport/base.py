@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from ..errors import RelayError, StalledError, TransportError
 from ..gitcmd import Config, Git
+from ..gittrace import CurlTrace, PacketTrace, curl_trace, packet_trace
 from ..pktline import FLUSH, PktReader
 
 __all__ = ["Context", "Service", "StreamService", "SendError", "NOT_FOUND_HINT", "Activity", "IdleReader", "stalled"]
@@ -122,6 +123,9 @@ class Context:
         self.programs: dict[str, str] = {}  # service -> remote program given by git (servpath)
         self.v1 = False  # protocol.version=1: services that do not speak v2 are asked for version 1
         self.verbose: Callable[[str], object] | None = None  # git -v: where connect.c's account of a connection goes
+        # GIT_TRACE_PACKET / GIT_TRACE_CURL: git's traces of what only the helper sees (None: off)
+        self.packets: PacketTrace | None = packet_trace(env)
+        self.curl: CurlTrace | None = curl_trace(env)
 
 
 class Service:
@@ -133,6 +137,12 @@ class Service:
     raw_read: Callable[[int], bytes]  # stateless services: the last response's body, undecoded
     label: str = "remote"
     exit_status: int | None = None  # after close(): the exit status of a child process that served us
+    packets: PacketTrace | None = None  # GIT_TRACE_PACKET for this conversation (see ``traced``)
+
+    def traced(self, packets: PacketTrace | None) -> None:
+        """Trace the packets read and written from now on (None: stop; git traces what it relays itself)."""
+        self.packets = packets
+        self.reader.trace = packets.read if packets is not None else None
 
     def request(self, body: Iterable[bytes]) -> PktReader:
         raise NotImplementedError
@@ -218,6 +228,8 @@ class StreamService(Service):
     def request(self, body: Iterable[bytes]) -> PktReader:
         self.wait_sent()
         self.activity.touch()
+        if self.packets is not None:
+            body = self.packets.body(body)
         self._writer = threading.Thread(target=self._pump, args=(body,), daemon=True, name="relay-writer")
         self._writer.start()
         return self.reader

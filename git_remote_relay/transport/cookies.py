@@ -3,7 +3,8 @@
 Read when the file is configured; cookies the server sets are kept for the rest of the session,
 and written back (atomically) only with ``http.saveCookies``, as git does. Lines are
 ``domain  include-subdomains  path  secure  expires  name  value`` separated by tabs;
-``#HttpOnly_`` before the domain marks an HttpOnly cookie; expires 0 is a session cookie.
+``#HttpOnly_`` before the domain marks an HttpOnly cookie; expires 0 is a session cookie. Like
+curl, ``Set-Cookie:`` header lines are read too (a cookie with no domain is sent to every host).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ class _Cookie:
         if self.secure and scheme != "https":
             return False
         host = host.lower()
-        if host != self.domain and not (self.subdomains and host.endswith("." + self.domain.lstrip("."))):
+        if self.domain and host != self.domain and not (self.subdomains and host.endswith("." + self.domain.lstrip("."))):
             return False
         return path == self.path or path.startswith(self.path if self.path.endswith("/") else self.path + "/")
 
@@ -59,6 +60,12 @@ class CookieJar:
             pass
 
     def _load_line(self, line: str) -> None:
+        if line[:11].lower() == "set-cookie:":
+            # curl also reads HTTP header lines from a cookie file; with no domain they go to every host
+            c = _parse_set_cookie(line[11:].strip(), "", "/")
+            if c is not None:
+                self.cookies[c.key()] = c
+            return
         httponly = line.startswith("#HttpOnly_")
         if httponly:
             line = line[len("#HttpOnly_"):]
@@ -133,7 +140,7 @@ def _parse_set_cookie(header: str, host: str, request_path: str) -> _Cookie | No
             path = val
         elif key == "domain" and val:
             wanted = val.lstrip(".").lower()
-            if host.lower() != wanted and not host.lower().endswith("." + wanted):
+            if host and host.lower() != wanted and not host.lower().endswith("." + wanted):
                 return None  # a cookie for another site: refused, as every client does
             domain, subdomains = wanted, True
         elif key == "secure":

@@ -56,6 +56,8 @@ def daemon_request(url: InnerUrl, service: str, ctx: Context, want_v2: bool) -> 
     if want_v2 or ctx.v1:
         request += b"\0version=2\0" if want_v2 else b"\0version=1\0"
     ctx.trace(f"git:// request: git-{service} {url.path} host={host_field}{' version=2' if want_v2 else ''}")
+    if ctx.packets is not None:
+        ctx.packets.packet(request, True)  # git writes it under its own name: so do we, for git
     return pkt(request)
 
 

@@ -25,7 +25,8 @@ from .httpclient import Client, HttpOptions, HttpTimeout, Response
 
 __all__ = ["HttpTransport", "HttpService", "SMALL_BODY"]
 
-SMALL_BODY = 1 << 20  # git's default http.postBuffer: below it a body is sent whole
+SMALL_BODY = 1 << 20  # git's default http.postBuffer: below it (less one packet) a body is sent whole
+_LARGE_PACKET = 65520
 MAX_REDIRECTS = 10
 # A rate-limited server (HTTP 429, or 503 while busy) that says when to come back is waited for,
 # at most MAX_WAITS times and MAX_WAIT seconds a time; after that its answer is the error.
@@ -45,20 +46,26 @@ class HttpTransport:
         self.base = url.http_base
         # relay.timeout bounds each wait for the server; connecting gets at most 30 s, like git:// here
         wait = ctx.timeout if ctx.timeout and ctx.timeout > 0 else None
-        self.client = Client(HttpOptions(ctx.config, ctx.env, self.base), connect_timeout=min(30.0, wait or 30.0), read_timeout=wait)
+        self.client = Client(HttpOptions(ctx.config, ctx.env, self.base), connect_timeout=min(30.0, wait or 30.0), read_timeout=wait,
+                             trace=ctx.curl)
+        # http.postBuffer (at least one maximal packet, as in git): remote-curl sends a request
+        # whole while it fits with room for one more packet, else streams it chunked
+        configured = ctx.config.get_size("http.postbuffer")
+        self.post_buffer = max(configured, _LARGE_PACKET) if configured is not None else SMALL_BODY
         self.cred: credential.Credential | None = None
         self.cred_from_helper = False
         self.approved = False
+        if ctx.packets is not None:
+            ctx.packets.identity = "git"  # what the helper reads here, git's remote-curl reads (unnamed)
         if url.user is not None:
             split = urlsplit(self.base)
             self.cred = credential.Credential(split.scheme, split.netloc, username=url.user, password=url.password)
 
     # -- authentication -------------------------------------------------------------------------
-    def _auth_headers(self) -> dict[str, str]:
+    def _auth(self) -> str | None:
         if self.cred is None or self.cred.password is None:
-            return {}
-        token = base64.b64encode(f"{self.cred.username}:{self.cred.password}".encode()).decode()
-        return {"Authorization": f"Basic {token}"}
+            return None
+        return "Basic " + base64.b64encode(f"{self.cred.username}:{self.cred.password}".encode()).decode()
 
     def _ask_credentials(self) -> bool:
         split = urlsplit(self.base)
@@ -99,10 +106,10 @@ class HttpTransport:
         waits = 0
         attempt = 0
         while attempt < 2:
-            all_headers = {"Pragma": "no-cache", **headers, **self._auth_headers()}
+            auth = self._auth()
             self.ctx.trace(f"http: {method} {redact(url)}")
             try:
-                resp = self.client.request(method, url, all_headers, body)
+                resp = self.client.request(method, url, headers, body, auth)
                 for _ in range(MAX_REDIRECTS if method == "GET" else 0):
                     location = resp.headers.get("location")
                     if resp.status not in (301, 302, 303, 307, 308) or not location:
@@ -110,7 +117,7 @@ class HttpTransport:
                     resp.drain()
                     resp.release()
                     self.ctx.trace(f"http: {resp.status} -> {redact(urljoin(resp.url, location))}")
-                    resp = self.client.request(method, urljoin(resp.url, location), all_headers, body)
+                    resp = self.client.request(method, urljoin(resp.url, location), headers, body, auth)
             except HttpTimeout as exc:
                 raise stalled(label, self.ctx.timeout or 0) from exc
             except TransportError as exc:
@@ -148,6 +155,11 @@ class HttpTransport:
             raise self._refused()
         raise AssertionError("unreachable")
 
+    def language(self) -> dict[str, str]:
+        """The Accept-Language header git sends (from ``LANGUAGE`` / the locale), if any."""
+        value = self.client.options.accept_language
+        return {"Accept-Language": value} if value else {}
+
     def check_status(self, resp: Response, url: str, big_body: bool = False) -> None:
         if resp.status == 200:
             return
@@ -169,7 +181,8 @@ class HttpTransport:
             raise DumbHttpError("smart HTTP is turned off (GIT_SMART_HTTP=0) and relay:: speaks only smart HTTP",
                                    "unset GIT_SMART_HTTP, or use the URL without relay:: for dumb HTTP")
         url = f"{self.base}/info/refs?service=git-{service}"
-        headers = {"Accept": "*/*"}
+        headers = self.language()
+        headers["Pragma"] = "no-cache"
         if want_v2 or self.ctx.v1:
             headers["Git-Protocol"] = "version=2" if want_v2 else "version=1"
         resp = self.send("GET", url, headers)
@@ -266,6 +279,8 @@ class HttpService(Service):
         self._responses = [resp]
         self.label = f"remote end ({redact(transport.base)})"
         self.reader = PktReader(_safe_read(resp, self.label, transport.ctx.timeout), self.label)
+        if transport.ctx.packets is not None:
+            self.traced(transport.ctx.packets)  # remote-curl traces the service header too
         first = self.reader.read_pkt()
         if first == f"# service=git-{service}\n".encode():
             if self.reader.read_pkt() is not FLUSH:
@@ -280,22 +295,26 @@ class HttpService(Service):
         headers = {
             "Content-Type": f"application/x-git-{self.service}-request",
             "Accept": f"application/x-git-{self.service}-result",
+            **self.transport.language(),
         }
         if self.want_v2 or self.transport.ctx.v1:
             headers["Git-Protocol"] = "version=2" if self.want_v2 else "version=1"
+        limit = self.transport.post_buffer - _LARGE_PACKET
         for previous in self._responses:
             _finish(previous)
         self._responses.clear()
+        if self.packets is not None:
+            body = list(self.packets.body(body)) if isinstance(body, (bytes, list, tuple)) else self.packets.body(body)
         data: bytes | Iterable[bytes]
         if isinstance(body, (bytes, list, tuple)):
             data = b"".join(body) if not isinstance(body, bytes) else body
-            big = len(data) > SMALL_BODY
+            big = len(data) > limit
             if big:
                 data = [data]
         else:
-            # Like git's remote-curl: a body that fits in SMALL_BODY goes whole (it can be sent
-            # again after a 401); a longer one is streamed, so authentication is settled first.
-            head, rest = _peek(_chunks(body), SMALL_BODY)
+            # Like git's remote-curl: a body that fits in http.postBuffer goes whole (it can be
+            # sent again after a 401); a longer one is streamed, so authentication is settled first.
+            head, rest = _peek(_chunks(body), limit)
             big = rest is not None
             if not big:
                 data = head
@@ -304,21 +323,38 @@ class HttpService(Service):
                     self.probe()
                 assert rest is not None
                 data = _chain(head, rest)
+        if isinstance(data, bytes) and len(data) > 1024 and self.service == "upload-pack":
+            import zlib  # remote-curl compresses fetch requests over 1 KiB (long lists of haves)
+
+            packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+            plain = len(data)
+            data = packer.compress(data) + packer.flush()
+            headers["Content-Encoding"] = "gzip"
+            said = f"gzip {plain} to {len(data)} bytes"
+        else:
+            said = "chunked" if big else f"{len(data) if isinstance(data, bytes) else 0} bytes"
+        if self.transport.ctx.verbose is not None:  # git -v: remote-curl's account of each request
+            self.transport.ctx.verbose(f"POST git-{self.service} ({said})\n")
         resp = self.transport.send("POST", url, headers, data)
         self.transport.check_status(resp, url, big_body=big)
         ctype = (resp.headers.get("content-type") or "").split(";")[0].strip()
-        if ctype != f"application/x-git-{self.service}-result":
+        if ctype == "text/html":
+            # git reads any answer as packets (and fails on the first); a web page (a proxy's or
+            # a login portal's) is named as what it is
             resp.close()
-            raise ProtocolError(f"protocol error: unexpected Content-Type '{ctype}' from '{redact(url)}'")
+            raise ProtocolError(f"protocol error: '{redact(url)}' answered with a web page (Content-Type '{ctype}'), not git's reply",
+                                "a proxy or login page may stand between you and the server")
         self._responses.append(resp)
         self.raw_read = _safe_read(resp, self.label, self.transport.ctx.timeout)  # for stateless-connect: relayed undecoded
         self.reader = PktReader(self.raw_read, self.label)
+        self.reader.trace = self.packets.read if self.packets is not None else None
         return self.reader
 
     def probe(self) -> None:
         """An empty request (a flush) that settles authentication before a streamed upload."""
         url = f"{self.transport.base}/git-{self.service}"
-        headers = {"Content-Type": f"application/x-git-{self.service}-request", "Accept": f"application/x-git-{self.service}-result"}
+        headers = {"Content-Type": f"application/x-git-{self.service}-request", "Accept": f"application/x-git-{self.service}-result",
+                   **self.transport.language()}
         resp = self.transport.send("POST", url, headers, b"0000")
         self.transport.check_status(resp, url)
         resp.drain()

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 from ..errors import TransportError
 from ..gitcmd import Config
+from ..gittrace import CurlTrace
 from ..url import redact
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
@@ -103,6 +104,7 @@ class HttpOptions:
         self.proxy = last("proxy") or env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY") or env.get("all_proxy") \
             or env.get("ALL_PROXY")
         self.no_proxy = [h.strip().lower() for h in (env.get("no_proxy") or env.get("NO_PROXY") or "").split(",") if h.strip()]
+        self.accept_language = accept_language(env)
 
     def proxy_for(self, host: str) -> str | None:
         if not self.proxy:
@@ -112,6 +114,38 @@ class HttpOptions:
             if entry == "*" or host == entry.lstrip(".") or host.endswith("." + entry.lstrip(".")):
                 return None
         return self.proxy if "://" in self.proxy else "http://" + self.proxy
+
+
+def accept_language(env: Mapping[str, str]) -> str | None:
+    """git's Accept-Language value (http.c write_accept_language) from the user's languages:
+    ``LANGUAGE``, else the messages locale; ``ko_KR.UTF-8:sr@latin`` -> ``ko-KR, sr;q=0.9, *;q=0.8``."""
+    spec = env.get("LANGUAGE") or env.get("LC_ALL") or env.get("LC_MESSAGES") or env.get("LANG") or ""
+    if not env.get("LANGUAGE") and spec in ("C", "POSIX"):
+        return None
+    tags: list[str] = []
+    for part in spec.split(":"):
+        tag = ""
+        for ch in part:
+            if not (ch.isascii() and (ch.isalnum() or ch == "_")):
+                break
+            tag += "-" if ch == "_" else ch
+        if tag:
+            tags.append(tag)
+        if len(tags) >= 998:
+            break
+    if not tags:
+        return None
+    tags.append("*")
+    max_q, places = 1, 0
+    while max_q < len(tags) and places <= 3:
+        max_q, places = max_q * 10, places + 1
+    out = ""
+    for i, tag in enumerate(tags):
+        piece = (", " if i else "") + tag + (f";q=0.{max_q - i:0{places}d}" if i else "")
+        if len("Accept-Language: ") + len(out) + len(piece) > 4000:
+            break
+        out += piece
+    return out
 
 
 class _Connection:
@@ -136,9 +170,10 @@ class Response:
         self.client = client
         self.conn: _Connection | None = conn
         self.url = url
-        self.version, self.status, self.reason, self.headers = _read_head(conn, client.read_timeout)
+        self.trace = client.trace
+        self.version, self.status, self.reason, self.headers = _read_head(conn, client.read_timeout, self.trace)
         while 100 <= self.status < 200 and self.status != 101:
-            self.version, self.status, self.reason, self.headers = _read_head(conn, client.read_timeout)
+            self.version, self.status, self.reason, self.headers = _read_head(conn, client.read_timeout, self.trace)
         self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         length = self.headers.get("content-length")
         self._left: int | None = int(length) if length and length.isdigit() and not self._chunked else None
@@ -149,9 +184,34 @@ class Response:
         connection = self.headers.get("connection", "").lower()
         keep = connection == "keep-alive" if self.version == "HTTP/1.0" else connection != "close"
         self._reusable = keep and (self._chunked or self._left is not None)
+        # We accept gzip and deflate, as git (curl) does; a compressed body is inflated as it is read.
+        coding = self.headers.get("content-encoding", "").strip().lower()
+        self._inflate: "zlib._Decompress | None" = None
+        self._inflated = b""
+        if coding in ("gzip", "x-gzip", "deflate"):
+            import zlib
+
+            self._inflate = zlib.decompressobj(47 if coding != "deflate" else 15)
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes of the body; ``b""`` at its end."""
+        if self._inflate is None:
+            return self._read_raw(n)
+        while not self._inflated:
+            raw = self._read_raw(max(n, _CHUNK))
+            if not raw:
+                self._inflated = self._inflate.flush()
+                if not self._inflated:
+                    return b""
+                break
+            try:
+                self._inflated = self._inflate.decompress(raw)
+            except Exception as exc:  # zlib.error
+                raise TransportError(f"the compressed reply from {redact(self.url)} is corrupt ({exc})") from exc
+        data, self._inflated = self._inflated[:n], self._inflated[n:]
+        return data
+
+    def _read_raw(self, n: int) -> bytes:
         if self._done or self.conn is None:
             return b""
         try:
@@ -162,6 +222,8 @@ class Response:
             raise TransportError(f"the connection to {redact(self.url)} broke ({exc.strerror or exc})") from exc
         if self._done:
             self.release()
+        if self.trace is not None:
+            self.trace.recv_data(data)
         return data
 
     def _read_plain(self, n: int) -> bytes:
@@ -202,7 +264,7 @@ class Response:
 
     def drain(self) -> None:
         """Read and drop the rest of a (small) body, so the connection can be reused."""
-        while self.read(_CHUNK):
+        while self._read_raw(_CHUNK):
             pass
 
     def release(self) -> None:
@@ -222,17 +284,21 @@ class Response:
             conn.close()
 
 
-def _read_head(conn: _Connection, timeout: float | None) -> tuple[str, int, str, dict[str, str]]:
+def _read_head(conn: _Connection, timeout: float | None, trace: CurlTrace | None = None) -> tuple[str, int, str, dict[str, str]]:
     try:
         line = conn.file.readline(_MAX_LINE)
         if not line:
             raise ConnectionResetError(104, "the server closed the connection before answering")
+        if trace is not None:
+            trace.recv_header(line)
         parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
             raise TransportError(f"not an HTTP reply: {line[:80]!r}")
         headers: dict[str, str] = {}
         while True:
             raw = conn.file.readline(_MAX_LINE)
+            if trace is not None and raw:
+                trace.recv_header(raw)
             if raw in (b"\r\n", b"\n", b""):
                 break
             name, _, value = raw.decode("latin-1").partition(":")
@@ -247,10 +313,11 @@ def _read_head(conn: _Connection, timeout: float | None) -> tuple[str, int, str,
 class Client:
     """Requests over kept-alive connections; see the module docstring."""
 
-    def __init__(self, options: HttpOptions, connect_timeout: float, read_timeout: float | None) -> None:
+    def __init__(self, options: HttpOptions, connect_timeout: float, read_timeout: float | None, trace: CurlTrace | None = None) -> None:
         self.options = options
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
+        self.trace = trace  # GIT_TRACE_CURL
         self._idle: dict[str, _Connection] = {}
         self._ssl: "ssl.SSLContext | None" = None
 
@@ -281,10 +348,15 @@ class Client:
         proxy = self.options.proxy_for(host)
         target = urlsplit(proxy) if proxy else None
         where = (target.hostname or "", target.port or 80) if target else (self.options.resolve.get((host.lower(), port), host), port)
+        if self.trace is not None:
+            self.trace.info(f"  Trying {where[0]}:{where[1]}...")
         try:
             sock = socket.create_connection(where, timeout=self.connect_timeout)
         except OSError as exc:
             raise TransportError(f"unable to connect to {where[0]}:{where[1]} ({exc.strerror or exc})") from exc
+        if self.trace is not None:
+            peer = sock.getpeername()
+            self.trace.info(f"Connected to {where[0]} ({peer[0]}) port {where[1]}")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.read_timeout)
         if scheme != "https":
@@ -308,9 +380,14 @@ class Client:
             conn.close()
             raise TransportError(f"the proxy refused to connect to {host}:{port} (HTTP {status} {reason})")
 
-    def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | Iterable[bytes] | None = None) -> Response:
+    def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | Iterable[bytes] | None = None,
+                auth: str | None = None) -> Response:
         """Send one request; a kept-alive connection the server closed meanwhile is retried once
-        when nothing of a streamed body has been consumed yet."""
+        when nothing of a streamed body has been consumed yet.
+
+        The header lines are in curl's order, as git sends them: Host, credentials, User-Agent,
+        Accept, Accept-Encoding, Cookie, then ``http.extraHeader`` and the caller's own (git's
+        custom headers), then the body's length or chunked encoding."""
         parts = urlsplit(url)
         scheme = parts.scheme
         host = parts.hostname or ""
@@ -318,23 +395,29 @@ class Client:
         origin = f"{scheme}://{host}:{port}"
         proxy = self.options.proxy_for(host) if scheme == "http" else None
         path = url if proxy else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}", f"User-Agent: {self.options.user_agent}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
-        lines += [f"{k}: {v}" for k, v in self.options.extra_headers]
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}"]
+        if proxy:
+            proxy_auth = _proxy_auth(urlsplit(proxy)).rstrip("\r\n")
+            if proxy_auth:
+                lines.append(proxy_auth)
+        if auth:
+            lines.append(f"Authorization: {auth}")
+        lines.append(f"User-Agent: {self.options.user_agent}")
+        if not any(k.lower() == "accept" for k in headers):
+            lines.append("Accept: */*")
+        lines.append("Accept-Encoding: deflate, gzip")
+        streamed = body is not None and not isinstance(body, bytes)
+        if streamed:
+            lines.append("Transfer-Encoding: chunked")
         jar = self.options.cookies
         if jar is not None:
             cookie = jar.header(scheme, host, parts.path or "/")
             if cookie:
                 lines.append(f"Cookie: {cookie}")
-        if proxy:
-            auth = _proxy_auth(urlsplit(proxy)).rstrip("\r\n")
-            if auth:
-                lines.append(auth)
-        streamed = body is not None and not isinstance(body, bytes)
+        lines += [f"{k}: {v}" for k, v in self.options.extra_headers]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
         if isinstance(body, bytes):
             lines.append(f"Content-Length: {len(body)}")
-        elif streamed:
-            lines.append("Transfer-Encoding: chunked")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         resp = self._exchange(origin, scheme, host, port, url, method, head, body, streamed)
         if jar is not None and "set-cookie" in resp.headers:
@@ -366,16 +449,26 @@ class Client:
         return conn
 
     def _send(self, conn: _Connection, url: str, method: str, head: bytes, body: bytes | Iterable[bytes] | None) -> Response:
+        trace = self.trace
         try:
             try:
+                if trace is not None:
+                    trace.send_header(head)
                 if isinstance(body, bytes) or body is None:
                     conn.sock.sendall(head + (body or b""))
+                    if trace is not None and body:
+                        trace.send_data(body)
                 else:
                     conn.sock.sendall(head)
                     for chunk in body:
                         if chunk:
-                            conn.sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+                            framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+                            conn.sock.sendall(framed)
+                            if trace is not None:
+                                trace.send_data(framed)
                     conn.sock.sendall(b"0\r\n\r\n")
+                    if trace is not None:
+                        trace.send_data(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the server stopped reading: it may have said why (413) before it hung up
             return Response(self, conn, url, method)
