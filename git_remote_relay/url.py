@@ -295,10 +295,12 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in ("", "1", "true", "yes", "on")
 
 
-def check_allowed(scheme: str, env: Mapping[str, str], config: Mapping[str, list[str]]) -> None:
+def check_allowed(scheme: str, env: Mapping[str, str], config: Mapping[str, list[str]], from_user: bool | None = None) -> None:
     """Apply git's transport policy to the inner scheme (git itself checks only ``relay``).
 
-    ``config`` maps lower-cased git config keys to their values (last one wins).
+    ``config`` maps lower-cased git config keys to their values (last one wins). ``from_user``:
+    False for a URL the user did not give (a redirect's target), as git's is_transport_allowed;
+    None reads ``GIT_PROTOCOL_FROM_USER``.
     """
     allow_list = env.get("GIT_ALLOW_PROTOCOL")
     if allow_list is not None:
@@ -314,8 +316,13 @@ def check_allowed(scheme: str, env: Mapping[str, str], config: Mapping[str, list
         policy = "always" if scheme in _ALWAYS_ALLOWED else "never" if scheme in _NEVER_ALLOWED else "user"
     if policy == "always":
         return
-    if policy == "user" and _truthy(env.get("GIT_PROTOCOL_FROM_USER", "1")):
+    if policy == "user" and (_truthy(env.get("GIT_PROTOCOL_FROM_USER", "1")) if from_user is None else from_user):
         return
+    if from_user is False:
+        raise PolicyError(
+            f"redirect to a '{scheme}' URL not allowed (protocol.{scheme}.allow={policy}: only URLs you give)",
+            f"use the URL it redirects to, or set protocol.{scheme}.allow=always if you trust it",
+        )
     raise PolicyError(
         f"transport '{scheme}' not allowed (protocol.{scheme}.allow={policy})",
         f"set protocol.{scheme}.allow=always if you trust this URL",

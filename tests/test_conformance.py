@@ -239,6 +239,22 @@ def test_credentials_are_asked_for_where_a_redirect_leads(work: Path, make_remot
     assert seen["relay"] == seen["native"] and "/auth/" in seen["relay"], seen
 
 
+@pytest.mark.parametrize("settings", [[], ["-c", "protocol.http.allow=user"], ["-c", "http.followRedirects=false"],
+                                      ["-c", "http.followRedirects=true"]])
+def test_redirects_are_followed_as_git_follows_them(settings: list[str], work: Path, make_remote, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    remote = make_remote("http")
+    git("push", "-q", remote.relay_url, "main", cwd=work)
+    url = remote.url.replace("/git/", "/moved/")
+    codes = {}
+    for kind, address in (("relay", "relay::" + url), ("native", url)):
+        res = git(*settings, "clone", "-q", address, str(tmp_path / kind), check=False)
+        codes[kind] = res.returncode
+        if res.returncode:
+            assert not (tmp_path / kind).exists(), "a failed clone leaves nothing"
+    assert codes["relay"] == codes["native"], codes
+    assert codes["native"] == (0 if settings in ([], ["-c", "http.followRedirects=true"]) else 128)
+
+
 def test_reject_shallow_refuses_a_shallow_remote_like_git(tmp_path: Path, workspace: Path) -> None:
     full = make_source(tmp_path / "full", commits=4)
     shallow = tmp_path / "shallow"

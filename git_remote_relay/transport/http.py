@@ -18,7 +18,7 @@ from urllib.parse import urljoin, urlsplit
 
 from ..errors import AuthError, DumbHttpError, ProtocolError, TooLargeError, TransportError
 from ..pktline import FLUSH, PktReader
-from ..url import InnerUrl, redact
+from ..url import InnerUrl, check_allowed, redact
 from . import credential
 from .base import NOT_FOUND_HINT, Context, Service, stalled
 from .httpclient import Client, HttpOptions, HttpTimeout, Response
@@ -50,6 +50,8 @@ class HttpTransport:
                              trace=ctx.curl)
         # http.postBuffer (at least one maximal packet, as in git): remote-curl sends a request
         # whole while it fits with room for one more packet, else streams it chunked
+        follow = (ctx.config.get("http.followredirects") or "initial").strip().lower()
+        self.follow = "initial" if follow == "initial" else "false" if follow in ("false", "no", "off", "0") else "true"
         configured = ctx.config.get_size("http.postbuffer")
         self.post_buffer = max(configured, _LARGE_PACKET) if configured is not None else SMALL_BODY
         self.cred: credential.Credential | None = None
@@ -97,9 +99,10 @@ class HttpTransport:
     def send(self, method: str, url: str, headers: dict[str, str], body: bytes | Iterable[bytes] | None = None) -> Response:
         """Send one request; retry a 401 once with credentials when the body can be replayed.
 
-        A GET follows redirects (git's ``http.followRedirects=initial``: the discovery request);
-        the reply's ``url`` is where it ended up. A POST is never redirected or retried: its body
-        is a stream.
+        A GET follows redirects (git's ``http.followRedirects``: ``initial``, the default, and
+        ``true`` follow the discovery request, ``false`` nothing), to schemes git allows for URLs
+        the user did not give; the reply's ``url`` is where it ended up. A POST is never redirected
+        or retried: its body is a stream.
         """
         replayable = body is None or isinstance(body, bytes)
         label = f"remote end ({redact(self.base)})"
@@ -110,14 +113,17 @@ class HttpTransport:
             self.ctx.trace(f"http: {method} {redact(url)}")
             try:
                 resp = self.client.request(method, url, headers, body, auth)
-                for _ in range(MAX_REDIRECTS if method == "GET" else 0):
+                for _ in range(MAX_REDIRECTS if method == "GET" and self.follow != "false" else 0):
                     location = resp.headers.get("location")
                     if resp.status not in (301, 302, 303, 307, 308) or not location:
                         break
+                    target = urljoin(resp.url, location)
+                    # like curl under git: only to a scheme git allows for URLs the user did not give
+                    check_allowed(urlsplit(target).scheme, self.ctx.env, self.ctx.config.values, from_user=False)
                     resp.drain()
                     resp.release()
-                    self.ctx.trace(f"http: {resp.status} -> {redact(urljoin(resp.url, location))}")
-                    resp = self.client.request(method, urljoin(resp.url, location), headers, body, auth)
+                    self.ctx.trace(f"http: {resp.status} -> {redact(target)}")
+                    resp = self.client.request(method, target, headers, body, auth)
             except HttpTimeout as exc:
                 raise stalled(label, self.ctx.timeout or 0) from exc
             except TransportError as exc:
