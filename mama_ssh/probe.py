@@ -12,13 +12,17 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Mapping
 
-__all__ = ["probe", "PROBE_TTL"]
+__all__ = ["probe", "PROBE_TTL", "ProbeFailed"]
 
 # `ssh -G` evaluates Match exec and may resolve names: cache it, but not for long, so an edited
 # ~/.ssh/config takes effect within a minute.
 PROBE_TTL = 60.0
 PROBE_TIMEOUT = 10.0
 _ENV_KEYS = ("HOME", "USER", "SSH_AUTH_SOCK")
+
+
+class ProbeFailed(RuntimeError):
+    """``ssh -G`` refused the destination or options (or hung): ssh itself would refuse them too."""
 
 
 def probe(ssh: str, options: list[str], dest: str, env: Mapping[str, str], state: State | None) -> Probe:
@@ -58,7 +62,7 @@ def _ssh_g(ssh: str, options: list[str], dest: str, env: Mapping[str, str]) -> s
 
     rc, out = spawn_wait([ssh, "-G", *options, "--", dest], env, PROBE_TIMEOUT, capture=1)
     if rc is None:
-        raise RuntimeError("ssh -G timed out")
+        raise ProbeFailed(f"'{ssh} -G' did not answer within {PROBE_TIMEOUT:g} s (a Match exec or a name lookup that hangs?)")
     if rc != 0:
-        raise RuntimeError(f"ssh -G exited {rc}")
+        raise ProbeFailed(f"'{ssh} -G' refused these options or this destination (exit {rc}); ssh would too")
     return out.decode(errors="replace")

@@ -31,8 +31,26 @@ LAYERS = {
 }
 
 
+# mama-ssh, the same way: it starts for every ssh connection git makes, so its plan, its pool
+# decisions, running a session and the admin reports are apart, and each is importable alone.
+MAMA = ROOT / "mama_ssh"
+MAMA_LAYERS = {
+    "__init__": 0, "argv": 0, "mux": 0, "options": 0, "setting": 0, "slots": 0, "state": 0,
+    "master": 1,
+    "probe": 2, "pool": 2,
+    "plan": 3,
+    "session": 4, "report": 4,
+    "cli": 5,
+}
+PACKAGES = {"git_remote_relay": (PACKAGE, LAYERS), "mama_ssh": (MAMA, MAMA_LAYERS)}
+
+
+def package_of(path: Path) -> str:
+    return "mama_ssh" if path.is_relative_to(MAMA) else "git_remote_relay"
+
+
 def module_name(path: Path) -> str:
-    rel = path.relative_to(PACKAGE).with_suffix("")
+    rel = path.relative_to(PACKAGES[package_of(path)][0]).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__" and len(parts) > 1:
         parts = parts[:-1]
@@ -40,7 +58,9 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path) -> set[str]:
-    """Modules of this package that ``path`` imports, as LAYERS names."""
+    """Modules of its own package that ``path`` imports, as that package's layer names."""
+    top = package_of(path)
+    layers = PACKAGES[top][1]
     tree = ast.parse(path.read_text())
     here = module_name(path).split(".")
     package = here if path.name == "__init__.py" else here[:-1]
@@ -50,34 +70,43 @@ def imports_of(path: Path) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level == 0:
-                if not (node.module or "").startswith("git_remote_relay"):
+                if not (node.module or "").startswith(top):
                     continue
                 base = (node.module or "").split(".")[1:]
             else:
                 base = package[: len(package) - (node.level - 1)] + (node.module.split(".") if node.module else [])
             for alias in node.names:
                 candidate = ".".join([*base, alias.name])
-                found.add(candidate if candidate in LAYERS else ".".join(base) or "__init__")
+                found.add(candidate if candidate in layers else ".".join(base) or "__init__")
         elif isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name.startswith("git_remote_relay"):
+                if alias.name.startswith(top):
                     found.add(".".join(alias.name.split(".")[1:]) or "__init__")
     return found
 
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
+MAMA_MODULES = sorted(MAMA.rglob("*.py"))
+EVERY = MODULES + MAMA_MODULES
 
 
 def test_every_module_has_a_layer() -> None:
-    missing = [module_name(p) for p in MODULES if module_name(p) not in LAYERS]
+    missing = [f"{package_of(p)}.{module_name(p)}" for p in EVERY if module_name(p) not in PACKAGES[package_of(p)][1]]
     assert not missing, f"give these modules a layer in tests/test_layers.py: {missing}"
 
 
-@pytest.mark.parametrize("path", MODULES, ids=lambda p: module_name(p))
+@pytest.mark.parametrize("path", EVERY, ids=lambda p: f"{package_of(p)}.{module_name(p)}")
 def test_imports_only_go_down(path: Path) -> None:
+    layers = PACKAGES[package_of(path)][1]
     me = module_name(path)
-    upward = sorted(dep for dep in imports_of(path) if dep != me and LAYERS.get(dep, 99) >= LAYERS[me])
-    assert not upward, f"{me} (layer {LAYERS[me]}) imports {upward} from its own layer or above"
+    upward = sorted(dep for dep in imports_of(path) if dep != me and layers.get(dep, 99) >= layers[me])
+    assert not upward, f"{me} (layer {layers[me]}) imports {upward} from its own layer or above"
+
+
+@pytest.mark.parametrize("path", EVERY, ids=lambda p: f"{package_of(p)}.{module_name(p)}")
+def test_no_module_is_over_600_lines(path: Path) -> None:
+    lines = len(path.read_text().splitlines())
+    assert lines <= 600, f"{path.name} has {lines} lines: split it by what its parts are about"
 
 
 def _calls(path: Path, names: set[str]) -> list[str]:
@@ -97,5 +126,5 @@ def test_only_the_seam_starts_processes() -> None:
 
 
 def test_only_the_entry_points_read_the_environment() -> None:
-    hits = [h for p in MODULES if p.name != "cli.py" for h in _calls(p, {"os.environ", "os.getenv"})]
+    hits = [h for p in EVERY if p.name != "cli.py" for h in _calls(p, {"os.environ", "os.getenv"})]
     assert not hits, f"only cli.py reads the process environment; pass env down instead: {hits}"

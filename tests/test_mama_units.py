@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from mama_ssh import cli, slots
+from mama_ssh import plan, report, session, slots
 from mama_ssh.argv import ArgvError, parse
-from mama_ssh.cli import is_windows_openssh
 from mama_ssh.master import MAX_SOCKET_PATH, socket_dir, socket_path
 from mama_ssh.options import Probe, identity_key, needs_keepalive, passenger_problem, session_env, user_multiplexes
+from mama_ssh.plan import is_windows_openssh
+from mama_ssh.pool import LEARNED_FOR, adopt, claim_start, learned_limit
 from mama_ssh.state import State, UnsafeDirectory, private_dir
 
 
@@ -172,7 +173,7 @@ def test_pool_counts_waiters_and_free_slots(tmp_path: Path) -> None:
     ],
 )
 def test_stderr_relay_holds_back_only_a_key_exchange_drop(chunks: list[bytes], shown: bytes, dropped: bool) -> None:
-    relay = cli._StderrRelay()
+    relay = session.StderrRelay()
     out = b"".join(relay.feed(c) for c in chunks)
     assert out == shown and relay.dropped == dropped
     assert b"".join(relay.held) + relay.partial == (b"".join(chunks) if dropped else b"")
@@ -373,11 +374,11 @@ def test_slots_of_a_master_being_started_are_taken_without_the_state_lock(tmp_pa
     assert start is not None
     with FileLock(os.path.join(state.root, "state.lock"), timeout=1):
         began = time.monotonic()
-        cli._adopt(state, "k", 1, sockets, parsed, pool)  # must neither wait for the lock nor record
+        adopt(state, "k", 1, sockets, parsed, pool)  # must neither wait for the lock nor record
         assert time.monotonic() - began < 0.5
     assert not state.exists("masters", "k-1"), "its starter records it, as owned"
     os.close(start)
-    cli._adopt(state, "k", 1, sockets, parsed, pool)  # nobody starting it: a master started by hand
+    adopt(state, "k", 1, sockets, parsed, pool)  # nobody starting it: a master started by hand
     rec = state.read("masters", "k-1")
     assert rec is not None and rec["owned"] is False and rec["socket"] == sockets[1]
 
@@ -392,7 +393,7 @@ def test_masters_start_staggered_before_the_first_is_up(tmp_path: Path, waiting:
     sockets = [str(tmp_path / f"s{m}") for m in range(4)]  # nothing listens: no master is up
     tickets = [pool.enqueue() for _ in range(waiting)]
     held = []
-    while (got := cli._claim_start(pool, sockets, "k", state)) is not None:
+    while (got := claim_start(pool, sockets, "k", state)) is not None:
         held.append(got[0])
     assert len(held) == starts
     for fd in [*held, *tickets]:
@@ -431,20 +432,20 @@ def test_a_learned_session_limit_is_trusted_for_a_day_then_learned_again(tmp_pat
     state = State(str(tmp_path / "state"))
     now = time.time()
     state.write("caps", "k", {"max": 2, "at": now - 60})
-    got = cli._learned(state, "k")
-    assert got is not None and got[0] == 2 and cli.LEARNED_FOR - 120 < got[1] <= cli.LEARNED_FOR - 60
-    status = cli._status(state, 8)
+    got = learned_limit(state, "k")
+    assert got is not None and got[0] == 2 and LEARNED_FOR - 120 < got[1] <= LEARNED_FOR - 60
+    status = report.status(state, 8)
     assert status["learned"] == [{"key": "k", "max_sessions": 2, "seconds_left": round(got[1])}]
-    assert any("2 per master" in line for line in cli._status_text(status))
-    state.write("caps", "k", {"max": 2, "at": now - cli.LEARNED_FOR - 1})
-    assert cli._learned(state, "k") is None and cli._status(state, 8)["learned"] == []
+    assert any("2 per master" in line for line in report.status_text(status))
+    state.write("caps", "k", {"max": 2, "at": now - LEARNED_FOR - 1})
+    assert learned_limit(state, "k") is None and report.status(state, 8)["learned"] == []
     state.write("caps", "k", {"max": 2, "at": "yesterday"})
-    assert cli._learned(state, "k") is None, "a record that cannot be read is no limit"
+    assert learned_limit(state, "k") is None, "a record that cannot be read is no limit"
     # after it lapsed, a new refusal learns from the limit in use again (8 -> 4), not from the old 2
-    p = cli.Plan(["ssh"], learn=(state, "k", 8))
-    state.write("caps", "k", {"max": 2, "at": now - cli.LEARNED_FOR - 1})
-    cli._learn_refusal(p)
-    assert cli._learned(state, "k") is not None and cli._learned(state, "k")[0] == 4  # type: ignore[index]
+    p = plan.Plan(["ssh"], learn=(state, "k", 8))
+    state.write("caps", "k", {"max": 2, "at": now - LEARNED_FOR - 1})
+    session.learn_refusal(p)
+    assert learned_limit(state, "k") is not None and learned_limit(state, "k")[0] == 4  # type: ignore[index]
 
 
 def test_a_session_refused_once_is_retried_and_refused_twice_teaches_the_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -458,17 +459,17 @@ def test_a_session_refused_once_is_retried_and_refused_twice_teaches_the_limit(t
     for answers, learned in ((("refuse", "exit 0"), None), (("refuse", "refuse", "exit 0"), 5)):
         master = ScriptedMaster(path, *answers)
         try:
-            p = cli.Plan(["ssh", "h", "cmd"], learn=(state, "k", 10), session=mux.Request(path, b"cmd", []))
-            assert cli._ride(p, {}) == 0, "over the master again, and the session ran there"
+            p = plan.Plan(["ssh", "h", "cmd"], learn=(state, "k", 10), session=mux.Request(path, b"cmd", []))
+            assert session.ride(p, {}) == 0, "over the master again, and the session ran there"
         finally:
             master.close()
             os.unlink(path)
-        got = cli._learned(state, "k")
+        got = learned_limit(state, "k")
         assert (got and got[0]) == learned, "one refusal teaches nothing; a second halves the slots"
-    monkeypatch.setattr(cli, "REFUSED_BASE", 0.001)  # (the backoff of six refusals is 1.5 s)
-    master = ScriptedMaster(path, *["refuse"] * (cli.REFUSED_RETRIES + 1))
+    monkeypatch.setattr(session, "REFUSED_BASE", 0.001)  # (the backoff of six refusals is 1.5 s)
+    master = ScriptedMaster(path, *["refuse"] * (session.REFUSED_RETRIES + 1))
     try:
-        assert cli._ride(cli.Plan(["ssh", "h", "cmd"], session=mux.Request(path, b"cmd", [])), {}) is None, \
+        assert session.ride(plan.Plan(["ssh", "h", "cmd"], session=mux.Request(path, b"cmd", [])), {}) is None, \
             "refused again and again: plain ssh"
     finally:
         master.close()
@@ -504,3 +505,16 @@ def _acquired(lock) -> bool:  # type: ignore[no-untyped-def]
     except Timeout:
         return False
     return True
+
+
+@pytest.mark.parametrize("args", [["--explain", "-p", "22", "@host"], ["--explain", "-Q"], ["--explain", "--json", "-l"]])
+def test_admin_verbs_end_in_one_line_that_says_what_was_wrong(args: list[str], tmp_path: Path) -> None:
+    import subprocess
+
+    env = dict(os.environ, XDG_STATE_HOME=str(tmp_path / "state"), XDG_RUNTIME_DIR=str(tmp_path / "run"))
+    res = subprocess.run([sys.executable, "-c", "from mama_ssh.cli import main; main()", *args], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("mama-ssh --explain: ") and len(last) > len("mama-ssh --explain: ") + 10, res.stderr
