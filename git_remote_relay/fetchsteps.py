@@ -224,9 +224,10 @@ class _Fetch:
         """Fetch ``wants`` (into the repository, or ``into`` a scratch one: then commits only, quietly)."""
         service, adv = self.open_upload()
         self.adv = adv
+        thin = into is None or filter_spec is not None  # a commits-only pack has no outside base to lean on
         result = fetch_pack(service, adv, into or self.git, self.reporter.quiet() if into else self.reporter, wants,
                             _dedupe(self.state.done, self.haves), include_tag=include_tag, check_connectivity=check_connectivity,
-                            host_label=self.host_label, filter_spec=filter_spec, thin=into is None, on_header=on_header,
+                            host_label=self.host_label, filter_spec=filter_spec, thin=thin, on_header=on_header,
                             on_tmp=None if into else self.state.add_tmp, allow_shallow=self.allow_shallow)
         self.drop_upload(False)
         return result

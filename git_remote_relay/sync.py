@@ -105,7 +105,7 @@ class RemoteHistory:
         quiet = self.reporter.quiet()
         with Scratch(self.source.ctx.env) as scratch:
             fetch_pack(service, adv, scratch.git, quiet, [tip], target_haves, include_tag=False, check_connectivity=False,
-                       host_label="git-relay", filter_spec="tree:0", thin=False)
+                       host_label="git-relay", filter_spec="tree:0", thin=True)  # commits only: nothing for a thin pack to lean on
             self.source.done_upload()
             return first_parent_chain(scratch.parents(), tip)
 
@@ -127,8 +127,11 @@ class RemoteHistory:
             stream = _Bytes(EMPTY_PACK)
         elif wants:
             sservice, sadv = self.source.take_upload()
-            # never thin (the target gets a self-contained pack); ofs-delta only if the target takes it
-            request = fetch_request(sadv, wants, haves, progress=self.reporter.progress, include_tag=False, thin=False,
+            # thin, as git push sends: deltas may use only objects of the haves the source shares
+            # with us, all of them the target's, and receive-pack completes a thin pack (some
+            # servers, dulwich's among them, even refuse a client that does not take thin packs);
+            # ofs-delta only if the target takes it
+            request = fetch_request(sadv, wants, haves, progress=self.reporter.progress, include_tag=False, thin=True,
                                     ofs_delta=adv.has("ofs-delta"))
             stream = _SourcePack(self.source, sservice, sadv, request, self.reporter, limit, limit_source)
         try:

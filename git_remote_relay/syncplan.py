@@ -14,7 +14,7 @@ Mode: ``bootstrap`` when no managed ref exists on the target, else ``incremental
 
 from __future__ import annotations
 
-from .errors import ShallowRemoteError
+from .errors import RemoteError, ShallowRemoteError, TransportError
 from .fetch import fetch_pack
 from .history import Scratch
 from .protocol import ZERO_OID, supports_filter
@@ -31,27 +31,33 @@ PUSHED_ACTIONS = ("create", "update", "force", "delete")
 
 def prove_fast_forward(source: Session, old: str, new: str, scratch: Scratch, reporter: Reporter) -> bool:
     """Is ``old`` an ancestor of ``new`` on the source? One commit-only fetch, have = {old}."""
-    service, adv = source.take_upload()
+    _, adv = source.upload()
     filter_spec = "tree:0" if supports_filter(adv) else None
     if filter_spec is None and not scratch.warned:
         scratch.warned = True
         reporter.warn(
             "the source does not allow filtered fetches (uploadpack.allowFilter): proving a fast-forward fetches the new history in full"
         )
-    fetch_pack(
-        service,
-        adv,
-        scratch.git,
-        reporter.quiet(),
-        [new],
-        [old],
-        include_tag=False,
-        check_connectivity=False,
-        host_label="git-relay",
-        filter_spec=filter_spec,
-        thin=False,
-    )
-    source.done_upload()
+
+    def fetch(haves: list[str], thin: bool) -> None:
+        service, adv = source.take_upload()
+        fetch_pack(service, adv, scratch.git, reporter.quiet(), [new], haves, include_tag=False, check_connectivity=False,
+                   host_label="git-relay", filter_spec=filter_spec, thin=thin)
+        source.done_upload()
+
+    # Thin, as git asks, where that is safe: a commits-only pack has nothing to lean on outside it
+    # (a thin pack's outside bases are trees and blobs). A full pack into the scratch repository
+    # must be self-contained, so it is asked for without thin-pack; a server that refuses such a
+    # client (dulwich's does) is asked again, thin and with no haves: all of ``new``'s history.
+    if filter_spec is not None:
+        fetch([old], True)
+    else:
+        try:
+            fetch([old], False)
+        except (TransportError, RemoteError) as exc:
+            source.done_upload(aborted=True)
+            reporter.trace(f"the source refused a fetch without thin-pack ({exc.message}): fetching all of {new[:12]}'s history")
+            fetch([], True)
     return any(old in parents for parents in scratch.parents().values())
 
 

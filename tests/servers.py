@@ -79,6 +79,25 @@ def git_daemon(root: Path, base: Path) -> Iterator[int]:
         stop(proc)
 
 
+@contextlib.contextmanager
+def dulwich_server(kind: str, root: Path, base: Path, limit: int | None = None) -> Iterator[int]:
+    """dulwich's own server (``kind``: "http" for its smart-HTTP WSGI app, "git" for its TCP git
+    server) over the repositories under ``root``; ``limit``: receive-pack bodies over it get 413."""
+    import sys
+
+    port = free_port()
+    log = base / f"dulwich-{kind}-{port}.log"
+    argv = [sys.executable, str(Path(__file__).with_name("dulwich_server.py")), kind, str(root), str(port)]
+    if limit is not None:
+        argv += ["--limit", str(limit)]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    try:
+        wait_port(port, proc, f"dulwich {kind} server", log)
+        yield port
+    finally:
+        stop(proc)
+
+
 LIGHTTPD_CONF = """
 server.document-root = "{root}"
 server.bind = "127.0.0.1"
