@@ -11,7 +11,7 @@ import time
 
 from . import stats
 from .errors import PackError, RelayError
-from .gitcmd import Git
+from .gitcmd import DEVNULL, Git, run_command
 from .limits import Limits, limit_key
 from .protocol import ZERO_OID, Advertisement
 from .push import NO_REPORT, PackStream, PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates, start_pack
@@ -115,6 +115,43 @@ def _refuse_oversized_files(history: LocalHistory, todo: list[RefUpdate], haves:
                     f"({limit / 2**20:.1f} MiB){more}; nothing was pushed", OVERSIZED_HINT)
 
 
+# A push to a remote none of whose tips we have carries the whole history of what it pushes (as
+# native git's would); beyond git, that case is negotiated even without push.negotiate, when the
+# history is at least this long (a short one costs less to send than a negotiation round).
+AUTO_NEGOTIATE_COMMITS = 1000
+
+
+def _negotiate(git: Git, reporter: Reporter, session: Session, adv: Advertisement, todo: list[RefUpdate]) -> None:
+    """``push.negotiate``: git's own ``git fetch --negotiate-only`` (through relay::) finds the
+    commits the remote shares with what we push, and they are left out of the pack, as git's
+    send-pack does. Unset, it is done where it pays: no remote tip is ours, the remote is not
+    empty, and the history to send is long. A failed negotiation never fails the push."""
+    tips = list(dict.fromkeys(u.new for u in todo if not u.delete))
+    if not tips:
+        return
+    config = session.ctx.config
+    asked = config.get("push.negotiate") is not None
+    if asked and not config.get_bool("push.negotiate"):
+        return
+    if not asked:
+        haves = target_haves(adv)
+        if not haves or git.existing(haves):
+            return
+        count = git.run(["rev-list", "--count", f"--max-count={AUTO_NEGOTIATE_COMMITS}", *tips]).strip()
+        if int(count or 0) < AUTO_NEGOTIATE_COMMITS:
+            return
+        reporter.trace("no remote tip is local: negotiating which commits the remote has")
+    argv = ["git", "fetch", "--negotiate-only", *(f"--negotiation-tip={t}" for t in tips), "relay::" + session.url.raw]
+    proc = run_command(argv, env=git.env, cwd=git.cwd, stderr=None if asked else DEVNULL)
+    commons = [line for line in proc.stdout.decode("ascii", "replace").split() if len(line) in (40, 64)]
+    if proc.returncode != 0:
+        if asked:
+            reporter.warn("push negotiation failed; proceeding anyway with push")
+        return
+    reporter.trace(f"negotiation: the remote has {len(commons)} of our commits")
+    session.add_commons(commons)
+
+
 def _status_line(u: RefUpdate) -> str:
     """The helper's reply for one ref, in the words git's transport-helper turns into its statuses."""
     if u.ok:
@@ -144,6 +181,8 @@ def run_push_batch(
             if not u.error:
                 u.error = "atomic push failed"
     todo = [u for u in updates if not u.error]
+    if todo and not opts.dry_run:
+        _negotiate(git, reporter, session, adv, todo)
     if todo and settings.max_object_bytes is not None and not opts.dry_run:
         _refuse_oversized_files(LocalHistory(git, reporter), todo, target_haves(adv), settings.max_object_bytes)
     sent, objects = 0, None

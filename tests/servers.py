@@ -223,6 +223,7 @@ class Proxy:
         self.port = port
         self.connections = 0
         self.requests: list[str] = []
+        self.up_bytes = 0  # bytes passed from clients to upstream (a proxy that relays)
 
 
 def _reset(*socks: socket.socket) -> None:
@@ -236,7 +237,7 @@ def _reset(*socks: socket.socket) -> None:
 
 
 def _pipe(src: socket.socket, dst: socket.socket, stall: int | None, cut: int | None, was_reset: threading.Event,
-          done: threading.Event) -> None:
+          done: threading.Event, count: Callable[[int], None] | None = None) -> None:
     """Copy ``src`` to ``dst``, stalling after ``stall`` bytes or resetting both after ``cut``."""
     moved = 0
     try:
@@ -259,6 +260,8 @@ def _pipe(src: socket.socket, dst: socket.socket, stall: int | None, cut: int | 
                 data = data[: max(0, stall - moved)]
             if data:
                 dst.sendall(data)
+                if count is not None:
+                    count(len(data))
             moved += len(data)
             if stall is not None and moved >= stall:
                 done.wait()  # keep both ends open, move nothing
@@ -303,7 +306,10 @@ class _Server:
         up.settimeout(0.2)
         was_reset = threading.Event()
         threading.Thread(target=_pipe, args=(up, client, stall_after, None, was_reset, self.done), daemon=True).start()
-        _pipe(client, up, None, reset_after, was_reset, self.done)
+        _pipe(client, up, None, reset_after, was_reset, self.done, self._count_up)
+
+    def _count_up(self, n: int) -> None:
+        self.proxy.up_bytes += n
 
     def __enter__(self) -> "_Server":
         return self

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -340,3 +341,44 @@ def test_one_commit_bigger_than_the_target_is_named_not_retried_forever(tmp_path
     assert f"commit {huge[:12]}" in res.stderr and "huge.bin" in res.stderr and "filter-repo" in res.stderr, res.stderr
     assert "refs/heads/main" not in refs(remote.path)
     fsck(remote.path)
+
+
+def _written(event: Path) -> list[int]:
+    """Objects each pack-objects of a push wrote, from GIT_TRACE2_EVENT (as git's t5516 counts them)."""
+    found = re.findall(r'"key":"write_pack_file/wrote","value":"(\d+)"', event.read_text()) if event.exists() else []
+    return [int(n) for n in found]
+
+
+@pytest.mark.parametrize("transport", ["file", "http"])
+def test_push_negotiation_sends_only_what_the_remote_lacks(transport: str, tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    lines = []
+    for i in range(1200):  # a long history, so the push without negotiation is big
+        lines += ["commit refs/heads/main", f"committer A <a@example.com> {1_600_000_000 + i} +0000", "data 2", "c", "",
+                  *(["from refs/heads/main^0"] if i == 0 else []), f"M 644 inline f{i % 50}.txt", f"data {len(str(i)) + 1}", f"{i}", ""]
+    git("fast-import", "--quiet", "--force", cwd=work, input="\n".join(lines).encode())
+    git("reset", "-q", "--hard", "main", cwd=work)
+    base = tmp_path / "base.git"
+    git("clone", "-q", "--bare", "--single-branch", "--no-tags", "-b", "main", str(work), str(base))
+    ahead = tmp_path / "ahead"  # somebody else moves the remote's only branch past what we have
+    git("clone", "-q", str(base), str(ahead))
+    commit(ahead, "theirs.txt")
+    git("push", "-q", "origin", "main", cwd=ahead)
+    git("checkout", "-q", "-b", "feature", cwd=work)
+    for i in range(3):
+        commit(work, f"feature{i}.txt")
+    results = {}
+    for name, settings, relay in (("native", ["-c", "push.negotiate=true"], False), ("relay", ["-c", "push.negotiate=true"], True),
+                                  ("relay-unasked", [], True), ("native-unasked", [], False)):
+        remote = make_remote(transport, source=base)
+        event = tmp_path / f"{name}.event"
+        env = dict(os.environ, GIT_TRACE2_EVENT=str(event))
+        url = remote.relay_url if relay else remote.url
+        git(*settings, "push", "-q", url, "feature", cwd=work, env=env)
+        assert refs(remote.path)["refs/heads/feature"] == refs(work)["refs/heads/feature"]
+        fsck(remote.path)
+        results[name] = sum(_written(event))
+    assert results["native"] <= 9, results  # 3 commits, their trees and blobs
+    assert results["relay"] <= results["native"], results
+    assert results["relay-unasked"] <= results["native"], results  # beyond git: negotiated without being asked
+    assert results["native-unasked"] > 1000, results  # what git sends when it does not negotiate

@@ -31,6 +31,9 @@ class Session:
         self._upload: tuple[Service, Advertisement] | None = None
         self._fresh = False  # the open v0 upload-pack still awaits its one request
         self._receive: tuple[Service, Advertisement] | None = None
+        # commits a push negotiation found the remote to have: every receive-pack advertisement
+        # counts them as ".have"s, so each pack (and each split step) leaves them out
+        self.commons: list[str] = []
 
     @property
     def stateless(self) -> bool:
@@ -86,12 +89,23 @@ class Session:
     def receive(self) -> tuple[Service, Advertisement]:
         """The receive-pack connection of this session (opened once, until ``release_receive``)."""
         if self._receive is None:
-            self._receive = self.remote.connect("receive-pack")
+            self._receive = self._with_commons(self.remote.connect("receive-pack"))
         return self._receive
 
     def new_receive(self) -> tuple[Service, Advertisement]:
         """Another receive-pack connection, owned by the caller (who closes it)."""
-        return self.remote.connect("receive-pack")
+        return self._with_commons(self.remote.connect("receive-pack"))
+
+    def add_commons(self, oids: list[str]) -> None:
+        """Commits the remote has (found by negotiation): from now on part of every advertisement."""
+        self.commons += [o for o in oids if o not in self.commons]
+        if self._receive is not None:
+            self._with_commons(self._receive)
+
+    def _with_commons(self, pair: tuple[Service, Advertisement]) -> tuple[Service, Advertisement]:
+        adv = pair[1]
+        adv.extra_haves += [c for c in self.commons if c not in adv.extra_haves]
+        return pair
 
     def release_receive(self, used: bool = True) -> None:
         """Close the session's receive-pack; ``used=False``: it got no command, so say goodbye."""
