@@ -14,7 +14,7 @@ from .errors import PackError, RelayError
 from .gitcmd import DEVNULL, Git, run_command
 from .limits import Limits, limit_key
 from .protocol import ZERO_OID, Advertisement
-from .push import NO_REPORT, PackStream, PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates, start_pack
+from .push import NO_REPORT, PackStream, PushOptions, RefUpdate, decide, parse_push_lines, resolve, send_updates, shallow_roots, start_pack
 from .quoting import c_quote
 from .settings import Settings
 from .split import OVERSIZED_HINT, Learning, push_or_split, target_haves
@@ -174,6 +174,7 @@ def run_push_batch(
     if opts.push_options and not adv.has("push-options"):
         raise RelayError("the receiving end does not support push options")
     opts.use_bitmaps = session.ctx.config.get_bool("push.usebitmaps", True)
+    opts.shallow = shallow_roots(git)
     resolve(git, updates)
     decide(git, updates, adv, opts)
     if opts.atomic and any(u.error for u in updates):

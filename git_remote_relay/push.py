@@ -10,6 +10,7 @@ Each ref is reported ``ok`` only when receive-pack's report-status said ``ok`` f
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 from .errors import PackError, ProtocolError, RelayError, TooLargeError
@@ -54,6 +55,7 @@ class PushOptions:
         self.push_options: list[str] = []
         self.cas: dict[str, str] = {}
         self.use_bitmaps = True  # push.useBitmaps
+        self.shallow: list[str] = []  # our shallow roots (a push from a shallow clone), sent as git's send-pack sends them
 
     def set(self, name: str, value: str) -> str:
         """Record ``option <name> <value>``; return the reply for git."""
@@ -245,7 +247,9 @@ def _commands(updates: list[RefUpdate], adv: Advertisement, opts: PushOptions, p
         caps.append(f"agent={AGENT}")
     if adv.has("object-format"):
         caps.append("object-format=sha1")
-    out = []
+    # a shallow clone tells receive-pack where its history stops, so it can check (and, with
+    # receive.shallowUpdate, record) the new shallow roots a push brings
+    out = [pkt_text(f"shallow {oid}") for oid in opts.shallow]
     for i, u in enumerate(updates):
         line = f"{u.old} {u.new} {u.dst}"
         if i == 0:
@@ -335,6 +339,20 @@ def local_haves(git: "Git", adv: Advertisement) -> list[str]:
     candidates = list(dict.fromkeys([*adv.refs.values(), *adv.extra_haves]))
     present = git.existing(candidates)
     return [oid for oid in candidates if oid in present]
+
+
+def shallow_roots(git: "Git") -> list[str]:
+    """The commits where a shallow repository's history stops (none in a complete one)."""
+    out = git.run(["rev-parse", "--is-shallow-repository", "--git-path", "shallow"]).decode().split("\n")
+    if out[0].strip() != "true":
+        return []
+    path = out[1].strip()
+    path = path if os.path.isabs(path) else os.path.join(git.cwd or os.getcwd(), path)
+    try:
+        with open(path, encoding="ascii") as fh:
+            return [line.strip() for line in fh if line.strip()]
+    except OSError:
+        return []
 
 
 def start_pack(git: "Git", updates: list[RefUpdate], haves: list[str], opts: PushOptions, progress: bool, ofs_delta: bool,

@@ -382,3 +382,31 @@ def test_push_negotiation_sends_only_what_the_remote_lacks(transport: str, tmp_p
     assert results["relay"] <= results["native"], results
     assert results["relay-unasked"] <= results["native"], results  # beyond git: negotiated without being asked
     assert results["native-unasked"] > 1000, results  # what git sends when it does not negotiate
+
+
+@pytest.mark.parametrize("transport", ["ssh", "http"])
+def test_push_from_a_shallow_clone_as_native(transport: str, tmp_path: Path, make_remote) -> None:
+    src = make_source(tmp_path / "src", commits=5)
+    results = {}
+    for kind in ("native", "relay"):
+        remote = make_remote(transport, source=src)
+        url = remote.relay_url if kind == "relay" else remote.url
+        shallow = tmp_path / f"shallow-{kind}"
+        git("clone", "-q", "--depth", "1", f"file://{src}", str(shallow))
+        commit(shallow, "new.txt")
+        git("push", "-q", url, "HEAD:refs/heads/main", cwd=shallow)
+        assert refs(remote.path)["refs/heads/main"] == refs(shallow)["refs/heads/main"]
+        fsck(remote.path)  # connected: the target had the history below the shallow root
+        # a shallow clone of an unrelated history has roots the target lacks: refused, as git refuses it
+        other = tmp_path / f"other-{kind}"
+        git("init", "-q", str(other))
+        for i in range(3):
+            commit(other, f"unrelated-{i}.txt")
+        grafted = tmp_path / f"grafted-{kind}"
+        git("clone", "-q", "--depth", "1", f"file://{other}", str(grafted))
+        res = git("push", url, "HEAD:refs/heads/grafted", cwd=grafted, check=False)
+        results[kind] = (res.returncode, "shallow update not allowed" in res.stderr, "refs/heads/grafted" in refs(remote.path))
+        fsck(remote.path)
+    assert results["relay"] == results["native"], results
+    if transport == "ssh":  # (git http-backend takes the new shallow root: the target stays connected, see fsck)
+        assert results["relay"] == (1, True, False), results
