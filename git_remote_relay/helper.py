@@ -128,7 +128,8 @@ class Helper:
         elif cmd == "fetch":
             self._do_fetch(line)
         elif cmd == "push":
-            return self._do_push(line), None
+            pushed, transport_failed = self._do_push(line)
+            return pushed, (1 if transport_failed else None)
         elif cmd == "connect" or cmd == "stateless-connect":
             return 0, self._do_connect(arg) if cmd == "connect" else self._do_stateless_connect(arg)
         else:
@@ -345,7 +346,8 @@ class Helper:
             out += "connectivity-ok\n"
         self._reply(out + "\n")
 
-    def _do_push(self, first: str) -> int:
+    def _do_push(self, first: str) -> tuple[int, bool]:
+        """(status, whether the transport failed: then the session ends, as git's send-pack fails)."""
         from .localpush import run_push_batch
         from .push import PushOptions
 
@@ -359,7 +361,7 @@ class Helper:
         self.push_state = None
         reply, ok = run_push_batch(self.git, self.reporter, self.session, self.settings, lines, opts)
         self._reply(reply)
-        return 0 if ok else 1
+        return (0 if ok else 1), not reply.endswith("\n\n") and reply != "\n"
 
     def _stepper(self) -> Steps | None:
         """Big first fetches in resumable steps, unless turned off (or there is no repository)."""

@@ -164,7 +164,8 @@ def _status_line(u: RefUpdate) -> str:
 def run_push_batch(
     git: Git, reporter: Reporter, session: Session, settings: Settings, lines: list[str], opts: PushOptions
 ) -> tuple[str, bool]:
-    """Push one batch; return (the reply for git, whether every ref succeeded)."""
+    """Push one batch; return (the reply for git, whether every ref succeeded). A reply without its
+    closing blank line means the transport failed: the helper ends after sending it."""
     started = time.monotonic()
     updates = parse_push_lines(lines)
     service, adv = session.receive()
@@ -222,4 +223,9 @@ def run_push_batch(
             objects,
             started,
         )
-    return "".join(x + "\n" for x in reply) + "\n", all(u.ok or u.error == "up to date" for u in updates)
+    text = "".join(x + "\n" for x in reply)
+    # The server could not take the pack at all (it said "unpack <error>"): git's send-pack fails
+    # the transport then, not just the refs, and `git push --porcelain` prints no "Done". A helper
+    # says so by ending without the blank line that closes its reply.
+    unpack_failed = any(u.error == "unpacker error" or (u.error or "").startswith("no report from the server (unpack") for u in updates)
+    return (text if unpack_failed else text + "\n"), all(u.ok or u.error == "up to date" for u in updates)

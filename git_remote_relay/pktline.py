@@ -92,9 +92,11 @@ class PktReader:
             return self._pushed.pop()
         head = self._read_safely(4)
         if not head and not self.started:
+            # git's words (connect.c), which scripts look for; the server's own reason, when it
+            # gave one, is on the line before
             raise TransportError(
-                f"could not read from the {self._what}",
-                "Please make sure you have the correct access rights and the repository exists.",
+                "Could not read from remote repository.\n\nPlease make sure you have the correct access rights\n"
+                "and the repository exists."
             )
         self.started = True
         if len(head) < 4:
