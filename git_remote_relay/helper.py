@@ -37,6 +37,10 @@ __all__ = ["Helper", "c_unquote", "c_quote"]
 _PASSTHROUGH_OPTIONS = ("depth", "deepen-since", "deepen-not", "deepen-relative", "filter", "refetch", "from-promisor", "update-shallow")
 
 
+class _SignedOverHttp(Exception):
+    """``option pushcert`` over HTTP: the session goes to git's own remote-http, which signs."""
+
+
 class Helper:
     """One helper process: ``run()`` reads commands from ``stdin`` until EOF or a blank line."""
 
@@ -106,6 +110,9 @@ class Helper:
                 if not self.stateless:
                     raise  # (over a stream, connect already handed a sha256 remote to git's own code)
                 return self._hand_over(line, exc)  # nothing was answered yet for this command
+            except _SignedOverHttp:
+                self.options_said.pop()  # the hand-over says this line itself
+                return self._hand_over(line, UnsupportedError("a signed push over HTTP"))
             if ended is not None:
                 return ended
             status |= pushed
@@ -237,6 +244,8 @@ class Helper:
                 self.passthrough_opts[name] = value
         elif name == "rejectshallow":
             self.reject_shallow = value in ("true", "1")  # `git clone --reject-shallow` (git sends "1")
+        elif name == "pushcert" and value in ("true", "if-asked") and self.stateless:
+            raise _SignedOverHttp()  # git's remote-http signs pushes: it takes the session over
         elif name in ("dry-run", "atomic", "push-option", "cas", "force-if-includes", "pushcert"):
             reply = self._push_option(name, value)
         elif name == "servpath":
@@ -359,7 +368,13 @@ class Helper:
             lines.append(line)
         opts = self.push_state if isinstance(self.push_state, PushOptions) else PushOptions()
         self.push_state = None
-        reply, ok = run_push_batch(self.git, self.reporter, self.session, self.settings, lines, opts)
+        if opts.signed:
+            from .signedpush import push_signed
+
+            self.session.close()
+            reply, ok = push_signed(self.git, self.session, lines, opts, self.reporter)
+        else:
+            reply, ok = run_push_batch(self.git, self.reporter, self.session, self.settings, lines, opts)
         self._reply(reply)
         return (0 if ok else 1), not reply.endswith("\n\n") and reply != "\n"
 

@@ -56,6 +56,7 @@ class PushOptions:
         self.cas: dict[str, str] = {}
         self.use_bitmaps = True  # push.useBitmaps
         self.shallow: list[str] = []  # our shallow roots (a push from a shallow clone), sent as git's send-pack sends them
+        self.signed: str | None = None  # git push --signed: "true" or "if-asked"
 
     def set(self, name: str, value: str) -> str:
         """Record ``option <name> <value>``; return the reply for git."""
@@ -73,8 +74,8 @@ class PushOptions:
         elif name == "force-if-includes":
             pass  # git checks the reflog condition itself before the push lines reach us
         elif name == "pushcert":
-            if value in ("true", "if-asked"):
-                return "unsupported"
+            # a signed push is git's own send-pack's (signedpush): it signs, with git's settings
+            self.signed = value if value in ("true", "if-asked") else None
         else:
             return "unsupported"
         return "ok"

@@ -410,3 +410,35 @@ def test_push_from_a_shallow_clone_as_native(transport: str, tmp_path: Path, mak
     assert results["relay"] == results["native"], results
     if transport == "ssh":  # (git http-backend takes the new shallow root: the target stays connected, see fsck)
         assert results["relay"] == (1, True, False), results
+
+
+@pytest.mark.parametrize("transport", ["ssh", "http", "file"])
+def test_signed_push_delivers_the_certificate_to_the_hooks(transport: str, tmp_path: Path, make_remote) -> None:
+    key = tmp_path / "signing_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "relay-test", "-f", str(key)], check=True)
+    work = make_source(tmp_path / "work")
+    git("config", "gpg.format", "ssh", cwd=work)
+    git("config", "user.signingKey", str(key), cwd=work)
+    certs = {}
+    for kind in ("native", "relay"):
+        remote = make_remote(transport)
+        git("config", "receive.certNonceSeed", "sekrit", cwd=remote.path)
+        out = tmp_path / f"cert-{kind}"
+        hook = remote.path / "hooks" / "post-receive"
+        hook.write_text(f'#!/bin/sh\ncat >/dev/null\n[ -n "$GIT_PUSH_CERT" ] && git cat-file blob "$GIT_PUSH_CERT" > {out}\n'
+                        f'echo "nonce status: $GIT_PUSH_CERT_NONCE_STATUS" >> {out}\nexit 0\n')
+        hook.chmod(0o755)
+        url = remote.relay_url if kind == "relay" else remote.url
+        git("push", "--signed", url, "main", cwd=work)
+        assert refs(remote.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+        text = out.read_text()
+        assert "certificate version 0.1" in text and "-----BEGIN SSH SIGNATURE-----" in text, text
+        assert "refs/heads/main" in text and "nonce status: OK" in text, text
+        certs[kind] = [line.replace(remote.path.name, "<repo>") for line in text.splitlines()
+                       if line.startswith(("pushee ", "0000000000000000000000000000000000000000 "))]
+    assert certs["relay"] == certs["native"]
+    # a receiver that takes no certificates: refused as git refuses it, nothing moves
+    plain = make_remote(transport)
+    res = git("push", "--signed", plain.relay_url, "main", cwd=work, check=False)
+    assert res.returncode != 0 and "the receiving end does not support --signed push" in res.stderr
+    assert refs(plain.path) == {}
