@@ -122,7 +122,7 @@ def test_pktline_roundtrip_and_specials() -> None:
 
 
 def test_pktline_truncation_and_errors() -> None:
-    with pytest.raises(TransportError, match="could not read"):
+    with pytest.raises(TransportError, match="Could not read from remote repository"):
         reader(b"").read_pkt()
     with pytest.raises(TransportError, match="truncated"):
         reader(b"0010abc").read_pkt()
@@ -204,7 +204,7 @@ def test_push_options_and_lines() -> None:
     opts = PushOptions()
     assert opts.set("cas", f"refs/heads/main:{A}") == "ok"
     assert opts.set("push-option", "x") == "ok"
-    assert opts.set("pushcert", "true") == "unsupported"
+    assert opts.set("pushcert", "true") == "ok" and opts.signed == "true"  # git send-pack signs (signedpush)
     assert opts.set("cas", "garbage").startswith("error")
     assert opts.cas == {"refs/heads/main": A} and opts.push_options == ["x"]
     ups = parse_push_lines(["push +refs/heads/a:refs/heads/b", "push :refs/heads/gone", f"push {A}:refs/heads/c"])

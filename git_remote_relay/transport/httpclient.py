@@ -460,15 +460,26 @@ class Client:
                         trace.send_data(body)
                 else:
                     conn.sock.sendall(head)
+                    early: Response | None = None
                     for chunk in body:
                         if chunk:
                             framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
                             conn.sock.sendall(framed)
                             if trace is not None:
                                 trace.send_data(framed)
+                            if early is None and _answered(conn):
+                                # The server answered before the body ended. An error (a front
+                                # end's 413, say) means it reads no more: stop sending, as curl
+                                # does, instead of streaming the rest of the pack to nobody.
+                                early = Response(self, conn, url, method)
+                                if early.status >= 300:
+                                    early._reusable = False  # the body was cut off
+                                    return early
                     conn.sock.sendall(b"0\r\n\r\n")
                     if trace is not None:
                         trace.send_data(b"0\r\n\r\n")
+                    if early is not None:
+                        return early
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the server stopped reading: it may have said why (413) before it hung up
             return Response(self, conn, url, method)
@@ -481,6 +492,17 @@ class Client:
         except BaseException:
             conn.close()
             raise
+
+
+def _answered(conn: _Connection) -> bool:
+    """Has the server started its reply (bytes waiting on the socket)? Nothing of this request's
+    reply can be buffered yet: the previous reply on this connection was read to its end."""
+    import select
+
+    try:
+        return bool(select.select([conn.sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def _proxy_auth(proxy: object) -> str:
