@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 __all__ = ["PushOptions", "RefUpdate", "PackTooLarge", "PackStream", "decide", "resolve", "exchange", "send_updates", "local_haves",
            "parse_push_lines"]
 
-_CHUNK = 1 << 16
+_CHUNK = 1 << 20  # pack bytes per read from pack-objects (its pipe holds as much): fewer, bigger writes
 _SIZE_REFUSALS = ("exceeds maximum allowed size", "pack exceeds", "too large", "request entity too large")
 
 
