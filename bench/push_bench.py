@@ -3,6 +3,9 @@
 
     .venv/bin/python bench/push_bench.py --source /path/to/git.git [--bin DIR]
 
+Scenario ``initial``: git.git's master pushed into an empty target over file, git://, http and
+ssh, native and relay in turn: seconds and the ratio.
+
 Scenario ``negotiate``: the target's only branch, master, has moved one commit past what we have
 (so none of its tips is ours), and we push a 3-commit branch made on our master. Pushed over
 git:// through a counting loopback proxy, which measures every byte the client sends upstream
@@ -39,17 +42,55 @@ def commit_on(repo: Path, parent: str, message: str, env: dict[str, str]) -> str
     return sh("git", "commit-tree", tree, "-p", parent, "-m", message, cwd=repo, env=env)
 
 
+def initial(local: Path, root: Path, base: Path, env: dict[str, str], transports: list[str]) -> None:
+    """git.git's master into an empty target, per transport: native, then relay."""
+    from contextlib import ExitStack
+
+    rows = []
+    (base / "http").mkdir(exist_ok=True)
+    (base / "ssh").mkdir(exist_ok=True)
+    with ExitStack() as stack:
+        urls: dict[str, str] = {}
+        if "git" in transports:
+            urls["git"] = f"git://127.0.0.1:{stack.enter_context(servers.git_daemon(root, base))}/"
+        if "http" in transports:
+            port = stack.enter_context(servers.http_server(root, base / "http", env["GIT_CONFIG_GLOBAL"], env["HOME"]))
+            urls["http"] = f"http://127.0.0.1:{port}/git/"
+        if "ssh" in transports:
+            sshd = stack.enter_context(servers.sshd(base / "ssh", env["GIT_CONFIG_GLOBAL"]))
+            env = dict(env, GIT_SSH_COMMAND=sshd.ssh_command)
+            urls["ssh"] = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{root}/"
+        if "file" in transports:
+            urls["file"] = f"file://{root}/"
+        for transport in transports:
+            times = {}
+            for kind in ("native", "relay"):
+                name = f"initial-{transport}-{kind}.git"
+                sh("git", "init", "-q", "--bare", str(root / name), env=env)
+                url = ("relay::" if kind == "relay" else "") + urls[transport] + name
+                start = time.monotonic()
+                sh("git", "push", "-q", url, "master", cwd=local, env=env)
+                times[kind] = time.monotonic() - start
+                shutil.rmtree(root / name)
+            rows.append((transport, times["native"], times["relay"]))
+    print("\n| initial push of git.git master | native | relay | relay vs native |\n|---|---|---|---|")
+    for transport, n, r in rows:
+        print(f"| {transport} | {n:.1f} s | {r:.1f} s | {r / n:.3f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", required=True, help="a local clone of git.git (with master)")
     ap.add_argument("--bin", help="directory of the git-remote-relay to measure (an ./install.sh install)")
+    ap.add_argument("--scenarios", default="initial,negotiate")
+    ap.add_argument("--transports", default="file,git,http,ssh", help="for the initial push")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="relay-push-bench-"))
     env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=str(base / "gitconfig"), HOME=str(base),
                GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@example.com", GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@example.com")
     if args.bin:
         env["PATH"] = f"{args.bin}:{env['PATH']}"
-    (base / "gitconfig").write_text("[protocol]\n\tallow = always\n")
+    (base / "gitconfig").write_text("[protocol]\n\tallow = always\n[http]\n\treceivepack = true\n[safe]\n\tdirectory = *\n")
     try:
         root = base / "srv"
         root.mkdir()
@@ -73,6 +114,10 @@ def main() -> None:
                                   input=listing).stdout.strip()
             tip = sh("git", "commit-tree", tree, "-p", tip, "-m", f"feature {i}", cwd=local, env=env)
         sh("git", "update-ref", "refs/heads/feature", tip, cwd=local, env=env)
+        if "initial" in args.scenarios:
+            initial(local, root, base, env, args.transports.split(","))
+        if "negotiate" not in args.scenarios:
+            return
         rows = []
         with servers.git_daemon(root, base) as port, servers.tcp_proxy(port) as proxy:
             for name, settings, relay in (("native, push.negotiate", ["-c", "push.negotiate=true"], False),
