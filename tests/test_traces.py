@@ -161,3 +161,19 @@ def test_header_redaction_is_gits(line: str, shown: str) -> None:
 ])
 def test_accept_language_is_gits(env: dict[str, str], value: str | None) -> None:
     assert accept_language(env) == value
+
+
+def test_curl_trace_of_an_authenticated_push_redacts_the_credentials(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    remote = make_remote("http")
+    url = "relay::" + remote.url.replace("/git/", "/auth/").replace("http://", f"http://{HTTP_USER}:{HTTP_PASSWORD}@")
+    res = git("push", url, "main", cwd=work, env=dict(os.environ, GIT_TRACE_CURL="1"))
+    assert "=> Send header: POST " in res.stderr and "/git-receive-pack HTTP/1.1" in res.stderr
+    assert "Content-Type: application/x-git-receive-pack-request" in res.stderr
+    # (git itself prints a helper URL as given in its "To <url>" line: its anonymizer stops at "relay::")
+    ours = "\n".join(line for line in res.stderr.splitlines() if not line.startswith("To relay::"))
+    assert "Authorization: Basic <redacted>" in ours and HTTP_PASSWORD not in ours
+    assert not re.search(r"Authorization: Basic [0-9a-zA-Z+/]", ours)
+    git("checkout", "-q", "-b", "more", cwd=work)
+    shown = git("push", url, "more", cwd=work, env=dict(os.environ, GIT_TRACE_CURL="1", GIT_TRACE_REDACT="0"))
+    assert re.search(r"Authorization: Basic [0-9a-zA-Z+/]", shown.stderr)
