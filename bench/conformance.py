@@ -78,6 +78,9 @@ SCRIPTS = [
     "t5811-proto-disable-git",
     "t5812-proto-disable-http",
     "t5813-proto-disable-ssh",
+    # push parity (issue 21): push defaults, signed pushes
+    "t5528-push-default",
+    "t5534-push-signed",
 ]
 RESULT = re.compile(r"^(not ok|ok) (\d+) - (.*)$")
 
