@@ -109,9 +109,17 @@ def _relay_parser() -> "argparse.ArgumentParser":
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="{sync,plan,bootstrap,probe}")
 
-    def selection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("source", help="source URL (anything git accepts; relay:: prefix optional)")
-        p.add_argument("target", help="target URL")
+    def selection(p: argparse.ArgumentParser, fleet: bool = False) -> None:
+        if fleet:
+            p.add_argument("source", nargs="?", help="source URL (anything git accepts; relay:: prefix optional)")
+            p.add_argument("target", nargs="?", help="target URL")
+            p.add_argument("--manifest", metavar="FILE", help="relay every pair a TOML manifest lists (see README)")
+            p.add_argument("--jobs", type=int, metavar="N", help="with --manifest: pairs at once (default: 2 per CPU, at most 8)")
+            p.add_argument("--per-host", type=int, default=4, metavar="N", help="with --manifest: at most N pairs per host at once")
+            p.add_argument("--shard", metavar="K/N", help="with --manifest: only shard K (from 0) of N, by a stable hash of each pair")
+        else:
+            p.add_argument("source", help="source URL (anything git accepts; relay:: prefix optional)")
+            p.add_argument("target", help="target URL")
         p.add_argument("--branch", action="append", default=[], metavar="NAME", help="only this branch (repeatable, or comma-separated)")
         p.add_argument(
             "--map", action="append", default=[], metavar="SRC:DST", help="relay SRC to DST (repeatable; short names are branches)"
@@ -132,7 +140,7 @@ def _relay_parser() -> "argparse.ArgumentParser":
         ("bootstrap", "seed an empty target (refuses when a managed target ref exists)"),
     ):
         p = sub.add_parser(name, help=text, description=text, epilog=RELAY_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-        selection(p)
+        selection(p, fleet=name == "sync")
         if name != "bootstrap":
             p.add_argument(
                 "--force-with-lease",
@@ -161,6 +169,29 @@ def _print_plan(record: dict[str, Any], reporter: "Reporter") -> None:
         name = ref["dst"] if not ref["src"] or ref["src"] == ref["dst"] else f"{ref['src']} -> {ref['dst']}"
         result = f" [{ref['result']}]" if ref["result"] != "planned" else ""
         reporter.out(f"  {ref['action']:<10} {arrow:<22} {name}: {ref['reason']}{result}")
+
+
+def _fleet(args: Any, env: dict[str, str], stderr: BinaryIO) -> int:
+    """``git relay sync --manifest``: exit 0 all pairs done, 1 some failed, 2 a bad manifest."""
+    from .fleet import ManifestError, default_jobs, load_manifest, run_fleet, shard
+
+    try:
+        if not args.manifest:
+            raise ManifestError("--jobs and --shard need --manifest FILE")
+        if args.source or args.target:
+            raise ManifestError("give either SOURCE TARGET or --manifest FILE, not both")
+        single = (args.branch or args.map or args.tags or args.all_refs or args.exclude or args.max_pack_bytes or args.force_with_lease
+                  or args.prune or args.atomic)
+        if single:
+            raise ManifestError("with --manifest, pair options go in the manifest ([defaults] or each [[pair]])")
+        pairs = load_manifest(args.manifest)
+        if args.shard:
+            pairs = shard(pairs, args.shard)
+    except ManifestError as exc:
+        _fatal(stderr, exc.message, exc.hint)
+        return 2
+    jobs = args.jobs if args.jobs and args.jobs > 0 else default_jobs()
+    return run_fleet(pairs, env, jobs, max(1, args.per_host), sys.stdout.buffer, stderr, quiet=args.quiet)
 
 
 def relay_main(argv: list[str] | None = None) -> NoReturn:
@@ -201,6 +232,10 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
                 for name, oid in info["refs"].items():
                     print(f"  {oid} {name}")
             sys.exit(0)
+        if getattr(args, "manifest", None) or getattr(args, "shard", None) or getattr(args, "jobs", None):
+            sys.exit(_fleet(args, env, stderr))
+        if not args.source or not args.target:
+            raise RelayError("git relay sync needs a SOURCE and a TARGET (or --manifest FILE)")
         branches = [b for spec in args.branch for b in spec.split(",") if b]
         selection = Selection(branches=branches, maps=args.map, tags=args.tags, all_refs=args.all_refs, excludes=args.exclude)
         limit = size_value(args.max_pack_bytes, "--max-pack-bytes") if args.max_pack_bytes else None

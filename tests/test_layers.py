@@ -25,7 +25,7 @@ LAYERS = {
     "push": 6, "fetch": 6, "history": 6, "stats": 6, "passthrough": 6, "tap": 6,
     "split": 7, "fetchsteps": 7, "signedpush": 7,
     "localpush": 8, "syncplan": 8,
-    "sync": 9,
+    "sync": 9, "fleet": 9,
     "helper": 10,
     "cli": 11,
 }
