@@ -23,7 +23,9 @@ pair). ``--jobs N`` bounds how many run at once, and no host serves more than ``
 (default 4) at once, source and target alike, so no server sees a burst (sshd's MaxStartups,
 rate limits). ``--shard K/N`` takes a stable share of the pairs (by a hash of source and target),
 so N machines of a job array cover every pair exactly once with no coordinator. A pair is
-idempotent: a re-run relays only what moved.
+idempotent: a re-run relays only what moved. Pairs start slowest first, by how long each took
+the last time (remembered in the state directory), so the fleet does not wait at the end for
+a big repository that started last.
 
 Report: one JSON line per pair on stdout (status, refs relayed / blocked / refused, bytes,
 elapsed, error), then a summary line; on a terminal, ``[k/n] name`` progress and a final table on
@@ -43,6 +45,7 @@ from collections.abc import Mapping
 
 from .errors import RelayError
 from .gitcmd import DEVNULL, PIPE, spawn
+from .limits import state_dir
 from .url import parse, redact
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
@@ -239,6 +242,44 @@ def _run_one(pair: Pair, env: Mapping[str, str]) -> _Result:
     return result
 
 
+def _timings_file(env: Mapping[str, str]) -> str:
+    return os.path.join(state_dir(env), "fleet-times.json")
+
+
+def _pair_id(pair: Pair) -> str:
+    return hashlib.sha256(pair.key.encode()).hexdigest()[:20]
+
+
+def _load_timings(env: Mapping[str, str]) -> dict[str, float]:
+    try:
+        with open(_timings_file(env), encoding="utf-8") as fh:
+            data = json.load(fh)
+        return {k: float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def _save_timings(env: Mapping[str, str], times: dict[str, float]) -> None:
+    """Remember how long each pair took (merged with what other runs and shards wrote); an
+    optimisation, so any failure is ignored."""
+    try:
+        path = _timings_file(env)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        merged = {**_load_timings(env), **{k: round(v, 3) for k, v in times.items()}}
+        part = f"{path}.{os.getpid()}.tmp"
+        with open(part, "w", encoding="utf-8") as fh:
+            json.dump(merged, fh)
+        os.replace(part, path)
+    except OSError:
+        pass
+
+
+def longest_first(pairs: list[Pair], timings: dict[str, float]) -> list[Pair]:
+    """Pairs never timed first (in manifest order), then the slowest of the last run first: the
+    fleet's wall time is not then the slowest pair started last."""
+    return sorted(pairs, key=lambda p: (_pair_id(p) in timings, -timings.get(_pair_id(p), 0.0)))
+
+
 class _Scheduler:
     """Hands out pairs so that no host serves more than ``per_host`` at once."""
 
@@ -271,7 +312,8 @@ def run_fleet(pairs: list[Pair], env: Mapping[str, str], jobs: int, per_host: in
     """Run every pair, ``jobs`` at once and at most ``per_host`` per host; the exit status."""
     total = len(pairs)
     terminal = err.isatty() and not quiet
-    scheduler = _Scheduler(pairs, per_host)
+    scheduler = _Scheduler(longest_first(pairs, _load_timings(env)), per_host)
+    times: dict[str, float] = {}
     lines: list[dict[str, Any]] = []
     started = time.monotonic()
 
@@ -286,6 +328,8 @@ def run_fleet(pairs: list[Pair], env: Mapping[str, str], jobs: int, per_host: in
         while (pair := scheduler.take()) is not None:
             line = _run_one(pair, env).line()
             with scheduler.lock:
+                if line["bytes"]:  # a run that moved nothing says nothing of how long the pair takes
+                    times[_pair_id(pair)] = line["elapsed"]
                 lines.append(line)
                 out.write((json.dumps(line) + "\n").encode())
                 out.flush()
@@ -298,6 +342,7 @@ def run_fleet(pairs: list[Pair], env: Mapping[str, str], jobs: int, per_host: in
         t.start()
     for t in threads:
         t.join()
+    _save_timings(env, times)
     failed = [line for line in lines if line["status"] not in ("ok", "planned")]
     summary = {"summary": True, "pairs": total, "ok": total - len(failed), "failed": len(failed),
                "bytes": sum(line["bytes"] or 0 for line in lines), "elapsed": round(time.monotonic() - started, 3)}

@@ -112,6 +112,11 @@ class Limits:
             return
 
 
+def state_dir(env: Mapping[str, str]) -> str:
+    """The per-user state directory (``GIT_RELAY_STATE_DIR`` overrides it)."""
+    return _state_dir(env)
+
+
 def _state_dir(env: Mapping[str, str]) -> str:
     override = env.get("GIT_RELAY_STATE_DIR")
     if override:

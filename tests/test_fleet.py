@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import HTTP_PASSWORD, HTTP_USER, commit, git, make_source, refs
 
-from git_remote_relay.fleet import Pair, shard
+from git_remote_relay.fleet import Pair, _pair_id, longest_first, shard
 
 
 def fleet(*args: str, cwd: Path | None = None) -> tuple[int, list[dict], str]:  # type: ignore[type-arg]
@@ -123,3 +123,10 @@ def test_credentials_in_manifest_urls_never_reach_the_output(tmp_path: Path, mak
     assert HTTP_PASSWORD not in proc.stdout + proc.stderr
     assert refs(target.path) == refs(source.path)
     commit(tmp_path / "src", "later.txt")
+
+
+def test_the_slowest_pairs_of_the_last_run_start_first() -> None:
+    pairs = [Pair(f"file:///src/{n}.git", f"file:///dst/{n}.git", {}, n, 1) for n in ("a", "big", "c", "new")]
+    timings = {_pair_id(pairs[0]): 0.2, _pair_id(pairs[1]): 30.0, _pair_id(pairs[2]): 1.5}
+    assert [p.name for p in longest_first(pairs, timings)] == ["new", "big", "c", "a"]
+    assert [p.name for p in longest_first(pairs, {})] == ["a", "big", "c", "new"], "manifest order when nothing is known"
