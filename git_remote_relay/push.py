@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 
 from .errors import PackError, ProtocolError, RelayError, TooLargeError
-from .gitcmd import PIPE, Child
+from .gitcmd import PIPE, Child, widen_pipe
 from .pktline import FLUSH, PktReader, pkt, pkt_text
 from .protocol import AGENT, ZERO_OID, Advertisement
 from .transport.base import SendError, Service
@@ -370,7 +370,8 @@ def start_pack(git: "Git", updates: list[RefUpdate], haves: list[str], opts: Pus
     if git.run(["rev-parse", "--is-shallow-repository"]).strip() == b"true":
         args.append("--shallow")
     proc = git.popen(args, stdin=PIPE, stdout=PIPE, stderr=None)
-    assert proc.stdin is not None
+    assert proc.stdin is not None and proc.stdout is not None
+    widen_pipe(proc.stdout.fileno())  # a MiB per read instead of the pipe's default 64 KiB
     revs = [u.new for u in updates if not u.delete] + ["^" + h for h in haves]
     try:
         proc.stdin.write("".join(r + "\n" for r in revs).encode())
