@@ -150,6 +150,8 @@ def _relay_parser() -> "argparse.ArgumentParser":
             p.add_argument("--prune", action="store_true", help="delete managed target refs that are gone from the source")
         if name != "plan":
             p.add_argument("--atomic", action="store_true", help="all ref updates succeed or none (the target must support it)")
+            p.add_argument("--spool", action="store_true",
+                           help="write the source's pack to a temporary file first, so a slow source cannot stall the target")
     p = sub.add_parser("probe", help="show a remote's refs, capabilities, protocol version and object format")
     p.add_argument("url")
     p.add_argument("--push", action="store_true", help="also show the receive-pack capabilities")
@@ -181,7 +183,7 @@ def _fleet(args: Any, env: dict[str, str], stderr: BinaryIO) -> int:
         if args.source or args.target:
             raise ManifestError("give either SOURCE TARGET or --manifest FILE, not both")
         single = (args.branch or args.map or args.tags or args.all_refs or args.exclude or args.max_pack_bytes or args.force_with_lease
-                  or args.prune or args.atomic)
+                  or args.prune or args.atomic or args.spool)
         if single:
             raise ManifestError("with --manifest, pair options go in the manifest ([defaults] or each [[pair]])")
         pairs = load_manifest(args.manifest)
@@ -255,6 +257,7 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
             bootstrap_only=args.command == "bootstrap",
             split_interval=settings.split_interval,
             reporter=reporter,
+            spool=getattr(args, "spool", False) or settings.spool,
         )
     except RelayError as exc:
         _fatal(stderr, exc.message, exc.hint)

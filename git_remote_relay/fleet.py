@@ -16,7 +16,7 @@ A manifest (TOML) lists pairs, each with its own options, plus defaults and name
     names = ["lib-a", "lib-b"]
 
 Pair options: ``branches``, ``map``, ``tags``, ``all_refs``, ``exclude``, ``prune``,
-``force_with_lease``, ``atomic``, ``max_pack_bytes`` (as the single-pair command's flags).
+``force_with_lease``, ``atomic``, ``spool``, ``max_pack_bytes`` (as the single-pair command's flags).
 
 Each pair runs as its own ``git relay sync --json`` process (a crash or a stall stays with its
 pair). ``--jobs N`` bounds how many run at once, and no host serves more than ``--per-host``
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["Pair", "ManifestError", "load_manifest", "shard", "run_fleet"]
 
 DEFAULT_PER_HOST = 4
-_BOOL = ("tags", "all_refs", "prune", "force_with_lease", "atomic")
+_BOOL = ("tags", "all_refs", "prune", "force_with_lease", "atomic", "spool")
 _LISTS = ("branches", "map", "exclude")
 _OPTIONS = (*_BOOL, *_LISTS, "max_pack_bytes")
 

@@ -61,6 +61,8 @@ class Settings:
         self.stats_file = env.get("GIT_RELAY_STATS_FILE") or config.get("relay.statsfile")
         self.split_interval = _seconds(env.get("GIT_RELAY_SPLIT_INTERVAL") or config.get("relay.splitInterval"), "relay.splitInterval")
         self.timeout = _timeout(env.get("GIT_RELAY_TIMEOUT") or config.get("relay.timeout"))
+        spool = env.get("GIT_RELAY_SPOOL")
+        self.spool = _on(spool) if spool is not None else config.get_bool("relay.spool")  # git relay: the source's pack to disk first
 
 
 def _seconds(value: str | None, key: str) -> float:

@@ -89,12 +89,46 @@ class _SourcePack(PackStream):
             self.source.done_upload(aborted=not self.complete)  # a half-read reply cannot be reused
 
 
+class _Spooled(PackStream):
+    """A source's pack written to an unnamed temporary file first (``--spool``), then read back:
+    the target's request starts only when the slow source is done, so an HTTP target that gives
+    up on a silent upload (GitHub answers 408) never waits on it. Memory stays flat; the file
+    has no name and is gone when it is closed."""
+
+    def __init__(self, pack: _SourcePack, reporter: Reporter) -> None:
+        super().__init__(None, pack.limit_source)
+        import tempfile
+
+        self.file = tempfile.TemporaryFile(prefix="git-relay-spool-")
+        try:
+            for chunk in pack:  # the source's limit is enforced on the way in
+                self.file.write(chunk)
+        except BaseException:
+            self.file.close()
+            raise
+        finally:
+            pack.stop()
+        reporter.trace(f"spooled {pack.sent} bytes of the source's pack")
+        self.file.seek(0)
+
+    def _chunks(self) -> Iterator[bytes]:
+        while True:
+            data = self.file.read(1 << 20)
+            if not data:
+                return
+            yield data
+
+    def stop(self) -> None:
+        self.file.close()
+
+
 class RemoteHistory:
     """The source remote as the split engine's ``History``: its commit graph is known, not its sizes."""
 
-    def __init__(self, source: Session, reporter: Reporter) -> None:
+    def __init__(self, source: Session, reporter: Reporter, spool: bool = False) -> None:
         self.source = source
         self.reporter = reporter
+        self.spool = spool
 
     def chain(self, tip: str, target_haves: list[str]) -> list[str]:
         """One commit-only fetch (have = every target tip, so a resumed run sees only what is missing)."""
@@ -134,6 +168,8 @@ class RemoteHistory:
             request = fetch_request(sadv, wants, haves, progress=self.reporter.progress, include_tag=False, thin=True,
                                     ofs_delta=adv.has("ofs-delta"))
             stream = _SourcePack(self.source, sservice, sadv, request, self.reporter, limit, limit_source)
+            if self.spool:
+                stream = _Spooled(stream, self.reporter)
         try:
             return exchange(service, adv, updates, opts, self.reporter, stream)
         finally:
@@ -147,7 +183,7 @@ def _as_json(u: RefUpdate) -> dict[str, Any]:
 
 
 def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: bool, limit: int | None,
-           reporter: Reporter, interval: float = 0.0) -> tuple[int, int | None]:
+           reporter: Reporter, interval: float = 0.0, spool: bool = False) -> tuple[int, int | None]:
     """Push every create/update/force/delete in ``plans`` with the source's pack; set results."""
     todo = [p for p in plans if p.action in PUSHED_ACTIONS]
     if not todo:
@@ -160,7 +196,7 @@ def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: 
         raise UnsupportedError("the target does not support atomic pushes", "run without --atomic")
     try:
         learning = Learning(Limits(target.ctx.env), limit_key(target.url))
-        sent, objects = push_or_split(RemoteHistory(source, reporter), target.new_receive, first, todo, PushOptions(atomic=atomic),
+        sent, objects = push_or_split(RemoteHistory(source, reporter, spool), target.new_receive, first, todo, PushOptions(atomic=atomic),
                                       reporter, max_pack=limit, max_push=None, max_pack_name="--max-pack-bytes", learning=learning,
                                       interval=interval)
     finally:
@@ -196,11 +232,11 @@ def probe(session: Session, push: bool) -> dict[str, Any]:
 
 def run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool = False, prune: bool = False,
              atomic: bool = False, limit: int | None = None, dry_run: bool = False, bootstrap_only: bool = False,
-             reporter: Reporter, split_interval: float = 0.0) -> dict[str, Any]:
+             reporter: Reporter, split_interval: float = 0.0, spool: bool = False) -> dict[str, Any]:
     """Plan, refuse what is blocked, relay the rest. Returns the run's record (see ``--json``)."""
     try:
         return _run_sync(source, target, selection, force_with_lease=force_with_lease, prune=prune, atomic=atomic, limit=limit,
-                         dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter, interval=split_interval)
+                         dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter, interval=split_interval, spool=spool)
     except ShallowRemoteError as exc:
         raise UnsupportedError(
             f"the source repository is shallow: its history stops at {len(exc.shallow)} commit(s) "
@@ -214,7 +250,7 @@ def run_sync(source: Session, target: Session, selection: Selection, *, force_wi
 
 def _run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool, prune: bool,
               atomic: bool, limit: int | None, dry_run: bool, bootstrap_only: bool, reporter: Reporter,
-              interval: float) -> dict[str, Any]:
+              interval: float, spool: bool = False) -> dict[str, Any]:
     started = time.monotonic()
     plans, mode = plan(source, target, selection, force_with_lease=force_with_lease, prune=prune, reporter=reporter)
     if bootstrap_only and mode != "bootstrap":
@@ -231,7 +267,7 @@ def _run_sync(source: Session, target: Session, selection: Selection, *, force_w
     elif dry_run:
         status = "planned"
     else:
-        sent, objects = _relay(source, target, plans, atomic=atomic, limit=limit, reporter=reporter, interval=interval)
+        sent, objects = _relay(source, target, plans, atomic=atomic, limit=limit, reporter=reporter, interval=interval, spool=spool)
         for p in plans:
             if p.action in ("up-to-date", "keep"):
                 p.result = "ok"

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import fsck, git, make_source, objects, refs
+from conftest import commit, fsck, git, make_source, objects, refs
 
 pytestmark = pytest.mark.integration
 
@@ -264,3 +264,18 @@ def test_a_shallow_source_is_refused_before_anything_moves(protocol: str, tmp_pa
     assert res.returncode == 128, res.stderr
     assert "the source repository is shallow" in res.stderr and "--unshallow" in res.stderr, res.stderr
     assert refs(target.path) == {}
+
+
+@pytest.mark.parametrize("transport", ["http", "file"])
+def test_spool_puts_the_source_pack_on_disk_first_and_lands_the_same(transport: str, tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    source, target = make_remote("file", source=work), make_remote(transport)
+    env = dict(os.environ, GIT_RELAY_TRACE="1", TMPDIR=str(tmp_path))
+    res = relay("sync", "--spool", "--tags", source.url, target.url, env=env)
+    assert "spooled" in res.stderr
+    assert refs(target.path) == refs(source.path)
+    commit(work, "later.txt")
+    git("push", "-q", str(source.path), "main", cwd=work)
+    again = relay("sync", source.url, target.url, env=dict(os.environ, GIT_RELAY_SPOOL="1", GIT_RELAY_TRACE="1", TMPDIR=str(tmp_path)))
+    assert "spooled" in again.stderr and refs(target.path)["refs/heads/main"] == refs(source.path)["refs/heads/main"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("git-relay-spool")], "the spool file is gone"
