@@ -6,7 +6,12 @@ from collections.abc import Mapping
 
 from .errors import UrlError
 
-__all__ = ["Selection", "kind"]
+__all__ = ["Selection", "kind", "FORGE_NAMESPACES"]
+
+# Namespaces forges write themselves and refuse pushes to (pull and merge requests, Gerrit's
+# changes, GitLab's keep-arounds): --all-refs leaves them out, with a warning, instead of failing
+# on each of them; a --map that names one still relays it.
+FORGE_NAMESPACES = ("refs/pull/", "refs/merge-requests/", "refs/changes/", "refs/keep-around/")
 
 
 def kind(ref: str) -> str:
@@ -61,10 +66,20 @@ class Selection:
         if self.maps:
             return any(ref == dst for _, dst in self.maps)
         if self.all_refs:
-            return ref.startswith("refs/")
+            return ref.startswith("refs/") and not ref.startswith(FORGE_NAMESPACES)
         if self.branches:
             return ref in self.branches or (self.tags and ref.startswith("refs/tags/"))
         return ref.startswith("refs/heads/") or (self.tags and ref.startswith("refs/tags/"))
+
+    def forge_owned(self, source_refs: Mapping[str, str]) -> dict[str, int]:
+        """With --all-refs: how many source refs each forge namespace holds (left out)."""
+        counts: dict[str, int] = {}
+        if self.all_refs and not self.maps:
+            for ref in source_refs:
+                for prefix in FORGE_NAMESPACES:
+                    if ref.startswith(prefix):
+                        counts[prefix] = counts.get(prefix, 0) + 1
+        return counts
 
     def pairs(self, source_refs: Mapping[str, str]) -> list[tuple[str, str]]:
         if self.maps:

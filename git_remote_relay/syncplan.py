@@ -110,6 +110,8 @@ def plan(
     src_refs = {k: v for k, v in sadv.refs.items() if k != "HEAD" and not k.endswith("^{}")}
     tgt_refs = dict(tadv.refs)
     pairs = selection.pairs(src_refs)
+    for prefix, count in selection.forge_owned(src_refs).items():
+        reporter.warn(f"skipping {count} ref(s) under {prefix}: a forge writes that namespace itself and refuses pushes to it")
     # the source's default branch first: forges pick a new repository's default from the first push
     head = sadv.symrefs.get("HEAD")
     pairs.sort(key=lambda p: (p[0] != head, p[1]))

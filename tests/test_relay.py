@@ -279,3 +279,15 @@ def test_spool_puts_the_source_pack_on_disk_first_and_lands_the_same(transport: 
     again = relay("sync", source.url, target.url, env=dict(os.environ, GIT_RELAY_SPOOL="1", GIT_RELAY_TRACE="1", TMPDIR=str(tmp_path)))
     assert "spooled" in again.stderr and refs(target.path)["refs/heads/main"] == refs(source.path)["refs/heads/main"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("git-relay-spool")], "the spool file is gone"
+
+
+def test_all_refs_skips_forge_namespaces_with_a_warning(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    source, target = make_remote("file", source=work), make_remote("file")
+    head = refs(source.path)["refs/heads/main"]
+    git("update-ref", "refs/pull/1/head", head, cwd=source.path)
+    git("update-ref", "refs/notes/commits", head, cwd=source.path)
+    res = relay("sync", "--all-refs", source.url, target.url)
+    assert "skipping 1 ref(s) under refs/pull/" in res.stderr
+    got = refs(target.path)
+    assert "refs/pull/1/head" not in got and got["refs/notes/commits"] == head and got["refs/heads/main"] == head
