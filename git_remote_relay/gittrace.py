@@ -182,7 +182,7 @@ class PacketTrace:
         non-packet bytes (a push's pack follows its commands raw, and git does not trace it)."""
         pending = b""
         tracing = True
-        for chunk in chunks:
+        for chunk in [chunks] if isinstance(chunks, bytes) else chunks:
             if tracing:
                 pending += chunk
                 while len(pending) >= 4:

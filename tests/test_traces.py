@@ -177,3 +177,15 @@ def test_curl_trace_of_an_authenticated_push_redacts_the_credentials(tmp_path: P
     git("checkout", "-q", "-b", "more", cwd=work)
     shown = git("push", url, "more", cwd=work, env=dict(os.environ, GIT_TRACE_CURL="1", GIT_TRACE_REDACT="0"))
     assert re.search(r"Authorization: Basic [0-9a-zA-Z+/]", shown.stderr)
+
+
+def test_a_request_body_is_traced_packet_by_packet_up_to_the_pack(tmp_path: Path) -> None:
+    from git_remote_relay.gittrace import PacketTrace, TraceKey
+
+    out = tmp_path / "trace"
+    tracer = PacketTrace(TraceKey({"GIT_TRACE_BARE": "1"}, "GIT_TRACE_PACKET", str(out)), "push")
+    body = b"000ahello\n" + b"0000" + b"PACK\x00\x00\x00\x02rest"
+    for given in (body, [body[:3], body[3:15], body[15:]]):  # whole bytes, and split anywhere
+        out.write_text("")
+        assert b"".join(tracer.body(given)) == body
+        assert out.read_text().splitlines() == ["packet:         push> hello", "packet:         push> 0000"]
