@@ -73,20 +73,16 @@ class Pair:
         self.options = options
         self.name = name
         self.line = line
+        self.hosts: set[str] = set()  # the hosts it connects to (the scheduler's per-host cap)
+        for url in (source, target):
+            try:
+                self.hosts.add(parse(url[len("relay::"):] if url.startswith("relay::") else url).host or "localhost")
+            except RelayError:
+                pass
 
     @property
     def key(self) -> str:
         return f"{self.source}\n{self.target}"
-
-    def hosts(self) -> set[str]:
-        out = set()
-        for url in (self.source, self.target):
-            try:
-                parsed = parse(url[len("relay::"):] if url.startswith("relay::") else url)
-            except RelayError:
-                continue
-            out.add(parsed.host or "localhost")
-        return out
 
     def argv(self) -> list[str]:
         args = ["sync", "--json", "-q"]
@@ -293,8 +289,8 @@ class _Scheduler:
         with self.lock:
             while self.waiting:
                 for i, pair in enumerate(self.waiting):
-                    if all(self.busy.get(h, 0) < self.per_host for h in pair.hosts()):
-                        for h in pair.hosts():
+                    if all(self.busy.get(h, 0) < self.per_host for h in pair.hosts):
+                        for h in pair.hosts:
                             self.busy[h] = self.busy.get(h, 0) + 1
                         return self.waiting.pop(i)
                 self.lock.wait()
@@ -302,7 +298,7 @@ class _Scheduler:
 
     def done(self, pair: Pair) -> None:
         """(with ``lock`` held)"""
-        for h in pair.hosts():
+        for h in pair.hosts:
             self.busy[h] -= 1
         self.lock.notify_all()
 

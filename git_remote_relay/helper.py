@@ -373,10 +373,11 @@ class Helper:
 
             self.session.close()
             reply, ok = push_signed(self.git, self.session, lines, opts, self.reporter)
+            failed = False
         else:
-            reply, ok = run_push_batch(self.git, self.reporter, self.session, self.settings, lines, opts)
+            reply, ok, failed = run_push_batch(self.git, self.reporter, self.session, self.settings, lines, opts)
         self._reply(reply)
-        return (0 if ok else 1), not reply.endswith("\n\n") and reply != "\n"
+        return (0 if ok else 1), failed
 
     def _stepper(self) -> Steps | None:
         """Big first fetches in resumable steps, unless turned off (or there is no repository)."""

@@ -163,9 +163,9 @@ def _status_line(u: RefUpdate) -> str:
 
 def run_push_batch(
     git: Git, reporter: Reporter, session: Session, settings: Settings, lines: list[str], opts: PushOptions
-) -> tuple[str, bool]:
-    """Push one batch; return (the reply for git, whether every ref succeeded). A reply without its
-    closing blank line means the transport failed: the helper ends after sending it."""
+) -> tuple[str, bool, bool]:
+    """Push one batch; return (the reply for git, whether every ref succeeded, whether the
+    transport failed: then the reply has no closing blank line and the helper ends after it)."""
     started = time.monotonic()
     updates = parse_push_lines(lines)
     service, adv = session.receive()
@@ -228,4 +228,4 @@ def run_push_batch(
     # the transport then, not just the refs, and `git push --porcelain` prints no "Done". A helper
     # says so by ending without the blank line that closes its reply.
     unpack_failed = any(u.error == "unpacker error" or (u.error or "").startswith("no report from the server (unpack") for u in updates)
-    return (text if unpack_failed else text + "\n"), all(u.ok or u.error == "up to date" for u in updates)
+    return (text if unpack_failed else text + "\n"), all(u.ok or u.error == "up to date" for u in updates), unpack_failed

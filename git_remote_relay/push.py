@@ -55,7 +55,9 @@ class PushOptions:
         self.push_options: list[str] = []
         self.cas: dict[str, str] = {}
         self.use_bitmaps = True  # push.useBitmaps
-        self.shallow: list[str] = []  # our shallow roots (a push from a shallow clone), sent as git's send-pack sends them
+        # our shallow roots (a push from a shallow clone), sent as git's send-pack sends them;
+        # None: not looked up yet
+        self.shallow: list[str] | None = None
         self.signed: str | None = None  # git push --signed: "true" or "if-asked"
 
     def set(self, name: str, value: str) -> str:
@@ -250,7 +252,7 @@ def _commands(updates: list[RefUpdate], adv: Advertisement, opts: PushOptions, p
         caps.append("object-format=sha1")
     # a shallow clone tells receive-pack where its history stops, so it can check (and, with
     # receive.shallowUpdate, record) the new shallow roots a push brings
-    out = [pkt_text(f"shallow {oid}") for oid in opts.shallow]
+    out = [pkt_text(f"shallow {oid}") for oid in opts.shallow or []]
     for i, u in enumerate(updates):
         line = f"{u.old} {u.new} {u.dst}"
         if i == 0:
@@ -367,7 +369,7 @@ def start_pack(git: "Git", updates: list[RefUpdate], haves: list[str], opts: Pus
     args.append("--progress" if progress else "-q")
     if not opts.use_bitmaps:
         args.append("--no-use-bitmap-index")
-    if git.run(["rev-parse", "--is-shallow-repository"]).strip() == b"true":
+    if opts.shallow if opts.shallow is not None else shallow_roots(git):
         args.append("--shallow")
     proc = git.popen(args, stdin=PIPE, stdout=PIPE, stderr=None)
     assert proc.stdin is not None and proc.stdout is not None

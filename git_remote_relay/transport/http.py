@@ -48,10 +48,10 @@ class HttpTransport:
         wait = ctx.timeout if ctx.timeout and ctx.timeout > 0 else None
         self.client = Client(HttpOptions(ctx.config, ctx.env, self.base), connect_timeout=min(30.0, wait or 30.0), read_timeout=wait,
                              trace=ctx.curl)
-        # http.postBuffer (at least one maximal packet, as in git): remote-curl sends a request
-        # whole while it fits with room for one more packet, else streams it chunked
         follow = (ctx.config.get("http.followredirects") or "initial").strip().lower()
         self.follow = "initial" if follow == "initial" else "false" if follow in ("false", "no", "off", "0") else "true"
+        # http.postBuffer (at least one maximal packet, as in git): remote-curl sends a request
+        # whole while it fits with room for one more packet, else streams it chunked
         configured = ctx.config.get_size("http.postbuffer")
         self.post_buffer = max(configured, _LARGE_PACKET) if configured is not None else SMALL_BODY
         self.cred: credential.Credential | None = None
