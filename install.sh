@@ -3,7 +3,7 @@
 #
 #   ./install.sh          install (idempotent; run again to upgrade)
 #   ./install.sh --dev    also what the tests need: an editable install with pytest in ./.venv,
-#                         and the servers (OpenSSH server, lighttpd) from the system's packages
+#                         and the servers (OpenSSH server, lighttpd) and git-lfs from the system's packages
 #   ./install.sh --configure-ssh
 #                         also make mama-ssh git's ssh command (git config --global core.sshCommand),
 #                         only if no other ssh command is configured
@@ -87,6 +87,7 @@ install_system_packages() {
   command -v ssh >/dev/null 2>&1 || missing+=(openssh-client)
   command -v lighttpd >/dev/null 2>&1 || [ -x /usr/sbin/lighttpd ] || missing+=(lighttpd)
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)  # the https tests make a certificate
+  command -v git-lfs >/dev/null 2>&1 || missing+=(git-lfs)  # the client that checks the LFS tests
   [ ${#missing[@]} -eq 0 ] && return 0
   local sudo=""
   if [ "$(id -u)" != 0 ]; then

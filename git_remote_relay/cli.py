@@ -133,6 +133,8 @@ def _relay_parser() -> "argparse.ArgumentParser":
             "-v", "--verbose", action="count", default=0, help="also print transfer statistics; twice: trace what the relay does"
         )
         p.add_argument("--max-pack-bytes", metavar="N", help="abort when the relayed pack grows past N bytes (k/m/g suffixes)")
+        p.add_argument("--no-lfs", dest="lfs", action="store_false",
+                       help="do not copy Git LFS objects (by default those the relayed commits name go first)")
 
     for name, text in (
         ("sync", "bring the target's managed refs to the source's"),
@@ -171,6 +173,13 @@ def _print_plan(record: dict[str, Any], reporter: "Reporter") -> None:
         name = ref["dst"] if not ref["src"] or ref["src"] == ref["dst"] else f"{ref['src']} -> {ref['dst']}"
         result = f" [{ref['result']}]" if ref["result"] != "planned" else ""
         reporter.out(f"  {ref['action']:<10} {arrow:<22} {name}: {ref['reason']}{result}")
+    lfs = record.get("lfs")
+    if lfs and lfs["objects"]:
+        from .stats import human
+
+        line = (f"  LFS: {lfs['objects']} object(s), {human(lfs['bytes'])} named; the target lacks {lfs['missing_on_target']} "
+                f"({human(lfs['missing_bytes'])})")
+        reporter.out(line + (f"; copied {lfs['copied']} ({human(lfs['copied_bytes'])})" if record["status"] != "planned" else ""))
 
 
 def _fleet(args: Any, env: dict[str, str], stderr: BinaryIO) -> int:
@@ -183,7 +192,7 @@ def _fleet(args: Any, env: dict[str, str], stderr: BinaryIO) -> int:
         if args.source or args.target:
             raise ManifestError("give either SOURCE TARGET or --manifest FILE, not both")
         single = (args.branch or args.map or args.tags or args.all_refs or args.exclude or args.max_pack_bytes or args.force_with_lease
-                  or args.prune or args.atomic or args.spool)
+                  or args.prune or args.atomic or args.spool or not args.lfs)
         if single:
             raise ManifestError("with --manifest, pair options go in the manifest ([defaults] or each [[pair]])")
         pairs = load_manifest(args.manifest)
@@ -258,6 +267,7 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
             split_interval=settings.split_interval,
             reporter=reporter,
             spool=getattr(args, "spool", False) or settings.spool,
+            lfs=args.lfs and settings.lfs,
         )
     except RelayError as exc:
         _fatal(stderr, exc.message, exc.hint)

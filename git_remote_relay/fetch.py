@@ -95,6 +95,7 @@ def fetch_pack(
     on_header: Callable[[int], None] | None = None,
     on_tmp: Callable[[list[str]], None] | None = None,
     allow_shallow: bool = False,
+    depth: int | None = None,
 ) -> FetchResult:
     """Fetch ``wants`` into the local object store; raise on any failure, leaving nothing behind.
 
@@ -111,7 +112,8 @@ def fetch_pack(
     os.makedirs(pack_dir, exist_ok=True)
     before = _tmp_packs(pack_dir)
     args = _index_args(git, reporter, check_connectivity, host_label)
-    request = fetch_request(adv, wants, haves, progress=reporter.progress, include_tag=include_tag, filter_spec=filter_spec, thin=thin)
+    request = fetch_request(adv, wants, haves, progress=reporter.progress, include_tag=include_tag, filter_spec=filter_spec, thin=thin,
+                            depth=depth)
     reporter.trace(f"fetch: {len(wants)} wants, {len(haves)} haves, protocol v{adv.version}")
     index = _start_index(git, args)
     received = 0

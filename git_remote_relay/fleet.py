@@ -16,7 +16,8 @@ A manifest (TOML) lists pairs, each with its own options, plus defaults and name
     names = ["lib-a", "lib-b"]
 
 Pair options: ``branches``, ``map``, ``tags``, ``all_refs``, ``exclude``, ``prune``,
-``force_with_lease``, ``atomic``, ``spool``, ``max_pack_bytes`` (as the single-pair command's flags).
+``force_with_lease``, ``atomic``, ``spool``, ``lfs`` (default true), ``max_pack_bytes`` (as the
+single-pair command's flags).
 
 Each pair runs as its own ``git relay sync --json`` process (a crash or a stall stays with its
 pair). ``--jobs N`` bounds how many run at once, and no host serves more than ``--per-host``
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["Pair", "ManifestError", "load_manifest", "shard", "run_fleet"]
 
 DEFAULT_PER_HOST = 4
-_BOOL = ("tags", "all_refs", "prune", "force_with_lease", "atomic", "spool")
+_BOOL = ("tags", "all_refs", "prune", "force_with_lease", "atomic", "spool", "lfs")
 _LISTS = ("branches", "map", "exclude")
 _OPTIONS = (*_BOOL, *_LISTS, "max_pack_bytes")
 
@@ -88,7 +89,10 @@ class Pair:
         args = ["sync", "--json", "-q"]
         o = self.options
         for flag in _BOOL:
-            if o.get(flag):
+            if flag == "lfs":
+                if o.get(flag) is False:
+                    args.append("--no-lfs")
+            elif o.get(flag):
                 args.append("--" + flag.replace("_", "-"))
         for b in o.get("branches", []):
             args += ["--branch", b]
@@ -210,7 +214,7 @@ class _Result:
                    and r.get("action") != "blocked"]
         status = rec.get("status") or ("failed" if self.code else "ok")
         return {"name": self.pair.name, "source": redact(self.pair.source), "target": redact(self.pair.target), "status": status,
-                "relayed": relayed, "blocked": blocked, "refused": refused, "bytes": rec.get("bytes", 0),
+                "relayed": relayed, "blocked": blocked, "refused": refused, "bytes": rec.get("bytes", 0), "lfs": rec.get("lfs"),
                 "elapsed": round(self.elapsed, 3), "error": redact(self.error) or None}
 
 

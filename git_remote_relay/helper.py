@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 from .errors import DumbHttpError, ObjectFormatError, RelayError, ShallowRemoteError, UnsupportedError
 from .gitcmd import Git
+from .lfs import ensure_lfs_url
 from .quoting import c_quote, c_unquote
 from .settings import Settings
 from .transport import Context
@@ -69,6 +70,8 @@ class Helper:
             say=self.reporter.say,
         )
         self.session = Session(self.url, self.ctx)
+        if ensure_lfs_url(self.git, self.config, name, address, self.url.scheme):
+            self.reporter.trace(f"wrote remote.{name}.lfsurl for git-lfs")
         self.remote_arg = remote_name  # git's arguments, for a hand-over to git's own remote-http
         self.address = address
         self.options_said: list[str] = []  # the option commands so far, replayed on a hand-over

@@ -156,29 +156,20 @@ def read_ls_refs(reader: PktReader, adv: Advertisement) -> None:
 
 
 def fetch_request(adv: Advertisement, wants: list[str], haves: list[str], *, progress: bool, include_tag: bool,
-                  thin: bool = True, ofs_delta: bool = True, filter_spec: str | None = None) -> bytes:
-    """A complete one-round fetch request (v2 ``command=fetch`` or v0 wants/haves/done)."""
+                  thin: bool = True, ofs_delta: bool = True, filter_spec: str | None = None, depth: int | None = None) -> bytes:
+    """A complete one-round fetch request (v2 ``command=fetch`` or v0 wants/haves/done);
+    ``depth`` (v2 only): only that many commits of each want (``deepen``)."""
     if not wants:
         raise ValueError("nothing to fetch")
+    if depth is not None and adv.version != 2:
+        raise UnsupportedError("a shallow look at the source needs protocol v2")
     if filter_spec and not supports_filter(adv):
         raise UnsupportedError("the source does not allow filtered fetches (uploadpack.allowFilter)")
-    out: list[bytes] = []
     if adv.version == 2:
-        out += [pkt_text(x) for x in ["command=fetch", *_common_args(adv)]]
-        out.append(DELIM.wire)
-        opts = (["thin-pack"] if thin else []) + (["ofs-delta"] if ofs_delta else [])
-        if filter_spec:
-            opts.append(f"filter {filter_spec}")
-        if not progress:
-            opts.append("no-progress")
-        if include_tag:
-            opts.append("include-tag")
-        out += [pkt_text(x) for x in opts]
-        out += [pkt_text(f"want {w}") for w in wants]
-        out += [pkt_text(f"have {h}") for h in haves]
-        out.append(pkt_text("done"))
-        out.append(FLUSH.wire)
-        return b"".join(out)
+        opts = [name for name, on in (("thin-pack", thin), ("ofs-delta", ofs_delta), (f"filter {filter_spec}", bool(filter_spec)),
+                                      ("no-progress", not progress), ("include-tag", include_tag)) if on]
+        return _v2_fetch(adv, opts, wants, haves, depth)
+    out: list[bytes] = []
     if not adv.has("side-band-64k"):
         raise UnsupportedError("the remote does not offer side-band-64k", "this server is too old for relay::; use plain git")
     caps = ["side-band-64k"]
@@ -200,6 +191,19 @@ def fetch_request(adv: Advertisement, wants: list[str], haves: list[str], *, pro
     out.append(FLUSH.wire)
     out += [pkt_text(f"have {h}") for h in haves]
     out.append(pkt_text("done"))
+    return b"".join(out)
+
+
+def _v2_fetch(adv: Advertisement, opts: list[str], wants: list[str], haves: list[str], depth: int | None) -> bytes:
+    out = [pkt_text(x) for x in ["command=fetch", *_common_args(adv)]]
+    out.append(DELIM.wire)
+    out += [pkt_text(x) for x in opts]
+    out += [pkt_text(f"want {w}") for w in wants]
+    out += [pkt_text(f"have {h}") for h in haves]
+    if depth is not None:
+        out.append(pkt_text(f"deepen {depth}"))
+    out.append(pkt_text("done"))
+    out.append(FLUSH.wire)
     return b"".join(out)
 
 

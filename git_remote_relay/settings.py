@@ -63,6 +63,8 @@ class Settings:
         self.timeout = _timeout(env.get("GIT_RELAY_TIMEOUT") or config.get("relay.timeout"))
         spool = env.get("GIT_RELAY_SPOOL")
         self.spool = _on(spool) if spool is not None else config.get_bool("relay.spool")  # git relay: the source's pack to disk first
+        lfs = env.get("GIT_RELAY_LFS")
+        self.lfs = _on(lfs) if lfs is not None else config.get_bool("relay.lfs", True)  # git relay: copy Git LFS objects
 
 
 def _seconds(value: str | None, key: str) -> float:

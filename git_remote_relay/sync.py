@@ -16,6 +16,7 @@ from .errors import RelayError, ShallowRemoteError, UnsupportedError
 from .fetch import fetch_pack
 from .gitcmd import Config, Git
 from .history import Scratch, first_parent_chain
+from .lfssync import LfsReport, copy_objects, find_pointers
 from .limits import Limits, limit_key
 from .protocol import ZERO_OID, Advertisement, fetch_request, read_fetch_preamble, supports_filter
 from .push import PackStream, PushOptions, RefUpdate, exchange
@@ -206,6 +207,26 @@ def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: 
     return sent, objects
 
 
+def _lfs(source: Session, target: Session, plans: list[RefUpdate], reporter: Reporter, dry_run: bool) -> LfsReport | None:
+    """Before any ref moves (as git-lfs's pre-push hook does): the LFS objects named by the blobs
+    that move, and those the target lacks copied from the source (only counted for a plan).
+    None: the source cannot show them without sending everything, which is said."""
+    wants = list(dict.fromkeys(p.new for p in plans if p.action in PUSHED_ACTIONS and p.new != ZERO_OID))
+    report = LfsReport()
+    if not wants:
+        return report
+    pointers = find_pointers(source, wants, target_haves(target.receive()[1]), reporter)
+    if pointers is None:
+        reporter.warn("the source allows no filtered fetch (uploadpack.allowFilter), so its LFS pointers were not looked for: "
+                      "LFS objects are not copied (--no-lfs says that is intended)")
+        return None
+    if pointers:
+        copy_objects(source, target, pointers, report, reporter, dry_run=dry_run)
+        if report.copied:
+            target.release_receive(used=False)  # idle while objects moved: the relay opens a fresh one
+    return report
+
+
 def probe(session: Session, push: bool) -> dict[str, Any]:
     adv = session.upload(listed=True)[1]
     info: dict[str, Any] = {
@@ -232,11 +253,13 @@ def probe(session: Session, push: bool) -> dict[str, Any]:
 
 def run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool = False, prune: bool = False,
              atomic: bool = False, limit: int | None = None, dry_run: bool = False, bootstrap_only: bool = False,
-             reporter: Reporter, split_interval: float = 0.0, spool: bool = False) -> dict[str, Any]:
-    """Plan, refuse what is blocked, relay the rest. Returns the run's record (see ``--json``)."""
+             reporter: Reporter, split_interval: float = 0.0, spool: bool = False, lfs: bool = True) -> dict[str, Any]:
+    """Plan, refuse what is blocked, copy the LFS objects the moving commits name (unless not
+    ``lfs``), relay the rest. Returns the run's record (see ``--json``)."""
     try:
         return _run_sync(source, target, selection, force_with_lease=force_with_lease, prune=prune, atomic=atomic, limit=limit,
-                         dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter, interval=split_interval, spool=spool)
+                         dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter, interval=split_interval, spool=spool,
+                         lfs=lfs)
     except ShallowRemoteError as exc:
         raise UnsupportedError(
             f"the source repository is shallow: its history stops at {len(exc.shallow)} commit(s) "
@@ -250,7 +273,7 @@ def run_sync(source: Session, target: Session, selection: Selection, *, force_wi
 
 def _run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool, prune: bool,
               atomic: bool, limit: int | None, dry_run: bool, bootstrap_only: bool, reporter: Reporter,
-              interval: float, spool: bool = False) -> dict[str, Any]:
+              interval: float, spool: bool = False, lfs: bool = True) -> dict[str, Any]:
     started = time.monotonic()
     plans, mode = plan(source, target, selection, force_with_lease=force_with_lease, prune=prune, reporter=reporter)
     if bootstrap_only and mode != "bootstrap":
@@ -260,6 +283,7 @@ def _run_sync(source: Session, target: Session, selection: Selection, *, force_w
     blocked = [p for p in plans if p.action == "blocked"]
     sent, objects = 0, None
     status = "ok"
+    lfs_report = _lfs(source, target, plans, reporter, dry_run) if lfs and not blocked else None
     if blocked:
         status = "blocked"
         for p in plans:
@@ -284,6 +308,7 @@ def _run_sync(source: Session, target: Session, selection: Selection, *, force_w
         "refs": [_as_json(p) for p in plans],
         "objects": objects,
         "bytes": sent,
+        "lfs": lfs_report.as_json() if lfs_report is not None else None,
         "elapsed": round(time.monotonic() - started, 3),
         "peak_rss": own,
         "peak_rss_children": children,

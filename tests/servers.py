@@ -161,6 +161,83 @@ def http_server(root: Path, base: Path, gitconfig: str, home: str, small_kb: int
         stop(proc)
 
 
+LFS_LIGHTTPD_CONF = """
+server.document-root = "{root}"
+server.bind = "127.0.0.1"
+server.port = {port}
+server.pid-file = "{base}/lighttpd.pid"
+server.errorlog = "{base}/lighttpd.log"
+server.max-request-size = 0
+server.stream-request-body = 2
+server.stream-response-body = 2
+server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_proxy")
+$HTTP["url"] =~ "^/git/.+\\.git/info/lfs/" {{
+  proxy.server = ("" => (("host" => "127.0.0.1", "port" => {lfs_port})))
+}}
+else $HTTP["url"] =~ "^/git/" {{
+  alias.url = ("/git/" => "{backend}/")
+  cgi.assign = ("" => "")
+  setenv.set-environment = ("GIT_PROJECT_ROOT" => "{root}", "GIT_HTTP_EXPORT_ALL" => "1",
+                            "GIT_CONFIG_GLOBAL" => "{gitconfig}", "GIT_CONFIG_NOSYSTEM" => "1", "HOME" => "{home}")
+}}
+"""
+
+
+@dataclass
+class LfsHost:
+    """A git host that also serves Git LFS where git-lfs looks for it: ``url(repo)`` is
+    ``http://127.0.0.1:PORT/git/<repo>.git``; its LFS objects are stored under ``store``."""
+
+    port: int
+    root: Path
+    store: Path
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/git/{name}.git"
+
+    def object_dir(self, name: str) -> Path:
+        """Where giftless keeps the LFS objects of repository ``name`` (one file per oid)."""
+        return self.store / "git" / name
+
+    def stored(self, name: str) -> dict[str, int]:
+        """The LFS objects the host has for repository ``name``: oid -> size."""
+        where = self.object_dir(name)
+        return {p.name: p.stat().st_size for p in where.iterdir() if len(p.name) == 64} if where.is_dir() else {}
+
+
+@contextlib.contextmanager
+def lfs_host(root: Path, base: Path, gitconfig: str, home: str) -> Iterator[LfsHost]:
+    """lighttpd in front of ``git http-backend`` (repositories under ``root``) and of giftless, a
+    real LFS server, at ``/git/<repo>.git/info/lfs/``: one URL for git and LFS, as hosts have."""
+    import sys
+
+    lighttpd = _sbin("lighttpd")
+    if not lighttpd:
+        raise ServerUnavailable("lighttpd is not installed (run ./install.sh --dev)")
+    backend = subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip() + "/git-http-backend"
+    base.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    lfs_port, port = free_port(), free_port()
+    store = base / "lfs-store"
+    log = base / "giftless.log"
+    giftless = subprocess.Popen([sys.executable, str(Path(__file__).with_name("lfs_server.py")), str(lfs_port), str(store)],
+                                stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    try:
+        wait_port(lfs_port, giftless, "giftless", log, timeout=30)
+        conf = base / "lighttpd.conf"
+        conf.write_text(LFS_LIGHTTPD_CONF.format(root=root, port=port, base=base, backend=backend, gitconfig=gitconfig,
+                                                 home=home, lfs_port=lfs_port))
+        proc = subprocess.Popen([lighttpd, "-D", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                                stderr=(base / "stderr.log").open("wb"))
+        try:
+            wait_port(port, proc, "lighttpd", base / "stderr.log")
+            yield LfsHost(port=port, root=root, store=store)
+        finally:
+            stop(proc)
+    finally:
+        stop(giftless)
+
+
 @dataclass
 class Sshd:
     port: int

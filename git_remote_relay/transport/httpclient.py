@@ -381,13 +381,15 @@ class Client:
             raise TransportError(f"the proxy refused to connect to {host}:{port} (HTTP {status} {reason})")
 
     def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | Iterable[bytes] | None = None,
-                auth: str | None = None) -> Response:
+                auth: str | None = None, length: int | None = None) -> Response:
         """Send one request; a kept-alive connection the server closed meanwhile is retried once
         when nothing of a streamed body has been consumed yet.
 
         The header lines are in curl's order, as git sends them: Host, credentials, User-Agent,
         Accept, Accept-Encoding, Cookie, then ``http.extraHeader`` and the caller's own (git's
-        custom headers), then the body's length or chunked encoding."""
+        custom headers), then the body's length or chunked encoding. A streamed body of a known
+        ``length`` goes with that Content-Length instead of chunked (object stores want it: an LFS
+        upload)."""
         parts = urlsplit(url)
         scheme = parts.scheme
         host = parts.hostname or ""
@@ -407,7 +409,8 @@ class Client:
             lines.append("Accept: */*")
         lines.append("Accept-Encoding: deflate, gzip")
         streamed = body is not None and not isinstance(body, bytes)
-        if streamed:
+        chunked = streamed and length is None
+        if chunked:
             lines.append("Transfer-Encoding: chunked")
         jar = self.options.cookies
         if jar is not None:
@@ -418,23 +421,25 @@ class Client:
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if isinstance(body, bytes):
             lines.append(f"Content-Length: {len(body)}")
+        elif streamed:
+            lines.append(f"Content-Length: {length}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        resp = self._exchange(origin, scheme, host, port, url, method, head, body, streamed)
+        resp = self._exchange(origin, scheme, host, port, url, method, head, body, streamed, chunked)
         if jar is not None and "set-cookie" in resp.headers:
             jar.receive(host, parts.path or "/", resp.headers["set-cookie"].split("\n"))
         return resp
 
     def _exchange(self, origin: str, scheme: str, host: str, port: int, url: str, method: str, head: bytes,
-                  body: bytes | Iterable[bytes] | None, streamed: bool) -> Response:
+                  body: bytes | Iterable[bytes] | None, streamed: bool, chunked: bool = True) -> Response:
         reused = self._take_idle(origin)
         if reused is not None:
             try:
-                return self._send(reused, url, method, head, body)
+                return self._send(reused, url, method, head, body, chunked)
             except ConnectionError:
                 if streamed:
                     raise TransportError(f"the connection to {redact(url)} closed under the request") from None
         try:
-            return self._send(self._open(scheme, host, port), url, method, head, body)
+            return self._send(self._open(scheme, host, port), url, method, head, body, chunked)
         except ConnectionError as exc:
             raise TransportError(f"the connection to {redact(url)} broke ({exc.strerror or exc})") from exc
 
@@ -448,7 +453,8 @@ class Client:
             return None
         return conn
 
-    def _send(self, conn: _Connection, url: str, method: str, head: bytes, body: bytes | Iterable[bytes] | None) -> Response:
+    def _send(self, conn: _Connection, url: str, method: str, head: bytes, body: bytes | Iterable[bytes] | None,
+              chunked: bool = True) -> Response:
         trace = self.trace
         try:
             try:
@@ -460,24 +466,7 @@ class Client:
                         trace.send_data(body)
                 else:
                     conn.sock.sendall(head)
-                    early: Response | None = None
-                    for chunk in body:
-                        if chunk:
-                            framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
-                            conn.sock.sendall(framed)
-                            if trace is not None:
-                                trace.send_data(framed)
-                            if early is None and _answered(conn):
-                                # The server answered before the body ended. An error (a front
-                                # end's 413, say) means it reads no more: stop sending, as curl
-                                # does, instead of streaming the rest of the pack to nobody.
-                                early = Response(self, conn, url, method)
-                                if early.status >= 300:
-                                    early._reusable = False  # the body was cut off
-                                    return early
-                    conn.sock.sendall(b"0\r\n\r\n")
-                    if trace is not None:
-                        trace.send_data(b"0\r\n\r\n")
+                    early = self._stream(conn, url, method, body, chunked)
                     if early is not None:
                         return early
             except (BrokenPipeError, ConnectionResetError):
@@ -492,6 +481,32 @@ class Client:
         except BaseException:
             conn.close()
             raise
+
+
+    def _stream(self, conn: _Connection, url: str, method: str, body: Iterable[bytes], chunked: bool) -> Response | None:
+        """Send a streamed body (chunked, or raw under a Content-Length); the reply if the server
+        answered before the body ended."""
+        trace = self.trace
+        early: Response | None = None
+        for chunk in body:
+            if chunk:
+                framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n" if chunked else chunk
+                conn.sock.sendall(framed)
+                if trace is not None:
+                    trace.send_data(framed)
+                if early is None and _answered(conn):
+                    # The server answered before the body ended. An error (a front end's 413,
+                    # say) means it reads no more: stop sending, as curl does, instead of
+                    # streaming the rest of the pack to nobody.
+                    early = Response(self, conn, url, method)
+                    if early.status >= 300:
+                        early._reusable = False  # the body was cut off
+                        return early
+        if chunked:
+            conn.sock.sendall(b"0\r\n\r\n")
+            if trace is not None:
+                trace.send_data(b"0\r\n\r\n")
+        return early
 
 
 def _answered(conn: _Connection) -> bool:

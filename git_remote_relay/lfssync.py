@@ -1,0 +1,454 @@
+"""Git LFS objects for ``git relay``: find the pointers in what moves, ask the target which
+objects it lacks, and stream each from the source's LFS storage into the target's.
+
+* **Finding pointers** looks only at the blobs that move, with no checkout: a fetch of the
+  relayed range (the same wants and haves as the pack relay) with ``filter blob:limit=1024``
+  into a scratch repository, whose small blobs are read as pointer files. A repository that does
+  not use LFS is recognised first, for the price of one shallow look at the tips (their trees
+  and small files): no ``.gitattributes`` there names ``filter=lfs`` and no pointer is there.
+* **Servers** are found as git-lfs finds them: ``<url>.git/info/lfs`` for http(s) (git:// as
+  https), ``git-lfs-authenticate`` over ssh. The batch API says what the target lacks and where
+  to get and put each object; a per-object refusal (too large for the target, say) is reported
+  before anything moves.
+* **Transfers** stream: the download's body is the upload's body, in 1 MiB pieces, with the
+  SHA-256 checked on the way; the last piece is held back until the hash is right, so a corrupt
+  source can never complete an upload. ``lfs.concurrentTransfers`` objects at a time (8),
+  each retried on 429 and 5xx; a re-run asks the target again and sends only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+from .errors import RelayError, TransportError, UnsupportedError
+from .fetch import fetch_pack
+from .gitcmd import PIPE, Git, run_command
+from .history import Scratch
+from .lfs import POINTER_MAX, Pointer, http_endpoint, parse_pointer
+from .protocol import supports_filter
+from .transport.base import Context
+from .transport.http import HttpTransport
+from .transport.httpclient import Client, HttpOptions, Response
+from .transport.process import sq_quote, ssh_argv
+from .transport.session import Session
+from .ui import Reporter
+from .url import parse, redact
+
+__all__ = ["LfsServer", "LfsReport", "find_pointers", "copy_objects", "BATCH_SIZE"]
+
+BATCH_SIZE = 100  # objects per batch request, as git-lfs sends them
+MEDIA = "application/vnd.git-lfs+json"
+TRIES = 4
+_PIECE = 1 << 20
+
+
+class LfsReport:
+    """What the LFS part of a relay found and did (the ``lfs`` object of ``--json``)."""
+
+    def __init__(self) -> None:
+        self.pointers = 0  # distinct LFS objects named by the blobs that move
+        self.bytes_named = 0
+        self.missing = 0  # of those, what the target lacks
+        self.missing_bytes = 0
+        self.copied = 0
+        self.copied_bytes = 0
+        self.absent_on_source: list[str] = []
+
+    def as_json(self) -> dict[str, object]:
+        return {"objects": self.pointers, "bytes": self.bytes_named, "missing_on_target": self.missing,
+                "missing_bytes": self.missing_bytes, "copied": self.copied, "copied_bytes": self.copied_bytes,
+                "absent_on_source": self.absent_on_source}
+
+
+# -- finding the pointers ---------------------------------------------------------------------
+def _blobs(git: Git, limit: int) -> list[str]:
+    """The blobs of at most ``limit`` bytes in the scratch repository."""
+    out = git.run(["cat-file", "--batch-all-objects", "--batch-check=%(objecttype) %(objectsize) %(objectname)"])
+    found = []
+    for line in out.decode().splitlines():
+        kind, size, oid = line.split(" ")
+        if kind == "blob" and int(size) <= limit:
+            found.append(oid)
+    return found
+
+
+def _contents(git: Git, oids: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(oid, content) of each blob, read as ``git cat-file --batch`` writes them (never all at once)."""
+    if not oids:
+        return
+    proc = git.popen(["cat-file", "--batch"], stdin=PIPE, stdout=PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+
+    def feed() -> None:
+        try:
+            for oid in oids:
+                proc.stdin.write(oid.encode() + b"\n")
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        while True:
+            header = proc.stdout.readline()
+            if not header:
+                break
+            words = header.split()
+            if len(words) < 3:  # "<oid> missing"
+                continue
+            size = int(words[2])
+            data = proc.stdout.read(size + 1)[:size]
+            yield words[0].decode(), data
+    finally:
+        writer.join()
+        proc.stdout.close()
+        proc.wait()
+
+
+def _uses_lfs_at_tips(git: Git, tips: list[str]) -> bool:
+    """Do the tips (fetched one commit deep, trees and small blobs) show LFS: a ``.gitattributes``
+    naming ``filter=lfs`` (one too large to have been fetched counts), or a pointer file?"""
+    attributes: list[str] = []
+    for tip in tips:
+        listing = git.run(["ls-tree", "-r", "-z", "--full-tree", tip]).split(b"\0")
+        for entry in listing:
+            meta, _, path = entry.partition(b"\t")
+            if path == b".gitattributes" or path.endswith(b"/.gitattributes"):
+                attributes.append(meta.split()[2].decode())
+    present = dict(_contents(git, list(dict.fromkeys(attributes))))
+    if any(oid not in present or b"filter=lfs" in present[oid] for oid in attributes):
+        return True
+    return any(parse_pointer(data) for _, data in _contents(git, _blobs(git, POINTER_MAX)))
+
+
+def find_pointers(source: Session, wants: list[str], haves: list[str], reporter: Reporter) -> list[Pointer] | None:
+    """The LFS objects named by the blobs a relay of ``wants`` (the target having ``haves``)
+    moves; None when the source cannot show them without sending the whole range (it allows no
+    filtered fetch), so the caller can say so."""
+    if not wants:
+        return []
+    service, adv = source.take_upload()
+    if not supports_filter(adv):
+        source.done_upload()
+        return None
+    quiet = reporter.quiet()
+    env = source.ctx.env
+    if adv.version == 2:
+        with Scratch(env) as look:
+            fetch_pack(service, adv, look.git, quiet, wants, [], include_tag=False, check_connectivity=False, host_label="git-relay",
+                       filter_spec=f"blob:limit={POINTER_MAX}", thin=False, allow_shallow=True, depth=1)
+            source.done_upload()
+            if not _uses_lfs_at_tips(look.git, wants):
+                reporter.trace("lfs: no .gitattributes names filter=lfs at the tips and no pointer is there")
+                return []
+        service, adv = source.take_upload()
+    with Scratch(env) as scratch:
+        fetch_pack(service, adv, scratch.git, quiet, wants, haves, include_tag=False, check_connectivity=False, host_label="git-relay",
+                   filter_spec=f"blob:limit={POINTER_MAX}", thin=False)
+        source.done_upload()
+        found: dict[str, Pointer] = {}
+        for _, data in _contents(scratch.git, _blobs(scratch.git, POINTER_MAX)):
+            pointer = parse_pointer(data)
+            if pointer is not None:
+                found.setdefault(pointer.oid, pointer)
+        return list(found.values())
+
+
+# -- the servers ------------------------------------------------------------------------------
+class LfsServer:
+    """One side's LFS API, found from its git URL as git-lfs finds it."""
+
+    def __init__(self, session: Session, operation: str, side: str) -> None:
+        self.session = session
+        self.side = side
+        ctx = session.ctx
+        url = session.url
+        self.headers: dict[str, str] = {}
+        if url.scheme in ("http", "https"):
+            api = http_endpoint(url.raw)
+        elif url.scheme == "git":
+            protocol = ctx.config.get("lfs.gitprotocol") or "https"
+            api = http_endpoint(protocol + url.raw[len("git"):])
+        elif url.scheme == "ssh":
+            api = self._authenticate(ctx, operation)
+        else:
+            raise UnsupportedError(f"copying LFS objects {'from' if side == 'source' else 'to'} a local repository is not supported",
+                                   "run with --no-lfs, or give the repository's http(s) or ssh URL")
+        self.api = api
+        self.http = HttpTransport(parse(api), ctx)
+
+    def _authenticate(self, ctx: Context, operation: str) -> str:
+        """git-lfs's ssh discovery: ``git-lfs-authenticate <path> <operation>`` gives the API's
+        href and the headers to send it."""
+        url = self.session.url
+        argv = ssh_argv(ctx, url, f"git-lfs-authenticate {sq_quote(url.path)} {operation}", want_v2=False)
+        proc = run_command(argv, env=ctx.env, cwd=None, stderr=PIPE)
+        if proc.returncode != 0:
+            said = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise TransportError(f"the {self.side}'s LFS server could not be found over ssh: git-lfs-authenticate failed"
+                                 + (f" ({said[-1]})" if said else f" (exit code {proc.returncode})"),
+                                 "run with --no-lfs if the repository does not use Git LFS")
+        try:
+            answer = json.loads(proc.stdout)
+            href = answer.get("href") or ""
+            headers = answer.get("header") or {}
+        except (ValueError, AttributeError):
+            raise TransportError(f"the {self.side}'s git-lfs-authenticate did not answer in JSON") from None
+        if not href:
+            href = http_endpoint("https://" + url.host + "/" + url.path.lstrip("/"))
+        self.headers = {str(k): str(v) for k, v in headers.items()}
+        return str(href)
+
+    def batch(self, operation: str, objects: list[Pointer]) -> dict[str, dict[str, object]]:
+        """The batch API's answer per oid (``actions`` and/or ``error``), in requests of BATCH_SIZE."""
+        answers: dict[str, dict[str, object]] = {}
+        url = self.api + "/objects/batch"
+        for start in range(0, len(objects), BATCH_SIZE):
+            part = objects[start:start + BATCH_SIZE]
+            body = json.dumps({"operation": operation, "transfers": ["basic"], "hash_algo": "sha256",
+                               "objects": [{"oid": p.oid, "size": p.size} for p in part]}).encode()
+            headers = dict(self.headers, Accept=MEDIA)
+            headers["Content-Type"] = MEDIA
+            resp = self.http.send("POST", url, headers, body)
+            data = _read_all(resp, 16 << 20)
+            if resp.status != 200:
+                raise TransportError(f"the {self.side}'s LFS server refused the batch request (HTTP {resp.status}) at '{redact(url)}'"
+                                     + _message(data), "check the LFS server's URL and your access to it, or run with --no-lfs")
+            self.http.settled()
+            try:
+                for item in json.loads(data).get("objects") or []:
+                    answers[str(item["oid"])] = item
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise TransportError(f"the {self.side}'s LFS server answered the batch request with something that is not "
+                                     "its JSON") from None
+        return answers
+
+
+def _read_all(resp: Response, limit: int) -> bytes:
+    out = bytearray()
+    while len(out) <= limit:
+        data = resp.read(1 << 16)
+        if not data:
+            resp.release()
+            return bytes(out)
+        out += data
+    resp.close()
+    raise TransportError(f"an LFS server's answer from {redact(resp.url)} is larger than {limit} bytes")
+
+
+def _message(data: bytes) -> str:
+    try:
+        text = json.loads(data).get("message")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {text}" if text else ""
+
+
+# -- transfers --------------------------------------------------------------------------------
+class _Retry(Exception):
+    def __init__(self, why: str, delay: float | None) -> None:
+        super().__init__(why)
+        self.why, self.delay = why, delay
+
+
+class _Clients(threading.local):
+    """Each transfer thread's own HTTP connections, per origin (never shared across threads)."""
+
+    def __init__(self) -> None:
+        self.by_origin: dict[str, Client] = {}
+
+
+class Copier:
+    """Streams objects from the source's download actions to the target's upload actions."""
+
+    def __init__(self, ctx: Context, reporter: Reporter) -> None:
+        self.ctx = ctx
+        self.reporter = reporter
+        self.local = _Clients()
+        self.clients: list[Client] = []
+        self.lock = threading.Lock()
+        self.done = 0
+        self.done_bytes = 0
+
+    def client(self, url: str) -> Client:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        client = self.local.by_origin.get(origin)
+        if client is None:
+            wait = self.ctx.timeout if self.ctx.timeout and self.ctx.timeout > 0 else None
+            client = Client(HttpOptions(self.ctx.config, self.ctx.env, url), connect_timeout=min(30.0, wait or 30.0),
+                            read_timeout=wait, trace=self.ctx.curl)
+            self.local.by_origin[origin] = client
+            with self.lock:
+                self.clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.close()
+
+    def copy(self, pointer: Pointer, down: dict[str, object], up: dict[str, object], verify: dict[str, object] | None) -> None:
+        delay = 1.0
+        for attempt in range(1, TRIES + 1):
+            try:
+                self._once(pointer, down, up, verify)
+                return
+            except _Retry as exc:
+                if attempt == TRIES:
+                    raise TransportError(f"LFS object {pointer.oid[:12]}: {exc.why}, {TRIES} times",
+                                         "run the sync again later: it sends only what the target still lacks") from None
+                wait = exc.delay if exc.delay is not None else delay
+                self.reporter.trace(f"lfs: {pointer.oid[:12]}: {exc.why}; again in {wait:g} s")
+                time.sleep(wait)
+                delay *= 2
+
+    def _request(self, method: str, action: dict[str, object], what: str, body: object = None, length: int | None = None,
+                 extra: dict[str, str] | None = None) -> Response:
+        href = str(action.get("href") or "")
+        if not href.startswith(("http://", "https://")):
+            raise TransportError(f"an LFS server gave a {what} address that is not http(s): '{redact(href)}'")
+        given = action.get("header")
+        headers = {str(k): str(v) for k, v in given.items()} if isinstance(given, dict) else {}
+        headers.update(extra or {})
+        try:
+            return self.client(href).request(method, href, headers, body, length=length)  # type: ignore[arg-type]
+        except TransportError as exc:
+            raise _Retry(f"{what}: {exc.message}", None) from None
+
+    def _once(self, pointer: Pointer, down: dict[str, object], up: dict[str, object], verify: dict[str, object] | None) -> None:
+        get = self._request("GET", down, "download")
+        try:
+            _check(get, "the source's download")
+            put = self._request("PUT", up, "upload", body=_verified(get, pointer), length=pointer.size,
+                                extra={"Content-Type": "application/octet-stream"})
+            try:
+                _check(put, "the target's upload")
+                put.drain()
+            finally:
+                put.release()
+        finally:
+            get.close()
+        if verify:
+            body = json.dumps({"oid": pointer.oid, "size": pointer.size}).encode()
+            resp = self._request("POST", verify, "verify", body=body, extra={"Content-Type": MEDIA, "Accept": MEDIA})
+            try:
+                _check(resp, "the target's verify")
+                resp.drain()
+            finally:
+                resp.release()
+        with self.lock:
+            self.done += 1
+            self.done_bytes += pointer.size
+
+
+def _check(resp: Response, what: str) -> None:
+    if 200 <= resp.status < 300:
+        return
+    retry_after = resp.headers.get("retry-after", "")
+    resp.close()
+    why = f"{what} answered HTTP {resp.status}"
+    if resp.status == 429 or resp.status >= 500:
+        raise _Retry(why, float(retry_after) if retry_after.isdigit() else None)
+    raise TransportError(f"{why} for {redact(resp.url)}")
+
+
+def _verified(resp: Response, pointer: Pointer) -> Iterator[bytes]:
+    """The download's body, with its size and SHA-256 checked: the last piece is held back until
+    both are right, so a wrong object never completes the upload (the target sees a cut-off body)."""
+    digest = hashlib.sha256()
+    size = 0
+    held = b""
+    while True:
+        data = resp.read(_PIECE)
+        if not data:
+            break
+        digest.update(data)
+        size += len(data)
+        if size > pointer.size:
+            break
+        if held:
+            yield held
+        held = data
+    if size != pointer.size or digest.hexdigest() != pointer.oid:
+        raise RelayError(f"LFS object {pointer.oid[:12]} from the source is not what its pointer says "
+                         f"({size} bytes, sha256 {digest.hexdigest()[:12]})",
+                         "the source's LFS storage holds a damaged object: fix it there, then run the sync again")
+    if held:
+        yield held
+
+
+def copy_objects(source: Session, target: Session, pointers: list[Pointer], report: LfsReport, reporter: Reporter,
+                 dry_run: bool = False) -> None:
+    """Ask the target what it lacks; unless ``dry_run``, stream each such object from the source."""
+    report.pointers = len(pointers)
+    report.bytes_named = sum(p.size for p in pointers)
+    if not pointers:
+        return
+    upstream = LfsServer(target, "upload", "target")
+    wanted = upstream.batch("upload", pointers)
+    refused = [(p, wanted[p.oid]["error"]) for p in pointers if p.oid in wanted and wanted[p.oid].get("error")]
+    if refused:
+        lines = [f"{p.oid[:12]} ({p.size} bytes): {(e or {}).get('message', e) if isinstance(e, dict) else e}" for p, e in refused[:5]]
+        raise RelayError(f"the target's LFS server refuses {len(refused)} object(s), before anything was sent: " + "; ".join(lines),
+                         "raise the target's LFS size limit, or run with --no-lfs to relay the commits without LFS content")
+    todo = [p for p in pointers if (wanted.get(p.oid) or {}).get("actions")]
+    report.missing = len(todo)
+    report.missing_bytes = sum(p.size for p in todo)
+    if dry_run or not todo:
+        return
+    downstream = LfsServer(source, "download", "source")
+    offered = downstream.batch("download", todo)
+    copier = Copier(target.ctx, reporter)
+    jobs = []
+    for p in todo:
+        answer = offered.get(p.oid) or {}
+        actions = answer.get("actions") or {}
+        if not isinstance(actions, dict) or "download" not in actions:
+            report.absent_on_source.append(p.oid)
+            continue
+        up = (wanted[p.oid].get("actions") or {})
+        assert isinstance(up, dict)
+        jobs.append((p, actions["download"], up.get("upload"), up.get("verify")))
+    if report.absent_on_source:
+        reporter.warn(f"the source's LFS server does not have {len(report.absent_on_source)} object(s) its commits name "
+                      f"({', '.join(o[:12] for o in report.absent_on_source[:3])}): the target gets their pointers only, as the source has")
+    workers = max(1, min(len(jobs) or 1, _concurrency(source.ctx)))
+    started = time.monotonic()
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lfs") as pool:
+            futures = [pool.submit(copier.copy, p, down, upload, verify) for p, down, upload, verify in jobs if upload]
+            for future in futures:
+                future.result()
+                _progress(reporter, copier, len(futures), started)
+    finally:
+        copier.close()
+        report.copied, report.copied_bytes = copier.done, copier.done_bytes
+    if jobs:
+        _progress(reporter, copier, len(jobs), started, final=True)
+
+
+def _concurrency(ctx: Context) -> int:
+    value = ctx.config.get("lfs.concurrenttransfers")
+    try:
+        return max(1, int(value)) if value else 8
+    except ValueError:
+        return 8
+
+
+def _progress(reporter: Reporter, copier: Copier, total: int, started: float, final: bool = False) -> None:
+    if not reporter.progress and not final:
+        return
+    mib = copier.done_bytes / (1 << 20)
+    line = f"Copying LFS objects: {100 * copier.done // max(total, 1)}% ({copier.done}/{total}), {mib:.2f} MiB"
+    if final:
+        reporter.say(line + f", done in {time.monotonic() - started:.1f} s.")
+    else:
+        reporter.raw(line + "\r")

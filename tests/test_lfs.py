@@ -1,0 +1,308 @@
+"""Git LFS through relay:: and git relay, against giftless (a real LFS server) behind the same
+lighttpd as ``git http-backend``, checked with Debian's git-lfs as the client.
+
+Two hosts, a source and a target, each serving git and LFS at one URL as hosting services do,
+so git-lfs needs no ``lfs.url``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import servers
+from conftest import git, refs, unavailable
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def lfs_config(workspace: Path) -> str:
+    """A global git config like the tests' own, plus what ``git lfs install`` adds (its filters)."""
+    if not shutil.which("git-lfs"):
+        unavailable("git-lfs is not installed (run ./install.sh --dev)")
+    config = workspace / "gitconfig-lfs"
+    config.write_text(Path(os.environ["GIT_CONFIG_GLOBAL"]).read_text())
+    subprocess.run(["git", "lfs", "install", "--skip-repo"], env=dict(os.environ, GIT_CONFIG_GLOBAL=str(config)), check=True,
+                   capture_output=True)
+    return str(config)
+
+
+@pytest.fixture(scope="session")
+def lfs_hosts(workspace: Path, lfs_config: str) -> Iterator[tuple[servers.LfsHost, servers.LfsHost]]:
+    try:
+        import giftless  # noqa: F401
+    except ImportError as exc:
+        unavailable(f"giftless is not installed (run ./install.sh --dev): {exc}")
+    try:
+        with contextlib.ExitStack() as stack:
+            hosts = [stack.enter_context(servers.lfs_host(workspace / f"lfs-{side}" / "srv", workspace / f"lfs-{side}", lfs_config,
+                                                          os.environ["HOME"])) for side in ("source", "target")]
+            yield hosts[0], hosts[1]
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture
+def env(lfs_config: str) -> dict[str, str]:
+    return dict(os.environ, GIT_CONFIG_GLOBAL=lfs_config)
+
+
+def bare(host: servers.LfsHost, name: str) -> str:
+    path = host.root / f"{name}.git"
+    git("init", "-q", "--bare", str(path))
+    git("symbolic-ref", "HEAD", "refs/heads/main", cwd=path)
+    return host.url(name)
+
+
+def lfs_work(path: Path, env: dict[str, str], files: int, size: int = 20_000, seed: str = "") -> dict[str, bytes]:
+    """A work tree whose ``*.bin`` files are in LFS: ``files`` of them, ``size`` bytes each, committed."""
+    git("init", "-q", str(path), env=env)
+    git("lfs", "track", "*.bin", cwd=path, env=env)
+    contents = {}
+    for i in range(files):
+        data = hashlib.sha256(f"{seed}{path.name}{i}".encode()).digest() * (size // 32)
+        (path / f"f{i:02}.bin").write_bytes(data)
+        contents[f"f{i:02}.bin"] = data
+    (path / "README").write_text("an LFS repository\n")
+    git("add", ".", cwd=path, env=env)
+    git("commit", "-q", "-m", f"{files} LFS files", cwd=path, env=env)
+    return contents
+
+
+def oid_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def published(host: servers.LfsHost, name: str, tmp: Path, env: dict[str, str], files: int, size: int = 20_000) -> dict[str, bytes]:
+    """A repository ``name`` on ``host`` with ``files`` LFS files, pushed there by native git."""
+    url = bare(host, name)
+    work = tmp / f"{name}-work"
+    contents = lfs_work(work, env, files, size)
+    git("push", "-q", url, "main", cwd=work, env=env)
+    assert set(host.stored(name)) == {oid_of(d) for d in contents.values()}
+    return contents
+
+
+def checked_out(work: Path, contents: dict[str, bytes]) -> None:
+    for name, data in contents.items():
+        assert (work / name).read_bytes() == data, f"{name} is not its LFS content"
+
+
+# -- relay:: remotes ---------------------------------------------------------------------------
+def test_clone_through_relay_checks_out_lfs_content(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                    env: dict[str, str]) -> None:
+    host = lfs_hosts[0]
+    contents = published(host, "clone20", tmp_path, env, files=20)
+    native = git("clone", host.url("clone20"), str(tmp_path / "native"), env=env)
+    relayed = git("clone", "relay::" + host.url("clone20"), str(tmp_path / "relayed"), env=env)
+    assert "checkout failed" not in native.stderr + relayed.stderr
+    checked_out(tmp_path / "native", contents)
+    checked_out(tmp_path / "relayed", contents)
+    # git-lfs finds the server git-lfs finds without relay::
+    endpoint = git("lfs", "env", cwd=tmp_path / "relayed", env=env).stdout
+    assert f"Endpoint={host.url('clone20')}/info/lfs" in endpoint
+    assert git("config", "remote.origin.lfsurl", cwd=tmp_path / "relayed").stdout.strip() == host.url("clone20") + "/info/lfs"
+    git("lfs", "fsck", cwd=tmp_path / "relayed", env=env)
+
+
+def test_push_through_relay_uploads_lfs_objects(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                               env: dict[str, str]) -> None:
+    host = lfs_hosts[0]
+    contents = published(host, "push", tmp_path, env, files=2)
+    work = tmp_path / "relayed"
+    git("clone", "-q", "relay::" + host.url("push"), str(work), env=env)
+    new = {f"new{i}.bin": os.urandom(30_000) for i in range(3)}
+    for name, data in new.items():
+        (work / name).write_bytes(data)
+    git("add", ".", cwd=work, env=env)
+    git("commit", "-q", "-m", "three more", cwd=work, env=env)
+    git("push", "origin", "main", cwd=work, env=env)
+    assert {oid_of(d) for d in new.values()} <= set(host.stored("push"))
+    fresh = tmp_path / "fresh"
+    git("clone", "-q", host.url("push"), str(fresh), env=env)
+    assert "Git LFS fsck OK" in git("lfs", "fsck", cwd=fresh, env=env).stdout
+    checked_out(fresh, {**contents, **new})
+
+
+def test_a_native_clone_switched_to_relay_pushes_lfs(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                     env: dict[str, str]) -> None:
+    """The first push after ``git remote set-url origin relay::…``: the pre-push hook already
+    finds the LFS server (the helper runs before git's pre-push hook)."""
+    host = lfs_hosts[0]
+    published(host, "switched", tmp_path, env, files=1)
+    work = tmp_path / "clone"
+    git("clone", "-q", host.url("switched"), str(work), env=env)
+    git("remote", "set-url", "origin", "relay::" + host.url("switched"), cwd=work)
+    data = os.urandom(10_000)
+    (work / "late.bin").write_bytes(data)
+    git("add", ".", cwd=work, env=env)
+    git("commit", "-q", "-m", "late", cwd=work, env=env)
+    git("push", "-q", "origin", "main", cwd=work, env=env)
+    assert oid_of(data) in host.stored("switched")
+
+
+def test_an_lfs_url_someone_chose_is_left_alone(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                               env: dict[str, str]) -> None:
+    host = lfs_hosts[0]
+    published(host, "chosen", tmp_path, env, files=1)
+    url = "relay::" + host.url("chosen")
+    chosen = host.url("chosen") + "/info/lfs"
+    # the user's own remote.origin.lfsurl stays as it is
+    git("clone", "-q", "-c", f"remote.origin.lfsurl={chosen}?mine", url, str(tmp_path / "a"), env=dict(env, GIT_LFS_SKIP_SMUDGE="1"))
+    assert git("config", "remote.origin.lfsurl", cwd=tmp_path / "a").stdout.strip() == chosen + "?mine"
+    # lfs.url wins over any remote's: nothing is written
+    git("clone", "-q", "-c", f"lfs.url={chosen}", url, str(tmp_path / "b"), env=env)
+    assert git("config", "remote.origin.lfsurl", cwd=tmp_path / "b", check=False).returncode == 1
+    # without git-lfs set up, nothing is written either
+    git("clone", "-q", url, str(tmp_path / "c"), env=dict(env, GIT_CONFIG_GLOBAL=os.environ["GIT_CONFIG_GLOBAL"]))
+    assert git("config", "remote.origin.lfsurl", cwd=tmp_path / "c", check=False).returncode == 1
+    # the value the helper wrote follows the remote's URL when it changes
+    other = published(host, "chosen2", tmp_path, env, files=1)
+    work = tmp_path / "d"
+    git("clone", "-q", url, str(work), env=env)
+    git("remote", "set-url", "origin", "relay::" + host.url("chosen2"), cwd=work)
+    git("fetch", "-q", "origin", cwd=work, env=env)
+    assert git("config", "remote.origin.lfsurl", cwd=work).stdout.strip() == host.url("chosen2") + "/info/lfs"
+    assert other
+
+
+@pytest.mark.parametrize("inner", [
+    "https://git.example.com/org/repo.git", "https://git.example.com/org/repo", "http://h:8080/r/", "git://h:9418/org/repo",
+    "ssh://me@h:2222/srv/repo.git", "me@h:srv/repo", "file://{bare}", "{bare}", "{work}",
+])
+def test_git_lfs_finds_for_relay_what_it_finds_without(inner: str, tmp_path: Path, lfs_config: str) -> None:
+    """``git lfs env`` of a relay:: remote with the helper's lfsurl equals that of the inner URL."""
+    from git_remote_relay.lfs import lfs_url_for
+    from git_remote_relay.url import parse
+
+    env = dict(os.environ, GIT_CONFIG_GLOBAL=lfs_config)
+    git("init", "-q", str(tmp_path / "r"))
+    git("init", "-q", "--bare", str(tmp_path / "bare.git"))
+    inner = inner.format(bare=tmp_path / "bare.git", work=tmp_path / "r")  # local ones exist, as they must for git-lfs
+
+    def endpoint(url: str, lfsurl: str | None) -> list[str]:
+        args = ["-c", f"remote.origin.url={url}"] + (["-c", f"remote.origin.lfsurl={lfsurl}"] if lfsurl else [])
+        out = git(*args, "lfs", "env", cwd=tmp_path / "r", env=env).stdout.splitlines()
+        lines = [line for line in out if line.startswith(("Endpoint=", "  SSH="))]
+        return [line.split(" (auth=")[0] for line in lines]
+
+    native = endpoint(inner, None)
+    relayed = endpoint("relay::" + inner, lfs_url_for(inner, parse(inner).scheme))
+    if inner.startswith(("ssh://", "me@")):
+        # the same ssh host and path for git-lfs-authenticate and git-lfs-transfer (the https
+        # URL beside it is used only when the server's answer has no href)
+        assert [x for x in native if x.startswith("  SSH=")] == [x for x in relayed if x.startswith("  SSH=")] != []
+    else:
+        assert native == relayed
+    assert endpoint("relay::" + inner, None) != native  # what git-lfs does on its own
+
+
+# -- git relay sync ----------------------------------------------------------------------------
+def relay(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["git", "relay", *args], env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"git relay {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_sync_copies_lfs_objects_and_only_what_is_missing(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                          env: dict[str, str]) -> None:
+    src, dst = lfs_hosts
+    contents = published(src, "mirror", tmp_path, env, files=10)
+    target = bare(dst, "mirror")
+    planned = json.loads(relay("plan", "--json", src.url("mirror"), target, env=env).stdout)
+    assert planned["lfs"]["objects"] == 10 and planned["lfs"]["missing_on_target"] == 10 and planned["lfs"]["copied"] == 0
+    assert dst.stored("mirror") == {}
+    record = json.loads(relay("sync", "--json", src.url("mirror"), target, env=env).stdout)
+    assert record["status"] == "ok"
+    assert record["lfs"]["copied"] == 10 and record["lfs"]["copied_bytes"] == sum(len(d) for d in contents.values())
+    assert dst.stored("mirror") == src.stored("mirror")
+    assert refs(dst.root / "mirror.git") == refs(src.root / "mirror.git")
+    clone = tmp_path / "check"
+    git("clone", "-q", target, str(clone), env=env)
+    git("lfs", "pull", cwd=clone, env=env)
+    checked_out(clone, contents)
+    # nothing new: nothing looked at, nothing moves
+    again = json.loads(relay("sync", "--json", src.url("mirror"), target, env=env).stdout)
+    assert again["lfs"]["copied"] == 0 and again["bytes"] == 0
+    # two more objects at the source: those two, and only those, are copied
+    work = tmp_path / "mirror-work"
+    more = {f"more{i}.bin": os.urandom(5000) for i in range(2)}
+    for name, data in more.items():
+        (work / name).write_bytes(data)
+    git("add", ".", cwd=work, env=env)
+    git("commit", "-q", "-m", "two more", cwd=work, env=env)
+    git("push", "-q", src.url("mirror"), "main", cwd=work, env=env)
+    third = json.loads(relay("sync", "--json", src.url("mirror"), target, env=env).stdout)
+    assert third["lfs"]["objects"] == 2 and third["lfs"]["copied"] == 2
+    assert set(dst.stored("mirror")) == set(src.stored("mirror"))
+
+
+def test_sync_after_an_interrupted_one_sends_only_what_is_missing(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost],
+                                                                  tmp_path: Path, env: dict[str, str]) -> None:
+    """A sync stopped after some LFS objects (here: half of them already at the target, as a
+    killed run leaves them) sends the rest, and the git refs only after all of them."""
+    src, dst = lfs_hosts
+    published(src, "resume", tmp_path, env, files=6)
+    target = bare(dst, "resume")
+    dst.object_dir("resume").mkdir(parents=True)
+    have = sorted(src.stored("resume"))[:3]
+    for oid in have:
+        shutil.copy(src.object_dir("resume") / oid, dst.object_dir("resume") / oid)
+    record = json.loads(relay("sync", "--json", src.url("resume"), target, env=env).stdout)
+    assert record["lfs"]["objects"] == 6 and record["lfs"]["missing_on_target"] == 3 and record["lfs"]["copied"] == 3
+    assert set(dst.stored("resume")) == set(src.stored("resume"))
+
+
+def test_sync_refuses_a_damaged_lfs_object_and_moves_no_ref(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                            env: dict[str, str]) -> None:
+    src, dst = lfs_hosts
+    published(src, "damaged", tmp_path, env, files=2)
+    target = bare(dst, "damaged")
+    victim = sorted(src.stored("damaged"))[0]
+    path = src.object_dir("damaged") / victim
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    proc = relay("sync", src.url("damaged"), target, env=env, check=False)
+    assert proc.returncode == 128
+    assert f"LFS object {victim[:12]} from the source is not what its pointer says" in proc.stderr
+    assert dst.stored("damaged").get(victim, 0) < len(data)  # the upload never completed
+    assert refs(dst.root / "damaged.git") == {}  # and no ref moved
+    # repaired at the source, the next run completes it
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    record = json.loads(relay("sync", "--json", src.url("damaged"), target, env=env).stdout)
+    assert record["status"] == "ok" and record["lfs"]["copied"] >= 1
+    assert dst.stored("damaged")[victim] == len(data)
+    assert refs(dst.root / "damaged.git") == refs(src.root / "damaged.git")
+
+
+def test_sync_no_lfs_and_repositories_without_lfs(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                  env: dict[str, str]) -> None:
+    src, dst = lfs_hosts
+    published(src, "skip", tmp_path, env, files=2)
+    target = bare(dst, "skip")
+    record = json.loads(relay("sync", "--json", "--no-lfs", src.url("skip"), target, env=env).stdout)
+    assert record["lfs"] is None and record["status"] == "ok"
+    assert dst.stored("skip") == {}
+    # a repository that does not use LFS: recognised at its tips, nothing asked of LFS servers
+    plain = tmp_path / "plain"
+    git("init", "-q", str(plain))
+    (plain / "a.txt").write_text("no lfs here\n")
+    git("add", ".", cwd=plain)
+    git("commit", "-q", "-m", "plain", cwd=plain)
+    source = bare(src, "plain")
+    git("push", "-q", source, "main", cwd=plain)
+    proc = relay("sync", "--json", source, bare(dst, "plain"), env=dict(env, GIT_TRACE_CURL="1"))
+    record = json.loads(proc.stdout)
+    assert record["lfs"]["objects"] == 0 and record["status"] == "ok"
+    assert "POST /git/plain.git/git-upload-pack" in proc.stderr and "info/lfs" not in proc.stderr
