@@ -133,10 +133,9 @@ def find_pointers(source: Session, wants: list[str], haves: list[str], reporter:
     filtered fetch), so the caller can say so."""
     if not wants:
         return []
+    if not supports_filter(source.upload()[1]):
+        return None  # (a fresh v0 stream stays fresh for the relay's own request)
     service, adv = source.take_upload()
-    if not supports_filter(adv):
-        source.done_upload()
-        return None
     quiet = reporter.quiet()
     env = source.ctx.env
     if adv.version == 2:
@@ -149,9 +148,20 @@ def find_pointers(source: Session, wants: list[str], haves: list[str], reporter:
                 return []
         service, adv = source.take_upload()
     with Scratch(env) as scratch:
-        fetch_pack(service, adv, scratch.git, quiet, wants, haves, include_tag=False, check_connectivity=False, host_label="git-relay",
-                   filter_spec=f"blob:limit={POINTER_MAX}", thin=False)
-        source.done_upload()
+        try:
+            fetch_pack(service, adv, scratch.git, quiet, wants, haves, include_tag=False, check_connectivity=False,
+                       host_label="git-relay", filter_spec=f"blob:limit={POINTER_MAX}", thin=False)
+            source.done_upload()
+        except RelayError as exc:
+            # Some servers (dulwich's) refuse a client that does not take thin packs. A thin pack
+            # may lean on objects only the target has, which this scratch repository lacks, so
+            # then look at the whole history of the wants instead (more than moves, never less).
+            source.done_upload(aborted=True)
+            reporter.trace(f"lfs: the filtered fetch failed ({exc.message}); looking at the whole history of the wants")
+            service, adv = source.take_upload()
+            fetch_pack(service, adv, scratch.git, quiet, wants, [], include_tag=False, check_connectivity=False,
+                       host_label="git-relay", filter_spec=f"blob:limit={POINTER_MAX}", thin=True)
+            source.done_upload()
         found: dict[str, Pointer] = {}
         for _, data in _contents(scratch.git, _blobs(scratch.git, POINTER_MAX)):
             pointer = parse_pointer(data)

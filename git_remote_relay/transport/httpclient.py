@@ -421,7 +421,7 @@ class Client:
         lines += [f"{k}: {v}" for k, v in headers.items()]
         if isinstance(body, bytes):
             lines.append(f"Content-Length: {len(body)}")
-        elif streamed:
+        elif streamed and not chunked:
             lines.append(f"Content-Length: {length}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         resp = self._exchange(origin, scheme, host, port, url, method, head, body, streamed, chunked)
