@@ -44,7 +44,7 @@ __all__ = ["LfsServer", "LfsReport", "find_pointers", "copy_objects", "BATCH_SIZ
 BATCH_SIZE = 100  # objects per batch request, as git-lfs sends them
 MEDIA = "application/vnd.git-lfs+json"
 TRIES = 4
-_PIECE = 1 << 20
+_PIECE = 1 << 18
 
 
 class LfsReport:
@@ -370,28 +370,33 @@ def _check(resp: Response, what: str) -> None:
     raise TransportError(f"{why} for {redact(resp.url)}")
 
 
-def _verified(resp: Response, pointer: Pointer) -> Iterator[bytes]:
+def _verified(resp: Response, pointer: Pointer) -> Iterator[memoryview]:
     """The download's body, with its size and SHA-256 checked: the last piece is held back until
-    both are right, so a wrong object never completes the upload (the target sees a cut-off body)."""
+    both are right, so a wrong object never completes the upload (the target sees a cut-off body).
+    Two buffers take turns (the one given out is sent before the next read), so memory does not
+    grow with the object or the number of reads."""
     digest = hashlib.sha256()
     size = 0
-    held = b""
+    buffers = (memoryview(bytearray(_PIECE)), memoryview(bytearray(_PIECE)))
+    turn = 0
+    held: memoryview | None = None
     while True:
-        data = resp.read(_PIECE)
-        if not data:
+        got = resp.readinto(buffers[turn])
+        if not got:
             break
-        digest.update(data)
-        size += len(data)
+        piece = buffers[turn][:got]
+        digest.update(piece)
+        size += got
         if size > pointer.size:
             break
-        if held:
+        if held is not None:
             yield held
-        held = data
+        held, turn = piece, 1 - turn
     if size != pointer.size or digest.hexdigest() != pointer.oid:
         raise RelayError(f"LFS object {pointer.oid[:12]} from the source is not what its pointer says "
                          f"({size} bytes, sha256 {digest.hexdigest()[:12]})",
                          "the source's LFS storage holds a damaged object: fix it there, then run the sync again")
-    if held:
+    if held is not None:
         yield held
 
 

@@ -22,12 +22,23 @@ __all__ = ["Reporter", "peak_rss"]
 
 
 def peak_rss() -> tuple[int, int]:
-    """(this process, its waited-for children) peak resident set size in bytes (Linux: KiB units)."""
+    """(this process, its waited-for children) peak resident set size in bytes.
+
+    Our own peak is Linux's ``VmHWM``, the high-water mark of this program's memory: getrusage's
+    ``ru_maxrss`` also counts the parent's resident memory at the fork that started us (Linux
+    keeps it across exec), so a helper started by a big git process, or a ``git relay`` started
+    by a script holding data, would report the parent's size as its own."""
     scale = 1 if sys.platform == "darwin" else 1024
-    return (
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale,
-        resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale,
-    )
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    own = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
 
 
 class Reporter:

@@ -211,11 +211,33 @@ class Response:
         data, self._inflated = self._inflated[:n], self._inflated[n:]
         return data
 
+    def readinto(self, buf: memoryview) -> int:
+        """Like ``read``, into ``buf``: no new bytes object per read, so a big download passed on
+        to another server (an LFS object) keeps this process's memory flat; 0 at the body's end."""
+        if self._inflate is not None:
+            data = self.read(len(buf))
+            buf[:len(data)] = data
+            return len(data)
+        return self._step(len(buf), buf)[1]
+
     def _read_raw(self, n: int) -> bytes:
+        return self._step(n, None)[0]
+
+    def _step(self, n: int, into: memoryview | None) -> tuple[bytes, int]:
+        """One read of at most ``n`` body bytes: (the bytes, or b"" when read ``into``; how many)."""
+        data = b""
         if self._done or self.conn is None:
-            return b""
+            return data, 0
         try:
-            data = self._read_chunked(n) if self._chunked else self._read_plain(n)
+            want = self._span(n)
+            if self._done:
+                return data, 0
+            if into is None:
+                data = self.conn.file.read1(want) if want else b""
+                got = len(data)
+            else:
+                got = self.conn.file.readinto1(into[:want]) if want else 0
+            self._took(got, want)
         except socket.timeout as exc:
             raise HttpTimeout(f"no answer from {redact(self.url)}") from exc
         except OSError as exc:
@@ -223,24 +245,15 @@ class Response:
         if self._done:
             self.release()
         if self.trace is not None:
-            self.trace.recv_data(data)
-        return data
+            self.trace.recv_data(data if into is None else bytes(into[:got]))
+        return data, got
 
-    def _read_plain(self, n: int) -> bytes:
+    def _span(self, n: int) -> int:
+        """How much of the body the next read may take (at most ``n``); a chunk's header is read
+        here, and the last chunk's (with its trailers) ends the body."""
         assert self.conn is not None
-        want = n if self._left is None else min(n, self._left)
-        data = self.conn.file.read1(want) if want else b""
-        if self._left is not None:
-            if not data and want:
-                raise TransportError(f"the reply from {redact(self.url)} was cut short")
-            self._left -= len(data)
-            self._done = self._left == 0
-        elif not data:
-            self._done = True
-        return data
-
-    def _read_chunked(self, n: int) -> bytes:
-        assert self.conn is not None
+        if not self._chunked:
+            return n if self._left is None else min(n, self._left)
         if self._chunk_left == 0:
             line = self.conn.file.readline(_MAX_LINE)
             if not line:
@@ -253,14 +266,25 @@ class Response:
                 while self.conn.file.readline(_MAX_LINE) not in (b"\r\n", b"\n", b""):
                     pass  # trailers
                 self._done = True
-                return b""
-        data = self.conn.file.read1(min(n, self._chunk_left))
-        if not data:
-            raise TransportError(f"the reply from {redact(self.url)} was cut short")
-        self._chunk_left -= len(data)
-        if self._chunk_left == 0:
-            self.conn.file.readline(_MAX_LINE)  # the CRLF after the chunk
-        return data
+                return 0
+        return min(n, self._chunk_left)
+
+    def _took(self, got: int, want: int) -> None:
+        """Account for ``got`` body bytes read of the ``want`` asked for."""
+        assert self.conn is not None
+        if self._chunked:
+            if not got:
+                raise TransportError(f"the reply from {redact(self.url)} was cut short")
+            self._chunk_left -= got
+            if self._chunk_left == 0:
+                self.conn.file.readline(_MAX_LINE)  # the CRLF after the chunk
+        elif self._left is not None:
+            if not got and want:
+                raise TransportError(f"the reply from {redact(self.url)} was cut short")
+            self._left -= got
+            self._done = self._left == 0
+        elif not got:
+            self._done = True
 
     def drain(self) -> None:
         """Read and drop the rest of a (small) body, so the connection can be reused."""
@@ -483,7 +507,7 @@ class Client:
             raise
 
 
-    def _stream(self, conn: _Connection, url: str, method: str, body: Iterable[bytes], chunked: bool) -> Response | None:
+    def _stream(self, conn: _Connection, url: str, method: str, body: Iterable[bytes | memoryview], chunked: bool) -> Response | None:
         """Send a streamed body (chunked, or raw under a Content-Length); the reply if the server
         answered before the body ended."""
         trace = self.trace
@@ -493,7 +517,7 @@ class Client:
                 framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n" if chunked else chunk
                 conn.sock.sendall(framed)
                 if trace is not None:
-                    trace.send_data(framed)
+                    trace.send_data(bytes(framed))
                 if early is None and _answered(conn):
                     # The server answered before the body ended. An error (a front end's 413,
                     # say) means it reads no more: stop sending, as curl does, instead of
