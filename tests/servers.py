@@ -253,7 +253,8 @@ class Sshd:
 
 
 @contextlib.contextmanager
-def sshd(base: Path, gitconfig: str, extra_config: str = "", max_startups: str = "100:30:200") -> Iterator[Sshd]:
+def sshd(base: Path, gitconfig: str, extra_config: str = "", max_startups: str = "100:30:200",
+         path_first: Path | None = None) -> Iterator[Sshd]:
     """OpenSSH sshd with its own host key and authorized_keys; never the machine's ~/.ssh."""
     sshd_bin = _sbin("sshd")
     if not sshd_bin or not shutil.which("ssh-keygen") or not shutil.which("ssh"):
@@ -277,7 +278,9 @@ def sshd(base: Path, gitconfig: str, extra_config: str = "", max_startups: str =
         f"AcceptEnv GIT_PROTOCOL\nPrintMotd no\nMaxStartups {max_startups}\n"
         # HOME: the server user's own shell start-up files (here root's .bashrc, which bash reads
         # for every ssh session and which takes ~120 ms of CPU) are not what a git host runs
-        f"SetEnv GIT_CONFIG_GLOBAL={gitconfig} GIT_CONFIG_NOSYSTEM=1 HOME={base}\n" + extra_config
+        f"SetEnv GIT_CONFIG_GLOBAL={gitconfig} GIT_CONFIG_NOSYSTEM=1 HOME={base}"
+        # path_first: commands a host offers beside git's (a git-lfs-authenticate, say)
+        + (f" PATH={path_first}:/usr/local/bin:/usr/bin:/bin" if path_first else "") + "\n" + extra_config
     )
     log = base / "sshd.log"
     proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=log.open("wb"))

@@ -306,3 +306,60 @@ def test_sync_no_lfs_and_repositories_without_lfs(lfs_hosts: tuple[servers.LfsHo
     record = json.loads(proc.stdout)
     assert record["lfs"]["objects"] == 0 and record["status"] == "ok"
     assert "POST /git/plain.git/git-upload-pack" in proc.stderr and "info/lfs" not in proc.stderr
+
+
+# -- over ssh ----------------------------------------------------------------------------------
+AUTHENTICATE = """#!/bin/sh
+# git-lfs-authenticate <path> <operation>, as a git host offers it: where its LFS API is
+name=$(basename "$1" .git)
+printf '{{"href": "{base}/%s.git/info/lfs", "header": {{"Authorization": "RemoteAuth from-ssh"}}, "expires_in": 3600}}\\n' "$name"
+"""
+
+
+@pytest.fixture
+def lfs_sshd(workspace: Path, lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], lfs_config: str,
+             tmp_path: Path) -> Iterator[servers.Sshd]:
+    """An sshd whose sessions find ``git-lfs-authenticate`` naming the source host's LFS API."""
+    bin_dir = tmp_path / "host-bin"
+    bin_dir.mkdir()
+    script = bin_dir / "git-lfs-authenticate"
+    script.write_text(AUTHENTICATE.format(base=lfs_hosts[0].url("x").rsplit("/", 1)[0]))
+    script.chmod(0o755)
+    try:
+        with servers.sshd(tmp_path / "sshd", lfs_config, path_first=bin_dir) as server:
+            yield server
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
+
+
+def test_lfs_over_ssh_uses_git_lfs_authenticate(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], lfs_sshd: servers.Sshd,
+                                                tmp_path: Path, env: dict[str, str]) -> None:
+    """relay::ssh clones check out LFS content through the host's git-lfs-authenticate, and
+    git relay sync from an ssh source finds its LFS server the same way."""
+    src, dst = lfs_hosts
+    contents = published(src, "viassh", tmp_path, env, files=3)
+    ssh_url = f"ssh://{lfs_sshd.user}@127.0.0.1:{lfs_sshd.port}{src.root / 'viassh.git'}"
+    ssh_env = dict(env, GIT_SSH_COMMAND=lfs_sshd.ssh_command)
+    git("clone", "-q", "relay::" + ssh_url, str(tmp_path / "relayed"), env=ssh_env)
+    checked_out(tmp_path / "relayed", contents)
+    assert git("config", "remote.origin.lfsurl", cwd=tmp_path / "relayed").stdout.strip() == ssh_url
+    target = bare(dst, "viassh")
+    record = json.loads(relay("sync", "--json", ssh_url, target, env=ssh_env).stdout)
+    assert record["lfs"]["copied"] == 3 and set(dst.stored("viassh")) == set(src.stored("viassh"))
+
+
+def test_lfs_over_ssh_without_git_lfs_authenticate_fails_as_without_relay(
+        lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], sshd: servers.Sshd, tmp_path: Path, env: dict[str, str]) -> None:
+    src = lfs_hosts[0]
+    published(src, "noauth", tmp_path, env, files=1)
+    ssh_url = f"ssh://{sshd.user}@127.0.0.1:{sshd.port}{src.root / 'noauth.git'}"
+    ssh_env = dict(env, GIT_SSH_COMMAND=sshd.ssh_command)
+    native = git("clone", ssh_url, str(tmp_path / "native"), env=ssh_env, check=False)
+    relayed = git("clone", "relay::" + ssh_url, str(tmp_path / "relayed"), env=ssh_env, check=False)
+    assert native.returncode == relayed.returncode
+    assert "git-lfs-authenticate" in native.stderr
+    same = [line for line in native.stderr.splitlines() if "git-lfs-authenticate" in line or "smudge filter" in line]
+    assert same and same == [line for line in relayed.stderr.splitlines() if "git-lfs-authenticate" in line or "smudge filter" in line]
+    # and git relay says where it looked
+    proc = relay("sync", ssh_url, bare(lfs_hosts[1], "noauth"), env=ssh_env, check=False)
+    assert proc.returncode == 128 and "git-lfs-authenticate failed" in proc.stderr and "--no-lfs" in proc.stderr
