@@ -170,12 +170,20 @@ server.errorlog = "{base}/lighttpd.log"
 server.max-request-size = 0
 server.stream-request-body = 2
 server.stream-response-body = 2
-server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_proxy")
-$HTTP["url"] =~ "^/git/.+\\.git/info/lfs/" {{
+server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_file", "mod_proxy")
+auth.backend = "plain"
+auth.backend.plain.userfile = "{base}/htpasswd"
+$HTTP["url"] =~ "^/auth/" {{
+  # git and the LFS batch API need a password; the storage actions carry giftless's own token
+  $HTTP["url"] !~ "/info/lfs/objects/storage/" {{
+    auth.require = ("" => ("method" => "basic", "realm" => "relay", "require" => "valid-user"))
+  }}
+}}
+$HTTP["url"] =~ "^/(git|auth)/.+\\.git/info/lfs/" {{
   proxy.server = ("" => (("host" => "127.0.0.1", "port" => {lfs_port})))
 }}
-else $HTTP["url"] =~ "^/git/" {{
-  alias.url = ("/git/" => "{backend}/")
+else $HTTP["url"] =~ "^/(git|auth)/" {{
+  alias.url = ("/git/" => "{backend}/", "/auth/" => "{backend}/")
   cgi.assign = ("" => "")
   setenv.set-environment = ("GIT_PROJECT_ROOT" => "{root}", "GIT_HTTP_EXPORT_ALL" => "1",
                             "GIT_CONFIG_GLOBAL" => "{gitconfig}", "GIT_CONFIG_NOSYSTEM" => "1", "HOME" => "{home}")
@@ -192,23 +200,25 @@ class LfsHost:
     root: Path
     store: Path
 
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/git/{name}.git"
+    def url(self, name: str, auth: bool = False) -> str:
+        """``auth``: the same repository where git and the LFS batch API need HTTP_USER's password."""
+        return f"http://127.0.0.1:{self.port}/{'auth' if auth else 'git'}/{name}.git"
 
-    def object_dir(self, name: str) -> Path:
+    def object_dir(self, name: str, auth: bool = False) -> Path:
         """Where giftless keeps the LFS objects of repository ``name`` (one file per oid)."""
-        return self.store / "git" / name
+        return self.store / ("auth" if auth else "git") / name
 
-    def stored(self, name: str) -> dict[str, int]:
+    def stored(self, name: str, auth: bool = False) -> dict[str, int]:
         """The LFS objects the host has for repository ``name``: oid -> size."""
-        where = self.object_dir(name)
+        where = self.object_dir(name, auth)
         return {p.name: p.stat().st_size for p in where.iterdir() if len(p.name) == 64} if where.is_dir() else {}
 
 
 @contextlib.contextmanager
 def lfs_host(root: Path, base: Path, gitconfig: str, home: str) -> Iterator[LfsHost]:
     """lighttpd in front of ``git http-backend`` (repositories under ``root``) and of giftless, a
-    real LFS server, at ``/git/<repo>.git/info/lfs/``: one URL for git and LFS, as hosts have."""
+    real LFS server, at ``/git/<repo>.git/info/lfs/``: one URL for git and LFS, as hosts have.
+    ``/auth/`` serves the same with basic auth (HTTP_USER) for git and the batch API."""
     import sys
 
     lighttpd = _sbin("lighttpd")
@@ -218,6 +228,7 @@ def lfs_host(root: Path, base: Path, gitconfig: str, home: str) -> Iterator[LfsH
     base.mkdir(parents=True, exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     lfs_port, port = free_port(), free_port()
+    (base / "htpasswd").write_text(f"{HTTP_USER}:{HTTP_PASSWORD}\n")
     store = base / "lfs-store"
     log = base / "giftless.log"
     giftless = subprocess.Popen([sys.executable, str(Path(__file__).with_name("lfs_server.py")), str(lfs_port), str(store)],

@@ -363,3 +363,29 @@ def test_lfs_over_ssh_without_git_lfs_authenticate_fails_as_without_relay(
     # and git relay says where it looked
     proc = relay("sync", ssh_url, bare(lfs_hosts[1], "noauth"), env=ssh_env, check=False)
     assert proc.returncode == 128 and "git-lfs-authenticate failed" in proc.stderr and "--no-lfs" in proc.stderr
+
+
+def test_sync_asks_git_credential_for_lfs_and_shows_no_password(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost],
+                                                                 tmp_path: Path, env: dict[str, str]) -> None:
+    """A source whose git and LFS batch API need a password: git credential gives it once for
+    both (same host), and no output, trace included, shows it."""
+    src, dst = lfs_hosts
+    contents = published(src, "secret", tmp_path, env, files=2)
+    source = src.url("secret", auth=True)  # the same repository, behind basic auth
+    store = tmp_path / "credentials"
+    store.write_text(f"http://{servers.HTTP_USER}:{servers.HTTP_PASSWORD}@127.0.0.1%3a{src.port}\n")
+    cred_env = dict(env, GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="credential.helper", GIT_CONFIG_VALUE_0=f"store --file={store}",
+                    GIT_TRACE_CURL="1", GIT_RELAY_TRACE="1")
+    # the objects live under the /auth/ prefix for giftless: put them there as a push would
+    src.object_dir("secret", auth=True).mkdir(parents=True)
+    for oid in src.stored("secret"):
+        shutil.copy(src.object_dir("secret") / oid, src.object_dir("secret", auth=True) / oid)
+    proc = relay("sync", "--json", source, bare(dst, "secret"), env=cred_env)
+    record = json.loads(proc.stdout)
+    assert record["lfs"]["copied"] == len(contents)
+    assert "/auth/secret.git/info/lfs/objects/batch" in proc.stderr  # the batch request was made, and traced
+    assert servers.HTTP_PASSWORD not in proc.stdout + proc.stderr
+    # without credentials: refused, clearly, and nothing moves
+    proc = relay("sync", source, bare(dst, "secret2"), env=dict(env, GIT_TERMINAL_PROMPT="0"), check=False)
+    assert proc.returncode == 128 and "Authentication failed" in proc.stderr
+    assert dst.stored("secret2") == {}
