@@ -129,25 +129,50 @@ def _uses_lfs_at_tips(git: Git, tips: list[str]) -> bool:
 
 def find_pointers(source: Session, wants: list[str], haves: list[str], reporter: Reporter) -> list[Pointer] | None:
     """The LFS objects named by the blobs a relay of ``wants`` (the target having ``haves``)
-    moves; None when the source cannot show them without sending the whole range (it allows no
-    filtered fetch), so the caller can say so."""
+    moves; None, said in a warning, when the source cannot show them (it allows no filtered
+    fetch, or the look failed): the relay of the commits goes on, as it would without LFS."""
     if not wants:
         return []
-    if not supports_filter(source.upload()[1]):
-        return None  # (a fresh v0 stream stays fresh for the relay's own request)
+    if not supports_filter(source.upload()[1]):  # (a fresh v0 stream stays fresh for the relay's own request)
+        reporter.warn("the source allows no filtered fetch (uploadpack.allowFilter), so its LFS pointers were not looked for: "
+                      "LFS objects are not copied (--no-lfs says that is intended)")
+        return None
+    try:
+        if not _lfs_at_tips(source, wants, reporter):
+            return []
+        return _scan(source, wants, haves, reporter)
+    except RelayError as exc:
+        source.done_upload(aborted=True)
+        reporter.warn(f"looking for LFS pointers failed ({exc.message}): LFS objects are not copied")
+        return None
+
+
+def _lfs_at_tips(source: Session, wants: list[str], reporter: Reporter) -> bool:
+    """Do the tips show LFS? One commit deep, trees and small blobs (v2 only; else, and when the
+    source refuses the shallow look, the answer is yes: look at everything)."""
+    if source.upload()[1].version != 2:
+        return True
     service, adv = source.take_upload()
-    quiet = reporter.quiet()
-    env = source.ctx.env
-    if adv.version == 2:
-        with Scratch(env) as look:
-            fetch_pack(service, adv, look.git, quiet, wants, [], include_tag=False, check_connectivity=False, host_label="git-relay",
-                       filter_spec=f"blob:limit={POINTER_MAX}", thin=False, allow_shallow=True, depth=1)
+    with Scratch(source.ctx.env) as look:
+        try:
+            fetch_pack(service, adv, look.git, reporter.quiet(), wants, [], include_tag=False, check_connectivity=False,
+                       host_label="git-relay", filter_spec=f"blob:limit={POINTER_MAX}", thin=False, allow_shallow=True, depth=1)
             source.done_upload()
-            if not _uses_lfs_at_tips(look.git, wants):
-                reporter.trace("lfs: no .gitattributes names filter=lfs at the tips and no pointer is there")
-                return []
+        except RelayError as exc:
+            source.done_upload(aborted=True)
+            reporter.trace(f"lfs: the shallow look at the tips failed ({exc.message}); looking at everything that moves")
+            return True
+        if _uses_lfs_at_tips(look.git, wants):
+            return True
+    reporter.trace("lfs: no .gitattributes names filter=lfs at the tips and no pointer is there")
+    return False
+
+
+def _scan(source: Session, wants: list[str], haves: list[str], reporter: Reporter) -> list[Pointer]:
+    """The pointers among the blobs that move (of at most POINTER_MAX bytes)."""
+    quiet = reporter.quiet()
+    with Scratch(source.ctx.env) as scratch:
         service, adv = source.take_upload()
-    with Scratch(env) as scratch:
         try:
             fetch_pack(service, adv, scratch.git, quiet, wants, haves, include_tag=False, check_connectivity=False,
                        host_label="git-relay", filter_spec=f"blob:limit={POINTER_MAX}", thin=False)

@@ -210,16 +210,14 @@ def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: 
 def _lfs(source: Session, target: Session, plans: list[RefUpdate], reporter: Reporter, dry_run: bool) -> LfsReport | None:
     """Before any ref moves (as git-lfs's pre-push hook does): the LFS objects named by the blobs
     that move, and those the target lacks copied from the source (only counted for a plan).
-    None: the source cannot show them without sending everything, which is said."""
+    None: the source could not show them, which is said."""
     wants = list(dict.fromkeys(p.new for p in plans if p.action in PUSHED_ACTIONS and p.new != ZERO_OID))
     report = LfsReport()
     if not wants:
         return report
     pointers = find_pointers(source, wants, target_haves(target.receive()[1]), reporter)
     if pointers is None:
-        reporter.warn("the source allows no filtered fetch (uploadpack.allowFilter), so its LFS pointers were not looked for: "
-                      "LFS objects are not copied (--no-lfs says that is intended)")
-        return None
+        return None  # (said: the commits are relayed, their LFS objects are not)
     if pointers:
         copy_objects(source, target, pointers, report, reporter, dry_run=dry_run)
         if report.copied:

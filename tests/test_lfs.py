@@ -389,3 +389,16 @@ def test_sync_asks_git_credential_for_lfs_and_shows_no_password(lfs_hosts: tuple
     proc = relay("sync", source, bare(dst, "secret2"), env=dict(env, GIT_TERMINAL_PROMPT="0"), check=False)
     assert proc.returncode == 128 and "Authentication failed" in proc.stderr
     assert dst.stored("secret2") == {}
+
+
+def test_a_source_without_filters_relays_the_commits_and_says_lfs_was_not_copied(
+        lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path, env: dict[str, str]) -> None:
+    src, dst = lfs_hosts
+    published(src, "nofilter", tmp_path, env, files=1)
+    git("config", "uploadpack.allowFilter", "false", cwd=src.root / "nofilter.git")
+    target = bare(dst, "nofilter")
+    proc = relay("sync", "--json", src.url("nofilter"), target, env=env)
+    assert json.loads(proc.stdout)["lfs"] is None
+    assert "warning: the source allows no filtered fetch" in proc.stderr and "LFS objects are not copied" in proc.stderr
+    assert refs(dst.root / "nofilter.git") == refs(src.root / "nofilter.git")
+    assert dst.stored("nofilter") == {}
