@@ -192,10 +192,15 @@ def _fleet(args: Any, env: dict[str, str], stderr: BinaryIO) -> int:
         if args.source or args.target:
             raise ManifestError("give either SOURCE TARGET or --manifest FILE, not both")
         single = (args.branch or args.map or args.tags or args.all_refs or args.exclude or args.max_pack_bytes or args.force_with_lease
-                  or args.prune or args.atomic or args.spool or not args.lfs)
+                  or args.prune)
         if single:
-            raise ManifestError("with --manifest, pair options go in the manifest ([defaults] or each [[pair]])")
+            raise ManifestError("with --manifest, pair options go in the manifest ([defaults] or each [[pair]]); "
+                                "only --atomic, --spool and --no-lfs apply to every pair from the command line")
         pairs = load_manifest(args.manifest)
+        for pair in pairs:  # the command line's word over the manifest's, for every pair
+            pair.options.update({k: v for k, v in (("atomic", args.atomic), ("spool", args.spool)) if v})
+            if not args.lfs:
+                pair.options["lfs"] = False
         if args.shard:
             pairs = shard(pairs, args.shard)
     except ManifestError as exc:

@@ -215,6 +215,7 @@ class _Result:
         status = rec.get("status") or ("failed" if self.code else "ok")
         return {"name": self.pair.name, "source": redact(self.pair.source), "target": redact(self.pair.target), "status": status,
                 "relayed": relayed, "blocked": blocked, "refused": refused, "bytes": rec.get("bytes", 0), "lfs": rec.get("lfs"),
+                "throttled": rec.get("throttled") or [],
                 "elapsed": round(self.elapsed, 3), "error": redact(self.error) or None}
 
 
@@ -281,19 +282,28 @@ def longest_first(pairs: list[Pair], timings: dict[str, float]) -> list[Pair]:
 
 
 class _Scheduler:
-    """Hands out pairs so that no host serves more than ``per_host`` at once."""
+    """Hands out pairs so that no host serves more than ``per_host`` at once (one, from the time
+    it asked a pair to slow down)."""
 
     def __init__(self, pairs: list[Pair], per_host: int) -> None:
         self.waiting = list(pairs)
         self.per_host = per_host
+        self.caps: dict[str, int] = {}  # hosts that answered 429 / 503: fewer pairs at once
         self.busy: dict[str, int] = {}
         self.lock = threading.Condition()
+
+    def slow(self, host: str) -> bool:
+        """(with ``lock`` held) One pair at a time on ``host`` from now on; False if it was already so."""
+        if self.caps.get(host) == 1:
+            return False
+        self.caps[host] = 1
+        return True
 
     def take(self) -> Pair | None:
         with self.lock:
             while self.waiting:
                 for i, pair in enumerate(self.waiting):
-                    if all(self.busy.get(h, 0) < self.per_host for h in pair.hosts):
+                    if all(self.busy.get(h, 0) < self.caps.get(h, self.per_host) for h in pair.hosts):
                         for h in pair.hosts:
                             self.busy[h] = self.busy.get(h, 0) + 1
                         return self.waiting.pop(i)
@@ -331,6 +341,9 @@ def run_fleet(pairs: list[Pair], env: Mapping[str, str], jobs: int, per_host: in
                 if line["bytes"]:  # a run that moved nothing says nothing of how long the pair takes
                     times[_pair_id(pair)] = line["elapsed"]
                 lines.append(line)
+                for host in line["throttled"]:
+                    if scheduler.slow(host) and not quiet:
+                        say(f"relay: {host} asked to slow down (HTTP 429/503): one pair at a time there from now on\n")
                 out.write((json.dumps(line) + "\n").encode())
                 out.flush()
                 if terminal:

@@ -287,9 +287,9 @@ def _message(data: bytes) -> str:
 
 # -- transfers --------------------------------------------------------------------------------
 class _Retry(Exception):
-    def __init__(self, why: str, delay: float | None) -> None:
+    def __init__(self, why: str, delay: float | None, throttled: str = "") -> None:
         super().__init__(why)
-        self.why, self.delay = why, delay
+        self.why, self.delay, self.throttled = why, delay, throttled  # throttled: the host that answered 429
 
 
 class _Clients(threading.local):
@@ -340,6 +340,8 @@ class Copier:
                 if attempt == TRIES:
                     raise TransportError(f"LFS object {pointer.oid[:12]}: {exc.why}, {TRIES} times",
                                          "run the sync again later: it sends only what the target still lacks") from None
+                if exc.throttled:
+                    self.ctx.throttled.add(exc.throttled)
                 wait = exc.delay if exc.delay is not None else delay
                 self.reporter.trace(f"lfs: {pointer.oid[:12]}: {exc.why}; again in {wait:g} s")
                 time.sleep(wait)
@@ -391,7 +393,10 @@ def _check(resp: Response, what: str) -> None:
     resp.close()
     why = f"{what} answered HTTP {resp.status}"
     if resp.status == 429 or resp.status >= 500:
-        raise _Retry(why, float(retry_after) if retry_after.isdigit() else None)
+        from urllib.parse import urlsplit
+
+        raise _Retry(why, float(retry_after) if retry_after.isdigit() else None,
+                     (urlsplit(resp.url).hostname or "") if resp.status == 429 else "")
     raise TransportError(f"{why} for {redact(resp.url)}")
 
 

@@ -310,4 +310,5 @@ def _run_sync(source: Session, target: Session, selection: Selection, *, force_w
         "elapsed": round(time.monotonic() - started, 3),
         "peak_rss": own,
         "peak_rss_children": children,
+        "throttled": sorted(source.ctx.throttled | target.ctx.throttled),
     }

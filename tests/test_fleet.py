@@ -130,3 +130,52 @@ def test_the_slowest_pairs_of_the_last_run_start_first() -> None:
     timings = {_pair_id(pairs[0]): 0.2, _pair_id(pairs[1]): 30.0, _pair_id(pairs[2]): 1.5}
     assert [p.name for p in longest_first(pairs, timings)] == ["new", "big", "c", "a"]
     assert [p.name for p in longest_first(pairs, {})] == ["a", "big", "c", "new"], "manifest order when nothing is known"
+
+
+def test_atomic_from_the_command_line_applies_to_every_pair(tmp_path: Path, make_remote) -> None:
+    work = make_source(tmp_path / "work")
+    git("branch", "protected", cwd=work)
+    source = make_remote("file", source=work)
+    target = make_remote("file")
+    hook = target.path / "hooks" / "update"
+    hook.write_text('#!/bin/sh\n[ "$1" = refs/heads/protected ] && { echo "protected by policy" >&2; exit 1; }\nexit 0\n')
+    hook.chmod(0o755)
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text(f'[[pair]]\nsource = "{source.url}"\ntarget = "{target.url}"\n')
+    code, lines, err = fleet("--manifest", str(manifest), "--atomic")
+    assert code == 1, err
+    assert lines[0]["status"] == "failed" and lines[0]["relayed"] == []
+    assert refs(target.path) == {}, "all or nothing: nothing"
+    code, _, err = fleet("--manifest", str(manifest), "--tags")
+    assert code == 2 and "only --atomic, --spool and --no-lfs" in err
+
+
+def test_a_host_that_asks_to_wait_gets_one_pair_at_a_time(tmp_path: Path, make_remote, http_server: int) -> None:
+    import servers
+
+    pairs = [(make_remote("file", source=make_source(tmp_path / f"s{i}")), make_remote("http")) for i in range(3)]
+    with servers.tcp_proxy(http_server, busy_first=1) as proxy:
+        manifest = tmp_path / "fleet.toml"
+        manifest.write_text("[defaults]\ntags = true\n" + "".join(
+            f'[[pair]]\nsource = "{s.url}"\ntarget = "{t.url.replace(f":{http_server}/", f":{proxy.port}/")}"\n' for s, t in pairs))
+        code, lines, err = fleet("--manifest", str(manifest), "--jobs", "3")
+    assert code == 0, err
+    assert [line["throttled"] for line in lines[:-1]].count(["127.0.0.1"]) == 1, lines
+    assert "relay: 127.0.0.1 asked to slow down (HTTP 429/503): one pair at a time there from now on" in err
+    for s, t in pairs:
+        assert refs(t.path) == refs(s.path)
+
+
+def test_slowing_one_host_leaves_the_others_alone() -> None:
+    from git_remote_relay.fleet import _Scheduler
+
+    pairs = [Pair(f"https://a.example/{i}.git", f"https://b{i}.example/{i}.git", {}, str(i), 1) for i in range(4)]
+    scheduler = _Scheduler(pairs, per_host=4)
+    with scheduler.lock:
+        assert scheduler.slow("a.example") and not scheduler.slow("a.example")
+    first = scheduler.take()
+    assert first is not None and scheduler.busy["a.example"] == 1
+    with scheduler.lock:  # a.example is at its one pair: nothing else may start until it is done
+        waiting = [p for p in scheduler.waiting if all(scheduler.busy.get(h, 0) < scheduler.caps.get(h, 4) for h in p.hosts)]
+    assert waiting == []
+    assert scheduler.caps == {"a.example": 1}, "the b hosts keep their four"

@@ -126,6 +126,8 @@ class Context:
         # GIT_TRACE_PACKET / GIT_TRACE_CURL: git's traces of what only the helper sees (None: off)
         self.packets: PacketTrace | None = packet_trace(env)
         self.curl: CurlTrace | None = curl_trace(env)
+        # hosts that asked us to slow down (HTTP 429/503): a fleet gives them fewer pairs at once
+        self.throttled: set[str] = set()
 
 
 class Service:

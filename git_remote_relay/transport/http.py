@@ -136,6 +136,7 @@ class HttpTransport:
                     waits += 1
                     who = redact(self.base)
                     self.ctx.say(f"relay: {who} asks to wait {delay:g} s (HTTP {resp.status}); retrying ({waits}/{MAX_WAITS})")
+                    self.ctx.throttled.add(urlsplit(url).hostname or "")
                     time.sleep(delay)
                     continue
             if resp.status != 401:
