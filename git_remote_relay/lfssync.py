@@ -19,17 +19,19 @@ objects it lacks, and stream each from the source's LFS storage into the target'
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from .errors import RelayError, TransportError, UnsupportedError
+from .errors import RelayError, TransportError
 from .fetch import fetch_pack
 from .gitcmd import PIPE, Git, run_command
 from .history import Scratch
 from .lfs import POINTER_MAX, Pointer, http_endpoint, parse_pointer
+from .lfslocal import LocalLfs, LocalUpload, is_local, open_object
 from .protocol import supports_filter
 from .transport.base import Context
 from .transport.http import HttpTransport
@@ -210,11 +212,8 @@ class LfsServer:
         elif url.scheme == "git":
             protocol = ctx.config.get("lfs.gitprotocol") or "https"
             api = http_endpoint(protocol + url.raw[len("git"):])
-        elif url.scheme == "ssh":
-            api = self._authenticate(ctx, operation)
         else:
-            raise UnsupportedError(f"copying LFS objects {'from' if side == 'source' else 'to'} a local repository is not supported",
-                                   "run with --no-lfs, or give the repository's http(s) or ssh URL")
+            api = self._authenticate(ctx, operation)
         self.api = api
         self.http = HttpTransport(parse(api), ctx)
 
@@ -263,6 +262,13 @@ class LfsServer:
                 raise TransportError(f"the {self.side}'s LFS server answered the batch request with something that is not "
                                      "its JSON") from None
         return answers
+
+
+def _server(session: Session, operation: str, side: str) -> LfsServer | LocalLfs:
+    """Where one side keeps its LFS objects: its LFS server, or its own store for a local path."""
+    if session.url.scheme == "file":
+        return LocalLfs(session.url.path, side)
+    return LfsServer(session, operation, side)
 
 
 def _read_all(resp: Response, limit: int) -> bytes:
@@ -361,16 +367,21 @@ class Copier:
             raise _Retry(f"{what}: {exc.message}", None) from None
 
     def _once(self, pointer: Pointer, down: dict[str, object], up: dict[str, object], verify: dict[str, object] | None) -> None:
-        get = self._request("GET", down, "download")
+        local_down, local_up = is_local(str(down.get("href") or "")), is_local(str(up.get("href") or ""))
+        get: Response | io.BufferedReader = open_object(str(down["href"])) if local_down else self._request("GET", down, "download")
         try:
-            _check(get, "the source's download")
-            put = self._request("PUT", up, "upload", body=_verified(get, pointer), length=pointer.size,
-                                extra={"Content-Type": "application/octet-stream"})
-            try:
-                _check(put, "the target's upload")
-                put.drain()
-            finally:
-                put.release()
+            if isinstance(get, Response):
+                _check(get, "the source's download")
+            if local_up:
+                LocalUpload(str(up["href"])).write_all(_verified(get, pointer))
+            else:
+                put = self._request("PUT", up, "upload", body=_verified(get, pointer), length=pointer.size,
+                                    extra={"Content-Type": "application/octet-stream"})
+                try:
+                    _check(put, "the target's upload")
+                    put.drain()
+                finally:
+                    put.release()
         finally:
             get.close()
         if verify:
@@ -400,7 +411,7 @@ def _check(resp: Response, what: str) -> None:
     raise TransportError(f"{why} for {redact(resp.url)}")
 
 
-def _verified(resp: Response, pointer: Pointer) -> Iterator[memoryview]:
+def _verified(resp: Response | io.BufferedReader, pointer: Pointer) -> Iterator[memoryview]:
     """The download's body, with its size and SHA-256 checked: the last piece is held back until
     both are right, so a wrong object never completes the upload (the target sees a cut-off body).
     Two buffers take turns (the one given out is sent before the next read), so memory does not
@@ -437,7 +448,7 @@ def copy_objects(source: Session, target: Session, pointers: list[Pointer], repo
     report.bytes_named = sum(p.size for p in pointers)
     if not pointers:
         return
-    upstream = LfsServer(target, "upload", "target")
+    upstream = _server(target, "upload", "target")
     wanted = upstream.batch("upload", pointers)
     refused = [(p, wanted[p.oid]["error"]) for p in pointers if p.oid in wanted and wanted[p.oid].get("error")]
     if refused:
@@ -449,7 +460,7 @@ def copy_objects(source: Session, target: Session, pointers: list[Pointer], repo
     report.missing_bytes = sum(p.size for p in todo)
     if dry_run or not todo:
         return
-    downstream = LfsServer(source, "download", "source")
+    downstream = _server(source, "download", "source")
     offered = downstream.batch("download", todo)
     copier = Copier(target.ctx, reporter)
     jobs = []

@@ -402,3 +402,25 @@ def test_a_source_without_filters_relays_the_commits_and_says_lfs_was_not_copied
     assert "warning: the source allows no filtered fetch" in proc.stderr and "LFS objects are not copied" in proc.stderr
     assert refs(dst.root / "nofilter.git") == refs(src.root / "nofilter.git")
     assert dst.stored("nofilter") == {}
+
+
+def test_sync_to_and_from_a_local_path_uses_its_own_lfs_store(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost],
+                                                              tmp_path: Path, env: dict[str, str]) -> None:
+    """A local target keeps the objects where git-lfs keeps them for a local remote
+    (``lfs/objects/aa/bb/<oid>``): a native clone of it checks them out; and back to a server."""
+    src, dst = lfs_hosts
+    contents = published(src, "local", tmp_path, env, files=3)
+    local = tmp_path / "local.git"
+    git("init", "-q", "--bare", str(local))
+    git("symbolic-ref", "HEAD", "refs/heads/main", cwd=local)
+    record = json.loads(relay("sync", "--json", src.url("local"), str(local), env=env).stdout)
+    assert record["lfs"]["copied"] == 3
+    stored = {p.name for p in (local / "lfs" / "objects").rglob("*") if p.is_file()}
+    assert stored == set(src.stored("local"))
+    assert not [p for p in (local / "lfs" / "objects").rglob("incomplete-*")]
+    clone = tmp_path / "from-local"
+    git("clone", "-q", f"file://{local}", str(clone), env=env)
+    checked_out(clone, contents)
+    # and from the local repository to another server
+    record = json.loads(relay("sync", "--json", f"file://{local}", bare(dst, "from-local"), env=env).stdout)
+    assert record["lfs"]["copied"] == 3 and set(dst.stored("from-local")) == stored
