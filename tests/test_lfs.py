@@ -421,6 +421,10 @@ def test_sync_to_and_from_a_local_path_uses_its_own_lfs_store(lfs_hosts: tuple[s
     clone = tmp_path / "from-local"
     git("clone", "-q", f"file://{local}", str(clone), env=env)
     checked_out(clone, contents)
+    for inner in (f"file://{local}", str(local)):  # and through relay::, where git-lfs reads the same store
+        relayed = tmp_path / f"relayed-{len(inner)}"
+        git("clone", "-q", "relay::" + inner, str(relayed), env=env)
+        checked_out(relayed, contents)
     # and from the local repository to another server
     record = json.loads(relay("sync", "--json", f"file://{local}", bare(dst, "from-local"), env=env).stdout)
     assert record["lfs"]["copied"] == 3 and set(dst.stored("from-local")) == stored
