@@ -461,34 +461,42 @@ def copy_objects(source: Session, target: Session, pointers: list[Pointer], repo
     if dry_run or not todo:
         return
     downstream = _server(source, "download", "source")
-    offered = downstream.batch("download", todo)
     copier = Copier(target.ctx, reporter)
-    jobs = []
-    for p in todo:
-        answer = offered.get(p.oid) or {}
-        actions = answer.get("actions") or {}
-        if not isinstance(actions, dict) or "download" not in actions:
-            report.absent_on_source.append(p.oid)
-            continue
-        up = (wanted[p.oid].get("actions") or {})
-        assert isinstance(up, dict)
-        jobs.append((p, actions["download"], up.get("upload"), up.get("verify")))
-    if report.absent_on_source:
-        reporter.warn(f"the source's LFS server does not have {len(report.absent_on_source)} object(s) its commits name "
-                      f"({', '.join(o[:12] for o in report.absent_on_source[:3])}): the target gets their pointers only, as the source has")
-    workers = max(1, min(len(jobs) or 1, _concurrency(source.ctx)))
+    workers = _concurrency(source.ctx)
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lfs") as pool:
-            futures = [pool.submit(copier.copy, p, down, upload, verify) for p, down, upload, verify in jobs if upload]
-            for future in futures:
-                future.result()
-                _progress(reporter, copier, len(futures), started)
+            for first in range(0, len(todo), BATCH_SIZE):
+                # Actions expire (presigned URLs): each window of objects gets its own, asked for
+                # just before it moves; the first window uses the answer the check above got.
+                window = todo[first:first + BATCH_SIZE]
+                fresh = wanted if first == 0 else upstream.batch("upload", window)
+                jobs = _jobs(window, downstream.batch("download", window), fresh, report)
+                for future in [pool.submit(copier.copy, *job) for job in jobs]:
+                    future.result()
+                    _progress(reporter, copier, len(todo), started)
     finally:
         copier.close()
         report.copied, report.copied_bytes = copier.done, copier.done_bytes
-    if jobs:
-        _progress(reporter, copier, len(jobs), started, final=True)
+    if report.absent_on_source:
+        reporter.warn(f"the source's LFS server does not have {len(report.absent_on_source)} object(s) its commits name "
+                      f"({', '.join(o[:12] for o in report.absent_on_source[:3])}): the target gets their pointers only, as the source has")
+    _progress(reporter, copier, len(todo), started, final=True)
+
+
+def _jobs(window: list[Pointer], offered: dict[str, dict[str, object]], wanted: dict[str, dict[str, object]],
+          report: LfsReport) -> list[tuple[Pointer, dict[str, object], dict[str, object], dict[str, object] | None]]:
+    """(pointer, download action, upload action, verify action) for each object of ``window``
+    that the source has and the target still wants; the others are noted in ``report``."""
+    jobs = []
+    for p in window:
+        down = (offered.get(p.oid) or {}).get("actions") or {}
+        up = (wanted.get(p.oid) or {}).get("actions") or {}
+        if not isinstance(down, dict) or not isinstance(down.get("download"), dict):
+            report.absent_on_source.append(p.oid)
+        elif isinstance(up, dict) and isinstance(up.get("upload"), dict):
+            jobs.append((p, down["download"], up["upload"], up.get("verify") if isinstance(up.get("verify"), dict) else None))
+    return jobs
 
 
 def _concurrency(ctx: Context) -> int:

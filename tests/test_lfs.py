@@ -428,3 +428,16 @@ def test_sync_to_and_from_a_local_path_uses_its_own_lfs_store(lfs_hosts: tuple[s
     # and from the local repository to another server
     record = json.loads(relay("sync", "--json", f"file://{local}", bare(dst, "from-local"), env=env).stdout)
     assert record["lfs"]["copied"] == 3 and set(dst.stored("from-local")) == stored
+
+
+def test_sync_of_more_objects_than_one_batch_request_holds(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                           env: dict[str, str]) -> None:
+    """Over 100 objects: the batch API is asked per window of 100, each just before it moves."""
+    src, dst = lfs_hosts
+    published(src, "many", tmp_path, env, files=105, size=64)
+    proc = relay("sync", "--json", src.url("many"), bare(dst, "many"), env=dict(env, GIT_TRACE_CURL="1"))
+    record = json.loads(proc.stdout)
+    assert record["lfs"]["objects"] == 105 and record["lfs"]["copied"] == 105
+    assert set(dst.stored("many")) == set(src.stored("many"))
+    # the target: its check (2 requests of at most 100), fresh actions for window 2; the source: one per window
+    assert proc.stderr.count("POST /git/many.git/info/lfs/objects/batch") == 5
