@@ -232,6 +232,8 @@ class LfsServer:
             answer = json.loads(proc.stdout)
             href = answer.get("href") or ""
             headers = answer.get("header") or {}
+            if not isinstance(headers, dict):
+                raise ValueError("header is not an object")
         except (ValueError, AttributeError):
             raise TransportError(f"the {self.side}'s git-lfs-authenticate did not answer in JSON") from None
         if not href:

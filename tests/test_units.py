@@ -366,3 +366,30 @@ def test_the_limit_a_server_states_is_read(text: str, limit: int | None) -> None
     from git_remote_relay.push import stated_limit
 
     assert stated_limit(text) == limit
+
+
+# -- Git LFS: pointers and endpoints (pure) -----------------------------------------------------
+def test_lfs_pointer_files_are_read_as_the_spec_says() -> None:
+    from git_remote_relay.lfs import Pointer, parse_pointer
+
+    oid = "4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393"
+    good = f"version https://git-lfs.github.com/spec/v1\noid sha256:{oid}\nsize 12345\n".encode()
+    assert parse_pointer(good) == Pointer(oid, 12345)
+    assert parse_pointer(good.replace(b"size 12345", b"size -1")) is None
+    assert parse_pointer(good.replace(b"sha256:", b"sha1:")) is None
+    assert parse_pointer(good.replace(oid.encode(), oid[:-1].encode())) is None
+    assert parse_pointer(good.replace(b"4d7a", b"4D7A")) is None
+    assert parse_pointer(b"version https://git-lfs.github.com/spec/v1\n") is None
+    assert parse_pointer(good + b"x" * 1024) is None, "larger than any pointer"
+    assert parse_pointer(b"just a file\n") is None
+
+
+def test_lfs_endpoints_are_derived_as_git_lfs_derives_them() -> None:
+    from git_remote_relay.lfs import http_endpoint, lfs_url_for
+
+    assert http_endpoint("https://h/org/repo.git") == "https://h/org/repo.git/info/lfs"
+    assert http_endpoint("https://h/org/repo") == "https://h/org/repo.git/info/lfs"
+    assert http_endpoint("https://h/org/repo/") == "https://h/org/repo.git/info/lfs"
+    assert lfs_url_for("git://h/r", "git") == "git://h/r.git/info/lfs"
+    assert lfs_url_for("git@h:org/r.git", "ssh") == "git@h:org/r.git"
+    assert lfs_url_for("/srv/r.git", "file") == "/srv/r.git"
