@@ -9,7 +9,8 @@ apache2 (Debian's, as git's own http tests use it) runs ``git http-backend`` as 
 passes it. Native git can only push to ``/git/``; relay pushes to ``/small/`` twice, into fresh
 repositories: first with nothing learned (the refused attempt is paid), then with the limit
 learned. The data is incompressible, in files of 1 MiB over 10 commits (so every step holds
-more objects than receive.unpackLimit and is kept as a pack, as hosts keep them). Needs root
+more objects than receive.unpackLimit and is kept as a pack, as hosts keep them). A row of native
+git pushing the same history one commit at a time shows what the steps cost the host itself. Needs root
 (apache runs the CGI as nobody). Nothing is asserted: it prints a table.
 """
 
@@ -118,6 +119,12 @@ def main() -> None:
         sh("git", "push", "-q", f"http://127.0.0.1:{port}/git/native.git", "HEAD:refs/heads/main", cwd=src, env=env)
         native = time.monotonic() - start
         rows.append(("native git, /git/ (no limit)", native, ""))
+        # what the host itself costs for the same history in steps: native git, one push per commit
+        target("native-steps.git")
+        start = time.monotonic()
+        for k in range(9, -1, -1):
+            sh("git", "push", "-q", f"http://127.0.0.1:{port}/git/native-steps.git", f"HEAD~{k}:refs/heads/main", cwd=src, env=env)
+        rows.append(("native git, /git/, one push per commit (10)", time.monotonic() - start, ""))
         state = dict(env, GIT_RELAY_STATE_DIR=str(base / "state"))
         runs = (("first.git", "relay, /small/, first push (nothing learned)"), ("learned.git", "relay, /small/, limit learned"))
         for name, label in runs:
