@@ -135,6 +135,8 @@ def _relay_parser() -> "argparse.ArgumentParser":
         p.add_argument("--max-pack-bytes", metavar="N", help="abort when the relayed pack grows past N bytes (k/m/g suffixes)")
         p.add_argument("--no-lfs", dest="lfs", action="store_false",
                        help="do not copy Git LFS objects (by default those the relayed commits name go first)")
+        p.add_argument("--source-lfs-url", metavar="URL", help="the source's LFS API, where git-lfs would not find it from the URL")
+        p.add_argument("--target-lfs-url", metavar="URL", help="the target's LFS API, where git-lfs would not find it from the URL")
 
     for name, text in (
         ("sync", "bring the target's managed refs to the source's"),
@@ -192,7 +194,7 @@ def _fleet(args: Any, env: dict[str, str], stderr: BinaryIO) -> int:
         if args.source or args.target:
             raise ManifestError("give either SOURCE TARGET or --manifest FILE, not both")
         single = (args.branch or args.map or args.tags or args.all_refs or args.exclude or args.max_pack_bytes or args.force_with_lease
-                  or args.prune)
+                  or args.prune or args.source_lfs_url or args.target_lfs_url)
         if single:
             raise ManifestError("with --manifest, pair options go in the manifest ([defaults] or each [[pair]]); "
                                 "only --atomic, --spool and --no-lfs apply to every pair from the command line")
@@ -273,6 +275,7 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
             reporter=reporter,
             spool=getattr(args, "spool", False) or settings.spool,
             lfs=args.lfs and settings.lfs,
+            lfs_urls=(args.source_lfs_url, args.target_lfs_url),
         )
     except RelayError as exc:
         _fatal(stderr, exc.message, exc.hint)

@@ -16,8 +16,8 @@ A manifest (TOML) lists pairs, each with its own options, plus defaults and name
     names = ["lib-a", "lib-b"]
 
 Pair options: ``branches``, ``map``, ``tags``, ``all_refs``, ``exclude``, ``prune``,
-``force_with_lease``, ``atomic``, ``spool``, ``lfs`` (default true), ``max_pack_bytes`` (as the
-single-pair command's flags).
+``force_with_lease``, ``atomic``, ``spool``, ``lfs`` (default true), ``max_pack_bytes``,
+``source_lfs_url``, ``target_lfs_url`` (as the single-pair command's flags).
 
 Each pair runs as its own ``git relay sync --json`` process (a crash or a stall stays with its
 pair). ``--jobs N`` bounds how many run at once, and no host serves more than ``--per-host``
@@ -58,7 +58,8 @@ __all__ = ["Pair", "ManifestError", "load_manifest", "shard", "run_fleet"]
 DEFAULT_PER_HOST = 4
 _BOOL = ("tags", "all_refs", "prune", "force_with_lease", "atomic", "spool", "lfs")
 _LISTS = ("branches", "map", "exclude")
-_OPTIONS = (*_BOOL, *_LISTS, "max_pack_bytes")
+_URLS = ("source_lfs_url", "target_lfs_url")
+_OPTIONS = (*_BOOL, *_LISTS, "max_pack_bytes", *_URLS)
 
 
 class ManifestError(RelayError):
@@ -102,6 +103,9 @@ class Pair:
             args += ["--exclude", e]
         if o.get("max_pack_bytes") is not None:
             args += ["--max-pack-bytes", str(o["max_pack_bytes"])]
+        for key in _URLS:
+            if o.get(key):
+                args += ["--" + key.replace("_", "-"), str(o[key])]
         return [*args, self.source, self.target]
 
 
@@ -119,7 +123,7 @@ def _check_options(where: str, table: Mapping[str, Any], allowed: tuple[str, ...
             raise ManifestError(f"{where}: '{key}' must be true or false")
         if key in _LISTS and not (isinstance(value, list) and all(isinstance(v, str) for v in value)):
             raise ManifestError(f"{where}: '{key}' must be a list of strings")
-        if key in ("source", "target") and not isinstance(value, str):
+        if key in ("source", "target", *_URLS) and not isinstance(value, str):
             raise ManifestError(f"{where}: '{key}' must be a string")
         if key == "max_pack_bytes" and not isinstance(value, (int, str)):
             raise ManifestError(f"{where}: 'max_pack_bytes' must be a number or a size like \"500m\"")

@@ -113,47 +113,57 @@ def _contents(git: Git, oids: list[str]) -> Iterator[tuple[str, bytes]]:
         proc.wait()
 
 
-def _uses_lfs_at_tips(git: Git, tips: list[str]) -> bool:
+def _uses_lfs_at_tips(git: Git, tips: list[str]) -> tuple[bool, str | None]:
     """Do the tips (fetched one commit deep, trees and small blobs) show LFS: a ``.gitattributes``
-    naming ``filter=lfs`` (one too large to have been fetched counts), or a pointer file?"""
+    naming ``filter=lfs`` (one too large to have been fetched counts), or a pointer file? And the
+    ``lfs.url`` of the first tip whose ``.lfsconfig`` sets one (git-lfs reads it from the tree)."""
     attributes: list[str] = []
+    configs: list[str] = []
     for tip in tips:
         listing = git.run(["ls-tree", "-r", "-z", "--full-tree", tip]).split(b"\0")
         for entry in listing:
             meta, _, path = entry.partition(b"\t")
             if path == b".gitattributes" or path.endswith(b"/.gitattributes"):
                 attributes.append(meta.split()[2].decode())
+            elif path == b".lfsconfig":
+                configs.append(meta.split()[2].decode())
+    url = None
+    for oid in dict.fromkeys(configs):
+        url = git.run(["config", "--blob", oid, "--get", "lfs.url"], ok_codes=(0, 1, 128)).decode().strip() or None
+        if url:
+            break
     present = dict(_contents(git, list(dict.fromkeys(attributes))))
     if any(oid not in present or b"filter=lfs" in present[oid] for oid in attributes):
-        return True
-    return any(parse_pointer(data) for _, data in _contents(git, _blobs(git, POINTER_MAX)))
+        return True, url
+    return any(parse_pointer(data) for _, data in _contents(git, _blobs(git, POINTER_MAX))), url
 
 
-def find_pointers(source: Session, wants: list[str], haves: list[str], reporter: Reporter) -> list[Pointer] | None:
+def find_pointers(source: Session, wants: list[str], haves: list[str], reporter: Reporter) -> tuple[list[Pointer] | None, str | None]:
     """The LFS objects named by the blobs a relay of ``wants`` (the target having ``haves``)
-    moves; None, said in a warning, when the source cannot show them (it allows no filtered
-    fetch, or the look failed): the relay of the commits goes on, as it would without LFS."""
+    moves, and the ``lfs.url`` the source's ``.lfsconfig`` names (or None); no list, said in a
+    warning, when the source cannot show them (it allows no filtered fetch, or the look failed):
+    the relay of the commits goes on, as it would without LFS."""
     if not wants:
-        return []
+        return [], None
     if not supports_filter(source.upload()[1]):  # (a fresh v0 stream stays fresh for the relay's own request)
         reporter.warn("the source allows no filtered fetch (uploadpack.allowFilter), so its LFS pointers were not looked for: "
                       "LFS objects are not copied (--no-lfs says that is intended)")
-        return None
+        return None, None
     try:
-        if not _lfs_at_tips(source, wants, reporter):
-            return []
-        return _scan(source, wants, haves, reporter)
+        used, url = _lfs_at_tips(source, wants, reporter)
+        return (_scan(source, wants, haves, reporter) if used else []), url
     except RelayError as exc:
         source.done_upload(aborted=True)
         reporter.warn(f"looking for LFS pointers failed ({exc.message}): LFS objects are not copied")
-        return None
+        return None, None
 
 
-def _lfs_at_tips(source: Session, wants: list[str], reporter: Reporter) -> bool:
-    """Do the tips show LFS? One commit deep, trees and small blobs (v2 only; else, and when the
-    source refuses the shallow look, the answer is yes: look at everything)."""
+def _lfs_at_tips(source: Session, wants: list[str], reporter: Reporter) -> tuple[bool, str | None]:
+    """Do the tips show LFS, and which ``lfs.url`` does their ``.lfsconfig`` name? One commit
+    deep, trees and small blobs (v2 only; else, and when the source refuses the shallow look, the
+    answer is yes: look at everything)."""
     if source.upload()[1].version != 2:
-        return True
+        return True, None
     service, adv = source.take_upload()
     with Scratch(source.ctx.env) as look:
         try:
@@ -163,11 +173,11 @@ def _lfs_at_tips(source: Session, wants: list[str], reporter: Reporter) -> bool:
         except RelayError as exc:
             source.done_upload(aborted=True)
             reporter.trace(f"lfs: the shallow look at the tips failed ({exc.message}); looking at everything that moves")
-            return True
-        if _uses_lfs_at_tips(look.git, wants):
-            return True
-    reporter.trace("lfs: no .gitattributes names filter=lfs at the tips and no pointer is there")
-    return False
+            return True, None
+        used, url = _uses_lfs_at_tips(look.git, wants)
+    if not used:
+        reporter.trace("lfs: no .gitattributes names filter=lfs at the tips and no pointer is there")
+    return used, url
 
 
 def _scan(source: Session, wants: list[str], haves: list[str], reporter: Reporter) -> list[Pointer]:
@@ -201,13 +211,15 @@ def _scan(source: Session, wants: list[str], haves: list[str], reporter: Reporte
 class LfsServer:
     """One side's LFS API, found from its git URL as git-lfs finds it."""
 
-    def __init__(self, session: Session, operation: str, side: str) -> None:
+    def __init__(self, session: Session, operation: str, side: str, api: str | None = None) -> None:
         self.session = session
         self.side = side
         ctx = session.ctx
         url = session.url
         self.headers: dict[str, str] = {}
-        if url.scheme in ("http", "https"):
+        if api:
+            pass  # given (--source-lfs-url / --target-lfs-url, or the source's .lfsconfig)
+        elif url.scheme in ("http", "https"):
             api = http_endpoint(url.raw)
         elif url.scheme == "git":
             protocol = ctx.config.get("lfs.gitprotocol") or "https"
@@ -266,11 +278,14 @@ class LfsServer:
         return answers
 
 
-def _server(session: Session, operation: str, side: str) -> LfsServer | LocalLfs:
-    """Where one side keeps its LFS objects: its LFS server, or its own store for a local path."""
-    if session.url.scheme == "file":
+def _server(session: Session, operation: str, side: str, api: str | None) -> LfsServer | LocalLfs:
+    """Where one side keeps its LFS objects: the LFS API ``api`` when one is given, else its LFS
+    server as git-lfs finds it, or its own store for a local path."""
+    if api and not api.startswith(("http://", "https://")):
+        raise RelayError(f"the {side}'s LFS URL must be http(s): '{redact(api)}'")
+    if session.url.scheme == "file" and not api:
         return LocalLfs(session.url.path, side)
-    return LfsServer(session, operation, side)
+    return LfsServer(session, operation, side, api)
 
 
 def _read_all(resp: Response, limit: int) -> bytes:
@@ -444,13 +459,14 @@ def _verified(resp: Response | io.BufferedReader, pointer: Pointer) -> Iterator[
 
 
 def copy_objects(source: Session, target: Session, pointers: list[Pointer], report: LfsReport, reporter: Reporter,
-                 dry_run: bool = False) -> None:
-    """Ask the target what it lacks; unless ``dry_run``, stream each such object from the source."""
+                 dry_run: bool = False, apis: tuple[str | None, str | None] = (None, None)) -> None:
+    """Ask the target what it lacks; unless ``dry_run``, stream each such object from the source.
+    ``apis``: the (source, target) LFS API URLs where they are not to be found from the git URLs."""
     report.pointers = len(pointers)
     report.bytes_named = sum(p.size for p in pointers)
     if not pointers:
         return
-    upstream = _server(target, "upload", "target")
+    upstream = _server(target, "upload", "target", apis[1])
     wanted = upstream.batch("upload", pointers)
     refused = [(p, wanted[p.oid]["error"]) for p in pointers if p.oid in wanted and wanted[p.oid].get("error")]
     if refused:
@@ -462,7 +478,7 @@ def copy_objects(source: Session, target: Session, pointers: list[Pointer], repo
     report.missing_bytes = sum(p.size for p in todo)
     if dry_run or not todo:
         return
-    downstream = _server(source, "download", "source")
+    downstream = _server(source, "download", "source", apis[0])
     copier = Copier(target.ctx, reporter)
     workers = _concurrency(source.ctx)
     started = time.monotonic()

@@ -207,19 +207,25 @@ def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: 
     return sent, objects
 
 
-def _lfs(source: Session, target: Session, plans: list[RefUpdate], reporter: Reporter, dry_run: bool) -> LfsReport | None:
+def _lfs(source: Session, target: Session, plans: list[RefUpdate], reporter: Reporter, dry_run: bool,
+         lfs_urls: tuple[str | None, str | None]) -> LfsReport | None:
     """Before any ref moves (as git-lfs's pre-push hook does): the LFS objects named by the blobs
     that move, and those the target lacks copied from the source (only counted for a plan).
-    None: the source could not show them, which is said."""
+    None: the source could not show them, which is said. The source's LFS server: the one given,
+    else the ``lfs.url`` of its ``.lfsconfig`` (as git-lfs reads it), else where git-lfs looks."""
     wants = list(dict.fromkeys(p.new for p in plans if p.action in PUSHED_ACTIONS and p.new != ZERO_OID))
     report = LfsReport()
     if not wants:
         return report
-    pointers = find_pointers(source, wants, target_haves(target.receive()[1]), reporter)
+    pointers, configured = find_pointers(source, wants, target_haves(target.receive()[1]), reporter)
     if pointers is None:
         return None  # (said: the commits are relayed, their LFS objects are not)
+    if configured and not configured.startswith(("http://", "https://")):
+        reporter.warn(f"the source's .lfsconfig names lfs.url '{configured}', which git relay cannot use (http(s) only); "
+                      "using the source's own LFS server (--source-lfs-url chooses another)")
+        configured = None
     if pointers:
-        copy_objects(source, target, pointers, report, reporter, dry_run=dry_run)
+        copy_objects(source, target, pointers, report, reporter, dry_run=dry_run, apis=(lfs_urls[0] or configured, lfs_urls[1]))
         if report.copied:
             target.release_receive(used=False)  # idle while objects moved: the relay opens a fresh one
     return report
@@ -251,13 +257,14 @@ def probe(session: Session, push: bool) -> dict[str, Any]:
 
 def run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool = False, prune: bool = False,
              atomic: bool = False, limit: int | None = None, dry_run: bool = False, bootstrap_only: bool = False,
-             reporter: Reporter, split_interval: float = 0.0, spool: bool = False, lfs: bool = True) -> dict[str, Any]:
+             reporter: Reporter, split_interval: float = 0.0, spool: bool = False, lfs: bool = True,
+             lfs_urls: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
     """Plan, refuse what is blocked, copy the LFS objects the moving commits name (unless not
     ``lfs``), relay the rest. Returns the run's record (see ``--json``)."""
     try:
         return _run_sync(source, target, selection, force_with_lease=force_with_lease, prune=prune, atomic=atomic, limit=limit,
                          dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter, interval=split_interval, spool=spool,
-                         lfs=lfs)
+                         lfs=lfs, lfs_urls=lfs_urls)
     except ShallowRemoteError as exc:
         raise UnsupportedError(
             f"the source repository is shallow: its history stops at {len(exc.shallow)} commit(s) "
@@ -271,7 +278,8 @@ def run_sync(source: Session, target: Session, selection: Selection, *, force_wi
 
 def _run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool, prune: bool,
               atomic: bool, limit: int | None, dry_run: bool, bootstrap_only: bool, reporter: Reporter,
-              interval: float, spool: bool = False, lfs: bool = True) -> dict[str, Any]:
+              interval: float, spool: bool = False, lfs: bool = True,
+              lfs_urls: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
     started = time.monotonic()
     plans, mode = plan(source, target, selection, force_with_lease=force_with_lease, prune=prune, reporter=reporter)
     if bootstrap_only and mode != "bootstrap":
@@ -281,7 +289,7 @@ def _run_sync(source: Session, target: Session, selection: Selection, *, force_w
     blocked = [p for p in plans if p.action == "blocked"]
     sent, objects = 0, None
     status = "ok"
-    lfs_report = _lfs(source, target, plans, reporter, dry_run) if lfs and not blocked else None
+    lfs_report = _lfs(source, target, plans, reporter, dry_run, lfs_urls) if lfs and not blocked else None
     if blocked:
         status = "blocked"
         for p in plans:

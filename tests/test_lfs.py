@@ -441,3 +441,24 @@ def test_sync_of_more_objects_than_one_batch_request_holds(lfs_hosts: tuple[serv
     assert set(dst.stored("many")) == set(src.stored("many"))
     # the target: its check (2 requests of at most 100), fresh actions for window 2; the source: one per window
     assert proc.stderr.count("POST /git/many.git/info/lfs/objects/batch") == 5
+
+
+def test_lfs_servers_named_by_lfsconfig_or_on_the_command_line(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                               env: dict[str, str]) -> None:
+    """The source's .lfsconfig names where its objects live (git-lfs reads it from the tree): the
+    copy comes from there. --target-lfs-url puts them where the target's users look."""
+    src, dst = lfs_hosts
+    url = bare(src, "configured")
+    work = tmp_path / "work"
+    contents = lfs_work(work, env, files=2)
+    git("config", "-f", ".lfsconfig", "lfs.url", src.url("configured-objects") + "/info/lfs", cwd=work)
+    git("add", ".lfsconfig", cwd=work)
+    git("commit", "-q", "-m", "LFS objects live elsewhere", cwd=work, env=env)
+    git("push", "-q", url, "main", cwd=work, env=env)
+    assert src.stored("configured") == {} and len(src.stored("configured-objects")) == 2, "native git-lfs followed .lfsconfig"
+    elsewhere = dst.url("mirror-objects") + "/info/lfs"
+    record = json.loads(relay("sync", "--json", "--target-lfs-url", elsewhere, url, bare(dst, "configured"), env=env).stdout)
+    assert record["lfs"]["copied"] == 2
+    assert set(dst.stored("mirror-objects")) == {oid_of(d) for d in contents.values()} and dst.stored("configured") == {}
+    proc = relay("sync", "--target-lfs-url", "ssh://host/x", url, bare(dst, "configured2"), env=env, check=False)
+    assert proc.returncode == 128 and "LFS URL must be http(s)" in proc.stderr
