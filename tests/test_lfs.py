@@ -220,6 +220,8 @@ def test_sync_copies_lfs_objects_and_only_what_is_missing(lfs_hosts: tuple[serve
     target = bare(dst, "mirror")
     planned = json.loads(relay("plan", "--json", src.url("mirror"), target, env=env).stdout)
     assert planned["lfs"]["objects"] == 10 and planned["lfs"]["missing_on_target"] == 10 and planned["lfs"]["copied"] == 0
+    said = relay("plan", src.url("mirror"), target, env=env).stderr
+    assert "LFS: 10 object(s), 195.3 KiB named; the target lacks 10 (195.3 KiB)" in said, said
     assert dst.stored("mirror") == {}
     record = json.loads(relay("sync", "--json", src.url("mirror"), target, env=env).stdout)
     assert record["status"] == "ok"
