@@ -64,15 +64,17 @@ class LocalLfs:
 
 
 class LocalUpload:
-    """An object written beside its place and renamed there only once complete: a reader never
-    sees half of it, and a failed copy leaves nothing behind."""
+    """An object written beside its place (``<oid>.<pid>.<random>.incomplete``) and renamed there
+    only once complete: a reader never sees half of it, and a failed copy leaves nothing behind.
+    What a killed run left (its process is gone) is removed by the next copy of that object."""
 
     def __init__(self, href: str) -> None:
         self.path = _path(href)
-        directory = os.path.dirname(self.path)
+        directory, name = os.path.split(self.path)
         try:
             os.makedirs(directory, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix="incomplete-", dir=directory)
+            _remove_orphans(directory, name)
+            fd, self.tmp = tempfile.mkstemp(prefix=f"{name}.{os.getpid()}.", suffix=".incomplete", dir=directory)
         except OSError as exc:
             raise RelayError(f"cannot write the LFS object {self.path}: {exc.strerror or exc}") from exc
         self.file = os.fdopen(fd, "wb")
@@ -94,3 +96,22 @@ class LocalUpload:
             except OSError:
                 pass
             raise
+
+
+def _remove_orphans(directory: str, name: str) -> None:
+    """Remove ``name``'s unfinished copies whose writer (the pid in their name) has died."""
+    for entry in os.listdir(directory):
+        parts = entry.split(".")
+        if len(parts) != 4 or parts[0] != name or parts[3] != "incomplete" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+            continue  # its writer is alive (another run copying the same object): leave it
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # alive, and someone else's
+        try:
+            os.unlink(os.path.join(directory, entry))
+        except OSError:
+            pass

@@ -415,11 +415,20 @@ def test_sync_to_and_from_a_local_path_uses_its_own_lfs_store(lfs_hosts: tuple[s
     local = tmp_path / "local.git"
     git("init", "-q", "--bare", str(local))
     git("symbolic-ref", "HEAD", "refs/heads/main", cwd=local)
+    # what a killed run left: an unfinished copy whose writer is gone, and one whose writer lives
+    oid = sorted(src.stored("local"))[0]
+    where = local / "lfs" / "objects" / oid[:2] / oid[2:4]
+    where.mkdir(parents=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (where / f"{oid}.{dead.pid}.x1.incomplete").write_bytes(b"half")
+    (where / f"{oid}.{os.getpid()}.x2.incomplete").write_bytes(b"busy")
     record = json.loads(relay("sync", "--json", src.url("local"), str(local), env=env).stdout)
     assert record["lfs"]["copied"] == 3
+    assert sorted(p.name for p in (local / "lfs" / "objects").rglob("*.incomplete")) == [f"{oid}.{os.getpid()}.x2.incomplete"]
+    (where / f"{oid}.{os.getpid()}.x2.incomplete").unlink()
     stored = {p.name for p in (local / "lfs" / "objects").rglob("*") if p.is_file()}
     assert stored == set(src.stored("local"))
-    assert not [p for p in (local / "lfs" / "objects").rglob("incomplete-*")]
     clone = tmp_path / "from-local"
     git("clone", "-q", f"file://{local}", str(clone), env=env)
     checked_out(clone, contents)
