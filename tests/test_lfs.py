@@ -473,3 +473,37 @@ def test_lfs_servers_named_by_lfsconfig_or_on_the_command_line(lfs_hosts: tuple[
     assert set(dst.stored("mirror-objects")) == {oid_of(d) for d in contents.values()} and dst.stored("configured") == {}
     proc = relay("sync", "--target-lfs-url", "ssh://host/x", url, bare(dst, "configured2"), env=env, check=False)
     assert proc.returncode == 128 and "LFS URL must be http(s)" in proc.stderr
+
+
+def test_a_sync_killed_mid_copy_is_completed_by_the_next_run(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                             env: dict[str, str]) -> None:
+    """The source's downloads stall half-way (a proxy stops passing bytes), the sync is killed
+    with SIGKILL while objects are half-written, and the next run completes: every object whole,
+    nothing unfinished left, and the refs moved only by the run that had every object."""
+    import signal
+    import time
+
+    src = lfs_hosts[0]
+    contents = published(src, "killed", tmp_path, env, files=2, size=4 << 20)
+    local = tmp_path / "killed.git"
+    git("init", "-q", "--bare", str(local))
+    with servers.tcp_proxy(src.port, stall_after=1 << 20) as proxy:
+        stalled = src.url("killed").replace(f":{src.port}/", f":{proxy.port}/")
+        proc = subprocess.Popen(["git", "relay", "sync", stalled, str(local)], env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(p.stat().st_size > 0 for p in local.rglob("*.incomplete")):
+                assert proc.poll() is None, "the sync ended before any object was half-written"
+                time.sleep(0.02)
+            assert any(local.rglob("*.incomplete")), "no object was being written"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert refs(local) == {}, "no ref moved before every object was there"
+    record = json.loads(relay("sync", "--json", src.url("killed"), str(local), env=env).stdout)
+    assert record["status"] == "ok" and record["lfs"]["copied"] == 2
+    assert not list(local.rglob("*.incomplete")), "what the killed run left is gone"
+    clone = tmp_path / "check"
+    git("clone", "-q", f"file://{local}", str(clone), env=env)
+    checked_out(clone, contents)
