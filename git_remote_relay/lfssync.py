@@ -46,6 +46,7 @@ __all__ = ["LfsServer", "LfsReport", "find_pointers", "copy_objects", "BATCH_SIZ
 BATCH_SIZE = 100  # objects per batch request, as git-lfs sends them
 MEDIA = "application/vnd.git-lfs+json"
 TRIES = 4
+MAX_REDIRECTS = 5
 _PIECE = 1 << 18
 
 
@@ -383,9 +384,27 @@ class Copier:
         except TransportError as exc:
             raise _Retry(f"{what}: {exc.message}", None) from None
 
+    def _download(self, action: dict[str, object]) -> Response:
+        """GET a download action, following redirects (object stores answer 302/307 with where
+        the object is); the action's headers go only to its own host."""
+        from urllib.parse import urljoin, urlsplit
+
+        resp = self._request("GET", action, "download")
+        host = urlsplit(str(action["href"])).netloc
+        for _ in range(MAX_REDIRECTS):
+            location = resp.headers.get("location")
+            if resp.status not in (301, 302, 303, 307, 308) or not location:
+                break
+            resp.drain()
+            resp.release()
+            target = urljoin(resp.url, location)
+            headers = action.get("header") if urlsplit(target).netloc == host else None
+            resp = self._request("GET", {"href": target, "header": headers}, "download")
+        return resp
+
     def _once(self, pointer: Pointer, down: dict[str, object], up: dict[str, object], verify: dict[str, object] | None) -> None:
         local_down, local_up = is_local(str(down.get("href") or "")), is_local(str(up.get("href") or ""))
-        get: Response | io.BufferedReader = open_object(str(down["href"])) if local_down else self._request("GET", down, "download")
+        get: Response | io.BufferedReader = open_object(str(down["href"])) if local_down else self._download(down)
         try:
             if isinstance(get, Response):
                 _check(get, "the source's download")

@@ -419,7 +419,7 @@ class _Server:
 
 @contextlib.contextmanager
 def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, reset_after: int | None = None,
-              busy_first: int = 0) -> Iterator[Proxy]:
+              busy_first: int = 0, redirect_storage_to: int | None = None) -> Iterator[Proxy]:
     """A loopback TCP proxy that misbehaves on purpose, per connection:
 
     * ``stall_after``: after that many bytes came back from upstream, pass nothing more back but
@@ -428,6 +428,9 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
       (what git daemon does when receive.maxInputSize stops a pack, or a proxy's body limit);
     * ``busy_first``: answer the first that many connections ``HTTP 429`` with ``Retry-After: 1``
       (a rate-limiting front end);
+    * ``redirect_storage_to``: a connection whose first request is a GET of an LFS object
+      (``/objects/storage/``) is answered ``307`` to the same path on that port (an object store
+      behind a redirect);
     * no upstream: accept and never say a word.
 
     Yields a ``Proxy`` (its port, and how many connections it took); closes everything on exit."""
@@ -435,6 +438,8 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
     def handle(client: socket.socket, number: int) -> None:
         if upstream_port is None:
             return  # held open, never answered
+        if redirect_storage_to is not None and _redirected(client, redirect_storage_to):
+            return
         if number <= busy_first:
             with contextlib.suppress(OSError):
                 client.recv(65536)
@@ -449,6 +454,26 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
 
     with _Server(handle) as server:
         yield server.proxy
+
+
+def _redirected(client: socket.socket, port: int) -> bool:
+    """Answer a GET of an LFS object with a redirect to ``port``; False for anything else."""
+    with contextlib.suppress(OSError):
+        head = client.recv(65536, socket.MSG_PEEK)
+        line = head.split(b"\r\n", 1)[0]
+        if line.startswith(b"GET ") and b"/objects/storage/" in line:
+            while b"\r\n\r\n" not in head:
+                more = client.recv(65536, socket.MSG_PEEK)
+                if len(more) == len(head):
+                    break
+                head = more
+            client.recv(len(head))
+            path = line.split(b" ")[1].decode()
+            client.sendall(f"HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{port}{path}\r\n"
+                           "Content-Length: 0\r\nConnection: close\r\n\r\n".encode())
+            client.close()
+            return True
+    return False
 
 
 @contextlib.contextmanager

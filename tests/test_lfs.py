@@ -507,3 +507,17 @@ def test_a_sync_killed_mid_copy_is_completed_by_the_next_run(lfs_hosts: tuple[se
     clone = tmp_path / "check"
     git("clone", "-q", f"file://{local}", str(clone), env=env)
     checked_out(clone, contents)
+
+
+def test_downloads_follow_an_object_stores_redirect(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                    env: dict[str, str]) -> None:
+    """A download action answered 307 (object storage elsewhere) is followed, and the action's
+    own headers (giftless's token) are not sent to the other host."""
+    src, dst = lfs_hosts
+    contents = published(src, "redirected", tmp_path, env, files=2)
+    with servers.tcp_proxy(src.port, redirect_storage_to=src.port) as proxy:
+        source = src.url("redirected").replace(f":{src.port}/", f":{proxy.port}/")
+        proc = relay("sync", "--json", source, bare(dst, "redirected"), env=dict(env, GIT_TRACE_CURL="1"))
+    record = json.loads(proc.stdout)
+    assert record["lfs"]["copied"] == 2 and set(dst.stored("redirected")) == {oid_of(d) for d in contents.values()}
+    assert proc.stderr.count("HTTP/1.1 307") == 2, "each download was redirected"
