@@ -511,8 +511,7 @@ def test_a_sync_killed_mid_copy_is_completed_by_the_next_run(lfs_hosts: tuple[se
 
 def test_downloads_follow_an_object_stores_redirect(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
                                                     env: dict[str, str]) -> None:
-    """A download action answered 307 (object storage elsewhere) is followed, and the action's
-    own headers (giftless's token) are not sent to the other host."""
+    """A download action answered 307 (object storage elsewhere) is followed."""
     src, dst = lfs_hosts
     contents = published(src, "redirected", tmp_path, env, files=2)
     with servers.tcp_proxy(src.port, redirect_storage_to=src.port) as proxy:
