@@ -520,3 +520,26 @@ def test_downloads_follow_an_object_stores_redirect(lfs_hosts: tuple[servers.Lfs
     record = json.loads(proc.stdout)
     assert record["lfs"]["copied"] == 2 and set(dst.stored("redirected")) == {oid_of(d) for d in contents.values()}
     assert proc.stderr.count("HTTP/1.1 307") == 2, "each download was redirected"
+
+
+def test_the_targets_per_file_limit_is_reported_before_anything_moves(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost],
+                                                                      tmp_path: Path, env: dict[str, str]) -> None:
+    """The target refuses objects over 30000 bytes in its batch answer (as GitHub states its
+    limit): the sync names the object, its size and the host's message, and nothing moves, no
+    LFS object and no ref. With --no-lfs the commits go, as the user chose."""
+    src, dst = lfs_hosts
+    published(src, "big-and-small", tmp_path, env, files=1, size=20_000)
+    work = tmp_path / "big-and-small-work"
+    big = os.urandom(50_000)
+    (work / "big.bin").write_bytes(big)
+    git("add", ".", cwd=work, env=env)
+    git("commit", "-q", "-m", "one too big for the target", cwd=work, env=env)
+    git("push", "-q", src.url("big-and-small"), "main", cwd=work, env=env)
+    target = bare(dst, "limited-30000-mirror")
+    proc = relay("sync", src.url("big-and-small"), target, env=env, check=False)
+    assert proc.returncode == 128
+    said = f"refuses 1 object(s), before anything was sent: {oid_of(big)[:12]} (50000 bytes): Size must be less than or equal to 30000"
+    assert said in proc.stderr, proc.stderr
+    assert dst.stored("limited-30000-mirror") == {} and refs(dst.root / "limited-30000-mirror.git") == {}
+    record = json.loads(relay("sync", "--json", "--no-lfs", src.url("big-and-small"), target, env=env).stdout)
+    assert record["status"] == "ok" and refs(dst.root / "limited-30000-mirror.git") == refs(src.root / "big-and-small.git")
