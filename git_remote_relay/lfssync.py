@@ -23,12 +23,12 @@ import io
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from .errors import RelayError, TransportError
 from .fetch import fetch_pack
-from .gitcmd import PIPE, Git, run_command
+from .gitcmd import DEVNULL, PIPE, Git, run_command
 from .history import Scratch
 from .lfs import POINTER_MAX, Pointer, http_endpoint, parse_pointer
 from .lfslocal import LocalLfs, LocalUpload, is_local, open_object
@@ -69,21 +69,26 @@ class LfsReport:
 
 
 # -- finding the pointers ---------------------------------------------------------------------
-def _blobs(git: Git, limit: int) -> list[str]:
-    """The blobs of at most ``limit`` bytes in the scratch repository."""
-    out = git.run(["cat-file", "--batch-all-objects", "--batch-check=%(objecttype) %(objectsize) %(objectname)"])
-    found = []
-    for line in out.decode().splitlines():
-        kind, size, oid = line.split(" ")
-        if kind == "blob" and int(size) <= limit:
-            found.append(oid)
-    return found
+def _blobs(git: Git, limit: int) -> Iterator[str]:
+    """The blobs of at most ``limit`` bytes in the scratch repository, as git lists them."""
+    proc = git.popen(["cat-file", "--batch-all-objects", "--batch-check=%(objecttype) %(objectsize) %(objectname)"],
+                     stdin=DEVNULL, stdout=PIPE)
+    assert proc.stdout is not None
+    try:
+        for line in proc.stdout:
+            kind, size, oid = line.decode().split()
+            if kind == "blob" and int(size) <= limit:
+                yield oid
+    finally:
+        proc.stdout.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
-def _contents(git: Git, oids: list[str]) -> Iterator[tuple[str, bytes]]:
-    """(oid, content) of each blob, read as ``git cat-file --batch`` writes them (never all at once)."""
-    if not oids:
-        return
+def _contents(git: Git, oids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
+    """(oid, content) of each blob, read as ``git cat-file --batch`` writes them: nothing is
+    held but the blob at hand, however many there are. The caller may stop early."""
     proc = git.popen(["cat-file", "--batch"], stdin=PIPE, stdout=PIPE)
     assert proc.stdin is not None and proc.stdout is not None
 
@@ -92,8 +97,12 @@ def _contents(git: Git, oids: list[str]) -> Iterator[tuple[str, bytes]]:
             for oid in oids:
                 proc.stdin.write(oid.encode() + b"\n")
             proc.stdin.close()
-        except BrokenPipeError:
-            pass
+        except (BrokenPipeError, ValueError):
+            pass  # the reader stopped early: cat-file is gone
+        finally:
+            close = getattr(oids, "close", None)
+            if close is not None:
+                close()  # a generator's own process ends here too
 
     writer = threading.Thread(target=feed, daemon=True)
     writer.start()
@@ -109,8 +118,10 @@ def _contents(git: Git, oids: list[str]) -> Iterator[tuple[str, bytes]]:
             data = proc.stdout.read(size + 1)[:size]
             yield words[0].decode(), data
     finally:
-        writer.join()
         proc.stdout.close()
+        if proc.poll() is None:
+            proc.kill()  # stopped early: the writer's next write fails instead of blocking
+        writer.join()
         proc.wait()
 
 

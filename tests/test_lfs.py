@@ -543,3 +543,31 @@ def test_the_targets_per_file_limit_is_reported_before_anything_moves(lfs_hosts:
     assert dst.stored("limited-30000-mirror") == {} and refs(dst.root / "limited-30000-mirror.git") == {}
     record = json.loads(relay("sync", "--json", "--no-lfs", src.url("big-and-small"), target, env=env).stdout)
     assert record["status"] == "ok" and refs(dst.root / "limited-30000-mirror.git") == refs(src.root / "big-and-small.git")
+
+
+def test_reading_blobs_can_stop_early_without_waiting_for_the_rest(tmp_path: Path) -> None:
+    """The pointer scan reads blobs as cat-file writes them and may stop at the first pointer:
+    with far more blobs than a pipe holds, stopping does not hang."""
+    import threading
+
+    from git_remote_relay.gitcmd import Git
+    from git_remote_relay.lfssync import _blobs, _contents
+
+    repo = tmp_path / "many.git"
+    git("init", "-q", "--bare", str(repo))
+    blobs = "".join(f"blob\nmark :{i}\ndata 600\n{str(i).rjust(600, 'x')}\n" for i in range(1, 3001))
+    git("fast-import", "--quiet", cwd=repo, input=blobs.encode())
+    scratch = Git({**os.environ, "GIT_DIR": str(repo)})
+    seen: list[int] = []
+
+    def stop_after_five() -> None:
+        gen = _contents(scratch, _blobs(scratch, 1024))
+        seen.append(sum(1 for _ in zip(range(5), gen, strict=False)))
+        gen.close()  # stopped after five of 3000
+
+    reader = threading.Thread(target=stop_after_five, daemon=True)
+    reader.start()
+    reader.join(60)
+    assert not reader.is_alive(), "stopping early hung"
+    assert seen == [5]
+    assert sum(1 for _ in _contents(scratch, _blobs(scratch, 1024))) == 3000
