@@ -243,6 +243,7 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
                 print(f"url: {info['url']}\nprotocol: v{info['protocol']}\nobject format: {info['object_format']}\nHEAD: {info['head']}")
                 print("capabilities: " + " ".join(info["capabilities"]))
                 print(f"size limit learned from pushes: {info['size_limit']}")
+                print(f"LFS objects (git relay): {info['lfs']}")
                 if "push_capabilities" in info:
                     pc = info["push_capabilities"]
                     print("push capabilities: " + (" ".join(pc) if isinstance(pc, list) else pc))

@@ -290,6 +290,18 @@ class LfsServer:
         return answers
 
 
+def lfs_location(session: Session) -> str:
+    """Where ``git relay`` looks for this remote's LFS objects (without asking anything over ssh)."""
+    url = session.url
+    if url.scheme == "file":
+        return LocalLfs(url.path, "remote").api
+    if url.scheme in ("http", "https"):
+        return redact(http_endpoint(url.raw))
+    if url.scheme == "git":
+        return redact(http_endpoint((session.ctx.config.get("lfs.gitprotocol") or "https") + url.raw[len("git"):]))
+    return f"where git-lfs-authenticate on {url.host} says"
+
+
 def _server(session: Session, operation: str, side: str, api: str | None) -> LfsServer | LocalLfs:
     """Where one side keeps its LFS objects: the LFS API ``api`` when one is given, else its LFS
     server as git-lfs finds it, or its own store for a local path."""

@@ -16,7 +16,7 @@ from .errors import RelayError, ShallowRemoteError, UnsupportedError
 from .fetch import fetch_pack
 from .gitcmd import Config, Git
 from .history import Scratch, first_parent_chain
-from .lfssync import LfsReport, copy_objects, find_pointers
+from .lfssync import LfsReport, copy_objects, find_pointers, lfs_location
 from .limits import Limits, limit_key
 from .protocol import ZERO_OID, Advertisement, fetch_request, read_fetch_preamble, supports_filter
 from .push import PackStream, PushOptions, RefUpdate, exchange
@@ -242,6 +242,7 @@ def probe(session: Session, push: bool) -> dict[str, Any]:
         "refs": dict(adv.refs),
         "peeled": dict(adv.peeled),
         "size_limit": Limits(session.ctx.env).get(limit_key(session.url)).describe(),
+        "lfs": lfs_location(session),
     }
     session.close_upload()
     if push:

@@ -571,3 +571,14 @@ def test_reading_blobs_can_stop_early_without_waiting_for_the_rest(tmp_path: Pat
     assert not reader.is_alive(), "stopping early hung"
     assert seen == [5]
     assert sum(1 for _ in _contents(scratch, _blobs(scratch, 1024))) == 3000
+
+
+def test_probe_says_where_git_relay_finds_lfs_objects(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                      env: dict[str, str]) -> None:
+    src = lfs_hosts[0]
+    url = bare(src, "probed")
+    said = relay("probe", url, env=env).stdout
+    assert f"LFS objects (git relay): {url}/info/lfs" in said
+    local = tmp_path / "local.git"
+    git("init", "-q", "--bare", str(local))
+    assert json.loads(relay("probe", "--json", str(local), env=env).stdout)["lfs"] == f"file://{local}/lfs/objects"
