@@ -98,13 +98,17 @@ def dulwich_server(kind: str, root: Path, base: Path, limit: int | None = None) 
         stop(proc)
 
 
-LIGHTTPD_CONF = """
+# lighttpd on loopback, as every test web server starts
+_LIGHTTPD_BASE = """
 server.document-root = "{root}"
 server.bind = "127.0.0.1"
 server.port = {port}
 server.pid-file = "{base}/lighttpd.pid"
 server.errorlog = "{base}/lighttpd.log"
 server.max-request-size = 0
+"""
+
+LIGHTTPD_CONF = _LIGHTTPD_BASE + """
 # static files (the dumb HTTP tests) are read afresh: git replaces info/refs by a rename
 server.stat-cache-engine = "disable"
 server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_file", "mod_redirect")
@@ -161,13 +165,7 @@ def http_server(root: Path, base: Path, gitconfig: str, home: str, small_kb: int
         stop(proc)
 
 
-LFS_LIGHTTPD_CONF = """
-server.document-root = "{root}"
-server.bind = "127.0.0.1"
-server.port = {port}
-server.pid-file = "{base}/lighttpd.pid"
-server.errorlog = "{base}/lighttpd.log"
-server.max-request-size = 0
+LFS_LIGHTTPD_CONF = _LIGHTTPD_BASE + """
 server.stream-request-body = 2
 server.stream-response-body = 2
 server.modules = ("mod_alias", "mod_setenv", "mod_cgi", "mod_auth", "mod_authn_file", "mod_proxy")
