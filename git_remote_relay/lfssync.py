@@ -227,19 +227,10 @@ class LfsServer:
         self.session = session
         self.side = side
         ctx = session.ctx
-        url = session.url
         self.headers: dict[str, str] = {}
-        if api:
-            pass  # given (--source-lfs-url / --target-lfs-url, or the source's .lfsconfig)
-        elif url.scheme in ("http", "https"):
-            api = http_endpoint(url.raw)
-        elif url.scheme == "git":
-            protocol = ctx.config.get("lfs.gitprotocol") or "https"
-            api = http_endpoint(protocol + url.raw[len("git"):])
-        else:
-            api = self._authenticate(ctx, operation)
-        self.api = api
-        self.http = HttpTransport(parse(api), ctx)
+        # given (--source-lfs-url / --target-lfs-url, or the source's .lfsconfig), derived, or over ssh
+        self.api = api or _derived_api(session) or self._authenticate(ctx, operation)
+        self.http = HttpTransport(parse(self.api), ctx)
 
     def _authenticate(self, ctx: Context, operation: str) -> str:
         """git-lfs's ssh discovery: ``git-lfs-authenticate <path> <operation>`` gives the API's
@@ -290,16 +281,24 @@ class LfsServer:
         return answers
 
 
+def _derived_api(session: Session) -> str | None:
+    """The LFS API git-lfs derives from an http(s) or git:// URL (git:// as ``lfs.gitProtocol``);
+    None for the others (ssh asks the host, a local path has its own store)."""
+    url = session.url
+    if url.scheme in ("http", "https"):
+        return http_endpoint(url.raw)
+    if url.scheme == "git":
+        return http_endpoint((session.ctx.config.get("lfs.gitprotocol") or "https") + url.raw[len("git"):])
+    return None
+
+
 def lfs_location(session: Session) -> str:
     """Where ``git relay`` looks for this remote's LFS objects (without asking anything over ssh)."""
     url = session.url
     if url.scheme == "file":
         return LocalLfs(url.path, "remote").api
-    if url.scheme in ("http", "https"):
-        return redact(http_endpoint(url.raw))
-    if url.scheme == "git":
-        return redact(http_endpoint((session.ctx.config.get("lfs.gitprotocol") or "https") + url.raw[len("git"):]))
-    return f"where git-lfs-authenticate on {url.host} says"
+    derived = _derived_api(session)
+    return redact(derived) if derived else f"where git-lfs-authenticate on {url.host} says"
 
 
 def _server(session: Session, operation: str, side: str, api: str | None) -> LfsServer | LocalLfs:
