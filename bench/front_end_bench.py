@@ -10,7 +10,8 @@ passes it. Native git can only push to ``/git/``; relay pushes to ``/small/`` tw
 repositories: first with nothing learned (the refused attempt is paid), then with the limit
 learned. The data is incompressible, in files of 1 MiB over 10 commits (so every step holds
 more objects than receive.unpackLimit and is kept as a pack, as hosts keep them). A row of native
-git pushing the same history one commit at a time shows what the steps cost the host itself. Needs root
+git pushing the same history one commit at a time shows what the steps cost the host itself. Each row starts
+after ``sync``, so none pays for the disk writes of the rows before it. Needs root
 (apache runs the CGI as nobody). Nothing is asserted: it prints a table.
 """
 
@@ -66,6 +67,14 @@ def sh(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -
     return subprocess.run(args, cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
+def settle() -> None:
+    """Write out what the rows before wrote, so that no row pays for another's disk writes: the
+    target's index-pack fsyncs its pack, and on a journaled file system that fsync also waits for
+    every dirty page written before it (a 1 GiB row left unsynced cost the next row up to 1.7x)."""
+    os.sync()
+    time.sleep(1)
+
+
 def make_data(path: Path, size_mb: int, env: dict[str, str]) -> None:
     sh("git", "init", "-q", str(path), env=env)
     for c in range(10):
@@ -103,8 +112,10 @@ def main() -> None:
         port = servers.free_port()
         (base / "apache.conf").write_text(CONF.format(base=base, port=port, modules=MODULES, root=root, gitconfig=gitconfig,
                                                       limit=args.limit_mb * MiB))
+        # its own session: apache's prefork sends its SIGTERM at shutdown to its whole process group,
+        # which would otherwise be ours and the shell's that started the bench
         proc = subprocess.Popen([apache, "-f", str(base / "apache.conf"), "-DFOREGROUND"], stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+                                stderr=subprocess.DEVNULL, start_new_session=True)
         servers.wait_port(port, proc, "apache2", base / "apache-error.log")
         rows = []
 
@@ -115,12 +126,14 @@ def main() -> None:
             return repo
 
         target("native.git")
+        settle()
         start = time.monotonic()
         sh("git", "push", "-q", f"http://127.0.0.1:{port}/git/native.git", "HEAD:refs/heads/main", cwd=src, env=env)
         native = time.monotonic() - start
         rows.append(("native git, /git/ (no limit)", native, ""))
         # what the host itself costs for the same history in steps: native git, one push per commit
         target("native-steps.git")
+        settle()
         start = time.monotonic()
         for k in range(9, -1, -1):
             sh("git", "push", "-q", f"http://127.0.0.1:{port}/git/native-steps.git", f"HEAD~{k}:refs/heads/main", cwd=src, env=env)
@@ -129,6 +142,7 @@ def main() -> None:
         runs = (("first.git", "relay, /small/, first push (nothing learned)"), ("learned.git", "relay, /small/, limit learned"))
         for name, label in runs:
             target(name)
+            settle()
             start = time.monotonic()
             res = subprocess.run(["git", "push", "-v", f"relay::http://127.0.0.1:{port}/small/{name}", "HEAD:refs/heads/main"],
                                  cwd=src, env=state, capture_output=True, text=True, check=True)
