@@ -125,27 +125,53 @@ def _contents(git: Git, oids: Iterable[str]) -> Iterator[tuple[str, bytes]]:
         proc.wait()
 
 
-def _uses_lfs_at_tips(git: Git, tips: list[str]) -> tuple[bool, str | None]:
-    """Do the tips (fetched one commit deep, trees and small blobs) show LFS: a ``.gitattributes``
-    naming ``filter=lfs`` (one too large to have been fetched counts), or a pointer file? And the
-    ``lfs.url`` of the first tip whose ``.lfsconfig`` sets one (git-lfs reads it from the tree)."""
+def _tip_files(git: Git, tips: list[str]) -> tuple[list[str], list[str]]:
+    """The blob ids of every ``.gitattributes`` in the tips' trees, at any depth, and of each
+    root ``.lfsconfig``: the trees are read through one ``git cat-file --batch``, level by level,
+    each distinct tree once (a thousand tags share most of theirs). A tip that is no tree-ish (a
+    tag of a blob) has no files."""
     attributes: list[str] = []
     configs: list[str] = []
-    for tip in tips:
-        listing = git.run(["ls-tree", "-r", "-z", "--full-tree", tip]).split(b"\0")
-        for entry in listing:
-            meta, _, path = entry.partition(b"\t")
-            if path == b".gitattributes" or path.endswith(b"/.gitattributes"):
-                attributes.append(meta.split()[2].decode())
-            elif path == b".lfsconfig":
-                configs.append(meta.split()[2].decode())
+    seen: set[str] = set()
+    width = len(tips[0]) // 2 if tips else 20  # bytes of an object id: 20 (sha1) or 32 (sha256)
+    asked = "".join(f"{tip}^{{}}\n" for tip in dict.fromkeys(tips)).encode()
+    peeled = git.run(["cat-file", "--batch-check=%(objecttype) %(objectname)"], input=asked).decode().splitlines()
+    level = [f"{words[1]}^{{tree}}" for words in map(str.split, peeled) if words[0] in ("commit", "tree")]
+    root = True
+    while level:
+        below: list[str] = []
+        for oid, data in _contents(git, level):
+            if oid in seen:
+                continue  # two tips with one tree
+            seen.add(oid)
+            at, end = 0, len(data)
+            while at < end:
+                nul = data.index(0, at)
+                if data.startswith(b"40000 ", at):
+                    below.append(data[nul + 1:nul + 1 + width].hex())
+                elif nul - at == 21 and data.endswith(b" .gitattributes", at, nul):  # "100644 .gitattributes"
+                    attributes.append(data[nul + 1:nul + 1 + width].hex())
+                elif root and nul - at == 17 and data.endswith(b" .lfsconfig", at, nul):
+                    configs.append(data[nul + 1:nul + 1 + width].hex())
+                at = nul + 1 + width
+        level = [oid for oid in dict.fromkeys(below) if oid not in seen]
+        root = False
+    return list(dict.fromkeys(attributes)), list(dict.fromkeys(configs))
+
+
+def _uses_lfs_at_tips(git: Git, tips: list[str]) -> tuple[bool, str | None]:
+    """Do the tips (fetched one commit deep, trees and small blobs) show LFS: a ``.gitattributes``
+    naming ``filter=lfs``, or a pointer file? And the
+    ``lfs.url`` of the first tip whose ``.lfsconfig`` sets one (git-lfs reads it from the tree)."""
+    attributes, configs = _tip_files(git, tips)
     url = None
-    for oid in dict.fromkeys(configs):
+    for oid in configs:
         url = git.run(["config", "--blob", oid, "--get", "lfs.url"], ok_codes=(0, 1, 128)).decode().strip() or None
         if url:
             break
-    present = dict(_contents(git, list(dict.fromkeys(attributes))))
-    if any(oid not in present or b"filter=lfs" in present[oid] for oid in attributes):
+    # A .gitattributes too large to have been fetched (git.git's po/.gitattributes is 1.3 KiB)
+    # is not read: the pointers that LFS files leave at the tips are the answer then.
+    if any(b"filter=lfs" in data for _, data in _contents(git, attributes)):
         return True, url
     return any(parse_pointer(data) for _, data in _contents(git, _blobs(git, POINTER_MAX))), url
 

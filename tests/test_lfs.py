@@ -297,17 +297,48 @@ def test_sync_no_lfs_and_repositories_without_lfs(lfs_hosts: tuple[servers.LfsHo
     assert record["lfs"] is None and record["status"] == "ok"
     assert dst.stored("skip") == {}
     # a repository that does not use LFS: recognised at its tips, nothing asked of LFS servers
+    # (with what git.git has: a .gitattributes too big for the look, and a tag of a blob)
     plain = tmp_path / "plain"
     git("init", "-q", str(plain))
     (plain / "a.txt").write_text("no lfs here\n")
+    (plain / "po").mkdir()
+    (plain / "po" / ".gitattributes").write_text("# filters for PO files\n" * 60 + "*.po filter=gettext-no-location\n")
     git("add", ".", cwd=plain)
     git("commit", "-q", "-m", "plain", cwd=plain)
+    git("tag", "a-blob", git("rev-parse", "HEAD:a.txt", cwd=plain).stdout.strip(), cwd=plain)
     source = bare(src, "plain")
-    git("push", "-q", source, "main", cwd=plain)
-    proc = relay("sync", "--json", source, bare(dst, "plain"), env=dict(env, GIT_TRACE_CURL="1"))
+    git("push", "-q", "--tags", source, "main", cwd=plain)
+    proc = relay("sync", "--json", "--tags", source, bare(dst, "plain"), env=dict(env, GIT_TRACE_CURL="1", GIT_RELAY_TRACE="1"))
     record = json.loads(proc.stdout)
     assert record["lfs"]["objects"] == 0 and record["status"] == "ok"
     assert "POST /git/plain.git/git-upload-pack" in proc.stderr and "info/lfs" not in proc.stderr
+    assert "no .gitattributes names filter=lfs" in proc.stderr and "warning" not in proc.stderr and "error" not in proc.stderr
+    assert proc.stderr.count(" wants, ") == 1, "the look at the tips was enough: nothing more was scanned"
+    assert refs(dst.root / "plain.git") == refs(src.root / "plain.git")
+
+
+def test_lfs_is_seen_in_a_nested_gitattributes_of_any_tip(tmp_path: Path) -> None:
+    """The look at the tips reads every .gitattributes in their trees, at any depth, and a
+    tip that is no tree (a tag of a blob) does not stop it."""
+    from git_remote_relay.gitcmd import Git
+    from git_remote_relay.lfssync import _uses_lfs_at_tips
+
+    work = tmp_path / "nested"
+    git("init", "-q", str(work))
+    (work / "README").write_text("top\n")
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "one", cwd=work)
+    first = git("rev-parse", "HEAD", cwd=work).stdout.strip()
+    blob = git("rev-parse", "HEAD:README", cwd=work).stdout.strip()
+    (work / "assets" / "models").mkdir(parents=True)
+    (work / "assets" / "models" / ".gitattributes").write_text("*.fbx filter=lfs diff=lfs merge=lfs -text\n")
+    (work / ".lfsconfig").write_text('[lfs]\n\turl = "https://lfs.example/objects"\n')
+    git("add", ".", cwd=work)
+    git("commit", "-q", "-m", "two", cwd=work)
+    second = git("rev-parse", "HEAD", cwd=work).stdout.strip()
+    repo = Git({**os.environ, "GIT_DIR": str(work / ".git")})
+    assert _uses_lfs_at_tips(repo, [blob, first]) == (False, None)
+    assert _uses_lfs_at_tips(repo, [blob, first, second]) == (True, "https://lfs.example/objects")
 
 
 # -- over ssh ----------------------------------------------------------------------------------
