@@ -63,6 +63,13 @@ def bare(host: servers.LfsHost, name: str, env: dict[str, str]) -> str:
     return host.url(name)
 
 
+def settle() -> None:
+    """Write out what came before, so that no row pays for another's disk writes (git's index-pack
+    fsyncs its pack, and on a journaled file system that waits for every dirty page before it)."""
+    os.sync()
+    time.sleep(1)
+
+
 def relay_sync(source: str, target: str, env: dict[str, str]) -> tuple[float, int, dict[str, object]]:
     """Run ``git relay sync --json``: (seconds, the relay process's own peak RSS, its record)."""
     started = time.monotonic()
@@ -125,6 +132,7 @@ def main() -> None:
                 # native: mirror clone, LFS fetch, mirror push, LFS push, into a fresh target
                 native_target = bare(dst, f"native{r}", env)
                 mirror = base / f"mirror{r}.git"
+                settle()
                 started = time.monotonic()
                 run(["git", "clone", "-q", "--mirror", source, str(mirror)], env)
                 run(["git", "lfs", "fetch", "--all", "origin"], env, cwd=mirror)
@@ -136,6 +144,7 @@ def main() -> None:
                 assert sum(dst.stored(f"native{r}").values()) == total, "the native mirror did not copy every LFS object"
                 # relay, into another fresh target
                 relayed_target = bare(dst, f"relayed{r}", env)
+                settle()
                 seconds, rss, record = relay_sync(source, relayed_target, env)
                 relays.append(seconds)
                 print(f"run {r + 1}: native {natives[-1]:.2f} s, relay {seconds:.2f} s ({seconds / natives[-1]:.2f}x)", flush=True)
