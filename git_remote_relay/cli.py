@@ -135,6 +135,9 @@ def _relay_parser() -> "argparse.ArgumentParser":
         p.add_argument("--max-pack-bytes", metavar="N", help="abort when the relayed pack grows past N bytes (k/m/g suffixes)")
         p.add_argument("--no-lfs", dest="lfs", action="store_false",
                        help="do not copy Git LFS objects (by default those the relayed commits name go first)")
+        p.add_argument("--lfs-history", action="store_true",
+                       help="look for LFS pointers in every blob that moves, even when the tips show no LFS "
+                            "(a repository that dropped LFS at its tips but has LFS files in older commits)")
         p.add_argument("--source-lfs-url", metavar="URL", help="the source's LFS API, where git-lfs would not find it from the URL")
         p.add_argument("--target-lfs-url", metavar="URL", help="the target's LFS API, where git-lfs would not find it from the URL")
 
@@ -197,10 +200,10 @@ def _fleet(args: Any, env: dict[str, str], stderr: BinaryIO) -> int:
                   or args.prune or args.source_lfs_url or args.target_lfs_url)
         if single:
             raise ManifestError("with --manifest, pair options go in the manifest ([defaults] or each [[pair]]); "
-                                "only --atomic, --spool and --no-lfs apply to every pair from the command line")
+                                "only --atomic, --spool, --no-lfs and --lfs-history apply to every pair from the command line")
         pairs = load_manifest(args.manifest)
         for pair in pairs:  # the command line's word over the manifest's, for every pair
-            pair.options.update({k: v for k, v in (("atomic", args.atomic), ("spool", args.spool)) if v})
+            pair.options.update({k: v for k, v in (("atomic", args.atomic), ("spool", args.spool), ("lfs_history", args.lfs_history)) if v})
             if not args.lfs:
                 pair.options["lfs"] = False
         if args.shard:
@@ -276,6 +279,7 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
             reporter=reporter,
             spool=getattr(args, "spool", False) or settings.spool,
             lfs=args.lfs and settings.lfs,
+            lfs_history=args.lfs_history or settings.lfs_history,
             lfs_urls=(args.source_lfs_url, args.target_lfs_url),
         )
     except RelayError as exc:

@@ -16,7 +16,7 @@ A manifest (TOML) lists pairs, each with its own options, plus defaults and name
     names = ["lib-a", "lib-b"]
 
 Pair options: ``branches``, ``map``, ``tags``, ``all_refs``, ``exclude``, ``prune``,
-``force_with_lease``, ``atomic``, ``spool``, ``lfs`` (default true), ``max_pack_bytes``,
+``force_with_lease``, ``atomic``, ``spool``, ``lfs`` (default true), ``lfs_history``, ``max_pack_bytes``,
 ``source_lfs_url``, ``target_lfs_url`` (as the single-pair command's flags).
 
 Each pair runs as its own ``git relay sync --json`` process (a crash or a stall stays with its
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["Pair", "ManifestError", "load_manifest", "shard", "run_fleet"]
 
 DEFAULT_PER_HOST = 4
-_BOOL = ("tags", "all_refs", "prune", "force_with_lease", "atomic", "spool", "lfs")
+_BOOL = ("tags", "all_refs", "prune", "force_with_lease", "atomic", "spool", "lfs", "lfs_history")
 _LISTS = ("branches", "map", "exclude")
 _URLS = ("source_lfs_url", "target_lfs_url")
 _OPTIONS = (*_BOOL, *_LISTS, "max_pack_bytes", *_URLS)

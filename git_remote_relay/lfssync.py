@@ -176,11 +176,13 @@ def _uses_lfs_at_tips(git: Git, tips: list[str]) -> tuple[bool, str | None]:
     return any(parse_pointer(data) for _, data in _contents(git, _blobs(git, POINTER_MAX))), url
 
 
-def find_pointers(source: Session, wants: list[str], haves: list[str], reporter: Reporter) -> tuple[list[Pointer] | None, str | None]:
+def find_pointers(source: Session, wants: list[str], haves: list[str], reporter: Reporter,
+                  history: bool = False) -> tuple[list[Pointer] | None, str | None]:
     """The LFS objects named by the blobs a relay of ``wants`` (the target having ``haves``)
     moves, and the ``lfs.url`` the source's ``.lfsconfig`` names (or None); no list, said in a
     warning, when the source cannot show them (it allows no filtered fetch, or the look failed):
-    the relay of the commits goes on, as it would without LFS."""
+    the relay of the commits goes on, as it would without LFS. The blobs that move are scanned
+    when the tips show LFS, or always with ``history`` (``--lfs-history``)."""
     if not wants:
         return [], None
     if not supports_filter(source.upload()[1]):  # (a fresh v0 stream stays fresh for the relay's own request)
@@ -189,7 +191,9 @@ def find_pointers(source: Session, wants: list[str], haves: list[str], reporter:
         return None, None
     try:
         used, url = _lfs_at_tips(source, wants, reporter)
-        return (_scan(source, wants, haves, reporter) if used else []), url
+        if history and not used:
+            reporter.trace("lfs: --lfs-history: scanning every blob that moves all the same")
+        return (_scan(source, wants, haves, reporter) if used or history else []), url
     except RelayError as exc:
         source.done_upload(aborted=True)
         reporter.warn(f"looking for LFS pointers failed ({exc.message}): LFS objects are not copied")

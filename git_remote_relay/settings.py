@@ -65,6 +65,8 @@ class Settings:
         self.spool = _on(spool) if spool is not None else config.get_bool("relay.spool")  # git relay: the source's pack to disk first
         lfs = env.get("GIT_RELAY_LFS")
         self.lfs = _on(lfs) if lfs is not None else config.get_bool("relay.lfs", True)  # git relay: copy Git LFS objects
+        history = env.get("GIT_RELAY_LFS_HISTORY")  # git relay: look for pointers even where the tips show no LFS
+        self.lfs_history = _on(history) if history is not None else config.get_bool("relay.lfsHistory")
 
 
 def _seconds(value: str | None, key: str) -> float:

@@ -208,7 +208,7 @@ def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: 
 
 
 def _lfs(source: Session, target: Session, plans: list[RefUpdate], reporter: Reporter, dry_run: bool,
-         lfs_urls: tuple[str | None, str | None]) -> LfsReport | None:
+         lfs_urls: tuple[str | None, str | None], history: bool = False) -> LfsReport | None:
     """Before any ref moves (as git-lfs's pre-push hook does): the LFS objects named by the blobs
     that move, and those the target lacks copied from the source (only counted for a plan).
     None: the source could not show them, which is said. The source's LFS server: the one given,
@@ -217,7 +217,7 @@ def _lfs(source: Session, target: Session, plans: list[RefUpdate], reporter: Rep
     report = LfsReport()
     if not wants:
         return report
-    pointers, configured = find_pointers(source, wants, target_haves(target.receive()[1]), reporter)
+    pointers, configured = find_pointers(source, wants, target_haves(target.receive()[1]), reporter, history=history)
     if pointers is None:
         return None  # (said: the commits are relayed, their LFS objects are not)
     if configured and not configured.startswith(("http://", "https://")):
@@ -258,14 +258,14 @@ def probe(session: Session, push: bool) -> dict[str, Any]:
 
 def run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool = False, prune: bool = False,
              atomic: bool = False, limit: int | None = None, dry_run: bool = False, bootstrap_only: bool = False,
-             reporter: Reporter, split_interval: float = 0.0, spool: bool = False, lfs: bool = True,
+             reporter: Reporter, split_interval: float = 0.0, spool: bool = False, lfs: bool = True, lfs_history: bool = False,
              lfs_urls: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
     """Plan, refuse what is blocked, copy the LFS objects the moving commits name (unless not
     ``lfs``), relay the rest. Returns the run's record (see ``--json``)."""
     try:
         return _run_sync(source, target, selection, force_with_lease=force_with_lease, prune=prune, atomic=atomic, limit=limit,
                          dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter, interval=split_interval, spool=spool,
-                         lfs=lfs, lfs_urls=lfs_urls)
+                         lfs=lfs, lfs_history=lfs_history, lfs_urls=lfs_urls)
     except ShallowRemoteError as exc:
         raise UnsupportedError(
             f"the source repository is shallow: its history stops at {len(exc.shallow)} commit(s) "
@@ -279,7 +279,7 @@ def run_sync(source: Session, target: Session, selection: Selection, *, force_wi
 
 def _run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool, prune: bool,
               atomic: bool, limit: int | None, dry_run: bool, bootstrap_only: bool, reporter: Reporter,
-              interval: float, spool: bool = False, lfs: bool = True,
+              interval: float, spool: bool = False, lfs: bool = True, lfs_history: bool = False,
               lfs_urls: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
     started = time.monotonic()
     plans, mode = plan(source, target, selection, force_with_lease=force_with_lease, prune=prune, reporter=reporter)
@@ -290,7 +290,7 @@ def _run_sync(source: Session, target: Session, selection: Selection, *, force_w
     blocked = [p for p in plans if p.action == "blocked"]
     sent, objects = 0, None
     status = "ok"
-    lfs_report = _lfs(source, target, plans, reporter, dry_run, lfs_urls) if lfs and not blocked else None
+    lfs_report = _lfs(source, target, plans, reporter, dry_run, lfs_urls, lfs_history) if lfs and not blocked else None
     if blocked:
         status = "blocked"
         for p in plans:

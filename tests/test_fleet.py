@@ -45,6 +45,17 @@ def test_a_manifest_relays_every_pair_and_a_second_run_moves_nothing(tmp_path: P
     assert all(line["bytes"] == 0 and line["relayed"] == [] for line in again[:-1]), again
 
 
+def test_a_manifests_lfs_options_become_the_pairs_flags(tmp_path: Path) -> None:
+    from git_remote_relay.fleet import load_manifest
+
+    manifest = tmp_path / "fleet.toml"
+    manifest.write_text('[defaults]\nlfs_history = true\n[[pair]]\nsource = "file:///s.git"\ntarget = "file:///t.git"\n'
+                        '[[pair]]\nsource = "file:///s2.git"\ntarget = "file:///t2.git"\nlfs = false\nlfs_history = false\n')
+    first, second = load_manifest(str(manifest))
+    assert "--lfs-history" in first.argv() and "--no-lfs" not in first.argv()
+    assert "--lfs-history" not in second.argv() and "--no-lfs" in second.argv()
+
+
 def test_shards_cover_every_pair_exactly_once() -> None:
     pairs = [Pair(f"file:///src/{i}.git", f"file:///dst/{i}.git", {}, str(i), 1) for i in range(60)]
     parts = [shard(pairs, f"{k}/3") for k in range(3)]
@@ -147,7 +158,7 @@ def test_atomic_from_the_command_line_applies_to_every_pair(tmp_path: Path, make
     assert lines[0]["status"] == "failed" and lines[0]["relayed"] == []
     assert refs(target.path) == {}, "all or nothing: nothing"
     code, _, err = fleet("--manifest", str(manifest), "--tags")
-    assert code == 2 and "only --atomic, --spool and --no-lfs" in err
+    assert code == 2 and "only --atomic, --spool, --no-lfs and --lfs-history" in err
 
 
 def test_a_host_that_asks_to_wait_gets_one_pair_at_a_time(tmp_path: Path, make_remote, http_server: int) -> None:

@@ -317,6 +317,28 @@ def test_sync_no_lfs_and_repositories_without_lfs(lfs_hosts: tuple[servers.LfsHo
     assert refs(dst.root / "plain.git") == refs(src.root / "plain.git")
 
 
+def test_lfs_history_finds_lfs_files_the_tips_no_longer_have(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
+                                                              env: dict[str, str]) -> None:
+    """A repository that dropped LFS at its tip: by default the tips decide and nothing is
+    copied; --lfs-history (or relay.lfsHistory) scans what moves and copies the older objects."""
+    src, dst = lfs_hosts
+    url = bare(src, "dropped")
+    work = tmp_path / "dropped-work"
+    contents = lfs_work(work, env, files=3)
+    git("rm", "-q", "*.bin", ".gitattributes", cwd=work, env=env)
+    git("commit", "-q", "-m", "no more LFS", cwd=work, env=env)
+    git("push", "-q", url, "main", cwd=work, env=env)
+    assert set(src.stored("dropped")) == {oid_of(d) for d in contents.values()}
+    record = json.loads(relay("sync", "--json", url, bare(dst, "dropped-tips"), env=env).stdout)
+    assert record["status"] == "ok" and record["lfs"]["objects"] == 0 and dst.stored("dropped-tips") == {}
+    record = json.loads(relay("sync", "--json", "--lfs-history", url, bare(dst, "dropped-history"), env=env).stdout)
+    assert record["status"] == "ok" and record["lfs"]["copied"] == 3
+    assert set(dst.stored("dropped-history")) == {oid_of(d) for d in contents.values()}
+    config_env = dict(env, GIT_RELAY_LFS_HISTORY="1")
+    record = json.loads(relay("sync", "--json", url, bare(dst, "dropped-setting"), env=config_env).stdout)
+    assert record["lfs"]["copied"] == 3
+
+
 def test_lfs_is_seen_in_a_nested_gitattributes_of_any_tip(tmp_path: Path) -> None:
     """The look at the tips reads every .gitattributes in their trees, at any depth, and a
     tip that is no tree (a tag of a blob) does not stop it."""
