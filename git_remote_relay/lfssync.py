@@ -161,8 +161,8 @@ def _tip_files(git: Git, tips: list[str]) -> tuple[list[str], list[str]]:
 
 def _uses_lfs_at_tips(git: Git, tips: list[str]) -> tuple[bool, str | None]:
     """Do the tips (fetched one commit deep, trees and small blobs) show LFS: a ``.gitattributes``
-    naming ``filter=lfs``, or a pointer file? And the
-    ``lfs.url`` of the first tip whose ``.lfsconfig`` sets one (git-lfs reads it from the tree)."""
+    naming ``filter=lfs``, or a pointer file? And the ``lfs.url`` of the first tip whose
+    ``.lfsconfig`` sets one (git-lfs reads it from the tree)."""
     attributes, configs = _tip_files(git, tips)
     url = None
     for oid in configs:
