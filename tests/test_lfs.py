@@ -339,14 +339,15 @@ def test_lfs_history_finds_lfs_files_the_tips_no_longer_have(lfs_hosts: tuple[se
     assert record["lfs"]["copied"] == 3
 
 
-def test_lfs_is_seen_in_a_nested_gitattributes_of_any_tip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("object_format", ["sha1", "sha256"])
+def test_lfs_is_seen_in_a_nested_gitattributes_of_any_tip(tmp_path: Path, object_format: str) -> None:
     """The look at the tips reads every .gitattributes in their trees, at any depth, and a
-    tip that is no tree (a tag of a blob) does not stop it."""
+    tip that is no tree (a tag of a blob) does not stop it; sha256 trees too."""
     from git_remote_relay.gitcmd import Git
     from git_remote_relay.lfssync import _uses_lfs_at_tips
 
     work = tmp_path / "nested"
-    git("init", "-q", str(work))
+    git("init", "-q", f"--object-format={object_format}", str(work))
     (work / "README").write_text("top\n")
     git("add", ".", cwd=work)
     git("commit", "-q", "-m", "one", cwd=work)
