@@ -16,7 +16,8 @@ from .errors import RelayError, ShallowRemoteError, UnsupportedError
 from .fetch import fetch_pack
 from .gitcmd import Config, Git
 from .history import Scratch, first_parent_chain
-from .lfssync import LfsReport, copy_objects, find_pointers, lfs_location
+from .lfsfind import find_pointers
+from .lfssync import LfsReport, copy_objects, lfs_location
 from .limits import Limits, limit_key
 from .protocol import ZERO_OID, Advertisement, fetch_request, read_fetch_preamble, supports_filter
 from .push import PackStream, PushOptions, RefUpdate, exchange

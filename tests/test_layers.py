@@ -24,7 +24,7 @@ LAYERS = {
     "transport": 4, "transport.process": 4, "transport.daemon": 4, "transport.http": 4, "transport.memory": 4,
     "transport.session": 5,
     "push": 6, "fetch": 6, "history": 6, "stats": 6, "passthrough": 6, "tap": 6,
-    "split": 7, "fetchsteps": 7, "signedpush": 7, "lfssync": 7,
+    "split": 7, "fetchsteps": 7, "signedpush": 7, "lfssync": 7, "lfsfind": 7,
     "localpush": 8, "syncplan": 8,
     "sync": 9, "fleet": 9,
     "helper": 10,

@@ -344,7 +344,7 @@ def test_lfs_is_seen_in_a_nested_gitattributes_of_any_tip(tmp_path: Path, object
     """The look at the tips reads every .gitattributes in their trees, at any depth, and a
     tip that is no tree (a tag of a blob) does not stop it; sha256 trees too."""
     from git_remote_relay.gitcmd import Git
-    from git_remote_relay.lfssync import _uses_lfs_at_tips
+    from git_remote_relay.lfsfind import _uses_lfs_at_tips
 
     work = tmp_path / "nested"
     git("init", "-q", f"--object-format={object_format}", str(work))
@@ -605,7 +605,7 @@ def test_reading_blobs_can_stop_early_without_waiting_for_the_rest(tmp_path: Pat
     import threading
 
     from git_remote_relay.gitcmd import Git
-    from git_remote_relay.lfssync import _blobs, _contents
+    from git_remote_relay.lfsfind import _blobs, _contents
 
     repo = tmp_path / "many.git"
     git("init", "-q", "--bare", str(repo))
