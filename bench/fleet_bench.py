@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=8)
     ap.add_argument("--bin", help="directory of the git-relay / mama-ssh to measure (an ./install.sh install)")
     args = ap.parse_args()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # killed, it still removes its data (the finally below)
+        signal.signal(sig, lambda *_: sys.exit(143))
     base = Path(tempfile.mkdtemp(prefix="relay-fleet-bench-"))
     gitconfig = base / "gitconfig"
     gitconfig.write_text("[user]\n\tname = b\n\temail = b@example.com\n[http]\n\treceivepack = true\n[safe]\n\tdirectory = *\n"

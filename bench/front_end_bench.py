@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,8 @@ def main() -> None:
     ap.add_argument("--limit-mb", type=int, default=150)
     ap.add_argument("--bin", help="directory of the git-remote-relay to measure (an ./install.sh install)")
     args = ap.parse_args()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # killed, it still removes its data (the finally below)
+        signal.signal(sig, lambda *_: sys.exit(143))
     apache = shutil.which("apache2") or "/usr/sbin/apache2"
     base = Path(tempfile.mkdtemp(prefix="relay-front-end-bench-"))
     base.chmod(0o755)

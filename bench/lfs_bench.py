@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--rtt-ms", type=float, default=40.0, help="with --wan-mbit: the link's round trip")
     ap.add_argument("--bin", help="directory with git-relay / git-remote-relay (default: next to this Python)")
     args = ap.parse_args()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # killed, it still removes its data (the finally below)
+        signal.signal(sig, lambda *_: sys.exit(143))
     bindir = args.bin or str(Path(sys.executable).parent)
     base = Path(tempfile.mkdtemp(prefix="lfs-bench-"))
     home = base / "home"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,6 +88,8 @@ def main() -> None:
     ap.add_argument("--scenarios", default="initial,negotiate")
     ap.add_argument("--transports", default="file,git,http,ssh", help="for the initial push")
     args = ap.parse_args()
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # killed, it still removes its data (the finally below)
+        signal.signal(sig, lambda *_: sys.exit(143))
     base = Path(tempfile.mkdtemp(prefix="relay-push-bench-"))
     env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=str(base / "gitconfig"), HOME=str(base),
                GIT_AUTHOR_NAME="b", GIT_AUTHOR_EMAIL="b@example.com", GIT_COMMITTER_NAME="b", GIT_COMMITTER_EMAIL="b@example.com")
