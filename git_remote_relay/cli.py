@@ -30,6 +30,18 @@ def _fatal(stderr: BinaryIO, message: str, hint: str = "") -> None:
         pass
 
 
+def _os_failure(exc: OSError) -> tuple[str, str]:
+    """What a local I/O failure (a full disk, a read-only directory) says, as git says it: the
+    cause and the file, and what to do; no traceback, for it is no bug of ours."""
+    import errno
+
+    where = f" '{exc.filename}'" if exc.filename else ""
+    message = f"cannot use{where}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return message, "free some disk space (or set TMPDIR to a roomier directory) and run again; a re-run resumes"
+    return message, "check that path's permissions and space, and run again"
+
+
 def _exit_on_sigterm() -> None:
     """SIGTERM unwinds like Ctrl-C, so the cleanup that leaves nothing behind still runs."""
     import signal
@@ -77,6 +89,9 @@ def helper_main(argv: list[str] | None = None) -> NoReturn:
         code = 128  # git went away; nobody is left to read a message on stdout
     except KeyboardInterrupt:
         code = 130
+    except OSError as exc:
+        _fatal(stderr, *_os_failure(exc))
+        code = 128
     except Exception as exc:  # noqa: BLE001 - the boundary: report, never leak a traceback by default
         if trace:
             import traceback
@@ -215,11 +230,67 @@ def _fleet(args: Any, env: dict[str, str], stderr: BinaryIO) -> int:
     return run_fleet(pairs, env, jobs, max(1, args.per_host), sys.stdout.buffer, stderr, quiet=args.quiet)
 
 
+def _relay_command(args: "argparse.Namespace", env: dict[str, str], reporter: "Reporter", stderr: "BinaryIO") -> "dict[str, Any]":
+    """Run ``git relay``'s command; the sync record (probe and fleets exit here themselves)."""
+    import json
+
+    from .gitcmd import Git
+    from .settings import Settings, size_value
+    from .sync import Selection, endpoint, probe, run_sync
+
+    config = Git({k: v for k, v in env.items() if k != "GIT_DIR"}).config()
+    settings = Settings(env, config)
+    if args.command == "probe":
+        info = probe(endpoint(args.url, env, config, settings, reporter), args.push)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print(f"url: {info['url']}\nprotocol: v{info['protocol']}\nobject format: {info['object_format']}\nHEAD: {info['head']}")
+            print("capabilities: " + " ".join(info["capabilities"]))
+            print(f"size limit learned from pushes: {info['size_limit']}")
+            print(f"LFS objects (git relay): {info['lfs']}")
+            if "push_capabilities" in info:
+                pc = info["push_capabilities"]
+                print("push capabilities: " + (" ".join(pc) if isinstance(pc, list) else pc))
+            print(f"refs: {len(info['refs'])}")
+            for name, oid in info["refs"].items():
+                print(f"  {oid} {name}")
+        sys.exit(0)
+    if getattr(args, "manifest", None) or getattr(args, "shard", None) or getattr(args, "jobs", None):
+        sys.exit(_fleet(args, env, stderr))
+    if not args.source or not args.target:
+        raise RelayError("git relay sync needs a SOURCE and a TARGET (or --manifest FILE)")
+    branches = [b for spec in args.branch for b in spec.split(",") if b]
+    selection = Selection(branches=branches, maps=args.map, tags=args.tags, all_refs=args.all_refs, excludes=args.exclude)
+    limit = size_value(args.max_pack_bytes, "--max-pack-bytes") if args.max_pack_bytes else None
+    source = endpoint(args.source, env, config, settings, reporter)
+    target = endpoint(args.target, env, config, settings, reporter)
+    if source.url.redacted.rstrip("/") == target.url.redacted.rstrip("/"):
+        raise RelayError("source and target are the same repository")
+    record = run_sync(
+        source,
+        target,
+        selection,
+        force_with_lease=getattr(args, "force_with_lease", False),
+        prune=getattr(args, "prune", False),
+        atomic=getattr(args, "atomic", False),
+        limit=limit,
+        dry_run=args.command == "plan",
+        bootstrap_only=args.command == "bootstrap",
+        split_interval=settings.split_interval,
+        reporter=reporter,
+        spool=getattr(args, "spool", False) or settings.spool,
+        lfs=args.lfs and settings.lfs,
+        lfs_history=args.lfs_history or settings.lfs_history,
+        lfs_urls=(args.source_lfs_url, args.target_lfs_url),
+    )
+    return record
+
+
 def relay_main(argv: list[str] | None = None) -> NoReturn:
     """``git relay sync|plan|bootstrap|probe``."""
     import json
 
-    from .gitcmd import Git
     from .ui import Reporter
 
     args = _relay_parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -233,60 +304,23 @@ def relay_main(argv: list[str] | None = None) -> NoReturn:
         stderr, verbosity=0 if quiet else 1 + min(verbose, 1), progress=not quiet and stderr.isatty(), trace=trace, term=env.get("TERM")
     )
     try:
-        from .settings import Settings, size_value
-        from .sync import Selection, endpoint, probe, run_sync
-
-        config = Git({k: v for k, v in env.items() if k != "GIT_DIR"}).config()
-        settings = Settings(env, config)
-        if args.command == "probe":
-            info = probe(endpoint(args.url, env, config, settings, reporter), args.push)
-            if args.json:
-                print(json.dumps(info, indent=2))
-            else:
-                print(f"url: {info['url']}\nprotocol: v{info['protocol']}\nobject format: {info['object_format']}\nHEAD: {info['head']}")
-                print("capabilities: " + " ".join(info["capabilities"]))
-                print(f"size limit learned from pushes: {info['size_limit']}")
-                print(f"LFS objects (git relay): {info['lfs']}")
-                if "push_capabilities" in info:
-                    pc = info["push_capabilities"]
-                    print("push capabilities: " + (" ".join(pc) if isinstance(pc, list) else pc))
-                print(f"refs: {len(info['refs'])}")
-                for name, oid in info["refs"].items():
-                    print(f"  {oid} {name}")
-            sys.exit(0)
-        if getattr(args, "manifest", None) or getattr(args, "shard", None) or getattr(args, "jobs", None):
-            sys.exit(_fleet(args, env, stderr))
-        if not args.source or not args.target:
-            raise RelayError("git relay sync needs a SOURCE and a TARGET (or --manifest FILE)")
-        branches = [b for spec in args.branch for b in spec.split(",") if b]
-        selection = Selection(branches=branches, maps=args.map, tags=args.tags, all_refs=args.all_refs, excludes=args.exclude)
-        limit = size_value(args.max_pack_bytes, "--max-pack-bytes") if args.max_pack_bytes else None
-        source = endpoint(args.source, env, config, settings, reporter)
-        target = endpoint(args.target, env, config, settings, reporter)
-        if source.url.redacted.rstrip("/") == target.url.redacted.rstrip("/"):
-            raise RelayError("source and target are the same repository")
-        record = run_sync(
-            source,
-            target,
-            selection,
-            force_with_lease=getattr(args, "force_with_lease", False),
-            prune=getattr(args, "prune", False),
-            atomic=getattr(args, "atomic", False),
-            limit=limit,
-            dry_run=args.command == "plan",
-            bootstrap_only=args.command == "bootstrap",
-            split_interval=settings.split_interval,
-            reporter=reporter,
-            spool=getattr(args, "spool", False) or settings.spool,
-            lfs=args.lfs and settings.lfs,
-            lfs_history=args.lfs_history or settings.lfs_history,
-            lfs_urls=(args.source_lfs_url, args.target_lfs_url),
-        )
+        record = _relay_command(args, env, reporter, stderr)
     except RelayError as exc:
         _fatal(stderr, exc.message, exc.hint)
         sys.exit(128)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as exc:
+        _fatal(stderr, *_os_failure(exc))
+        sys.exit(128)
+    except Exception as exc:  # noqa: BLE001 - the boundary: exit 128 with a message, never 1 ("refused") or a traceback
+        if trace:
+            import traceback
+
+            traceback.print_exc()
+        _fatal(stderr, f"internal error in git relay: {type(exc).__name__}: {exc}",
+               "run again with GIT_RELAY_TRACE=1 and report the output")
+        sys.exit(128)
     if args.json:
         print(json.dumps(record, indent=2))
     elif not args.quiet or record["status"] != "ok":

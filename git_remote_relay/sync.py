@@ -101,10 +101,17 @@ class _Spooled(PackStream):
         super().__init__(None, pack.limit_source)
         import tempfile
 
-        self.file = tempfile.TemporaryFile(prefix="git-relay-spool-")
+        try:
+            self.file = tempfile.TemporaryFile(prefix="git-relay-spool-")
+        except OSError as exc:
+            pack.stop()
+            raise _spool_failure(exc, pack.sent) from exc
         try:
             for chunk in pack:  # the source's limit is enforced on the way in
                 self.file.write(chunk)
+        except OSError as exc:
+            self.file.close()
+            raise _spool_failure(exc, pack.sent) from exc
         except BaseException:
             self.file.close()
             raise
@@ -122,6 +129,14 @@ class _Spooled(PackStream):
 
     def stop(self) -> None:
         self.file.close()
+
+
+def _spool_failure(exc: OSError, written: int) -> RelayError:
+    import tempfile
+
+    return RelayError(f"cannot spool the source's pack in {tempfile.gettempdir()} after {written} bytes: {exc.strerror or exc}",
+                      "free space there, or set TMPDIR to a directory with room for the whole pack (or run without --spool); "
+                      "nothing was pushed")
 
 
 class RemoteHistory:

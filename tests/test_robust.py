@@ -215,3 +215,42 @@ def test_http_429_with_retry_after_is_waited_for_a_bounded_number_of_times(tmp_p
         connections = proxy.connections
     assert res.returncode != 0 and "HTTP 429" in res.stderr and "try again later" in res.stderr, res.stderr
     assert connections == 4, "three waits, then the refusal is the answer"
+
+
+def _files_at_most(limit: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # a write past it fails (EFBIG), as on a full disk
+
+
+def test_a_spool_that_cannot_be_written_fails_clearly_and_pushes_nothing(tmp_path: Path, make_remote) -> None:
+    """git relay --spool where the pack does not fit (here: a file-size limit stands in for a
+    full disk): exit 128 with what failed, where, and what to do; no traceback; the target is
+    untouched. Room again, the same command completes."""
+    source = make_remote("file", source=make_source(tmp_path / "work", big=300_000))
+    target = make_remote("file")
+    argv = ["git", "relay", "sync", "--spool", "--no-lfs", "--tags", source.url, target.url]
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    env = dict(os.environ, TMPDIR=str(spool_dir))
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=HANG_GUARD, preexec_fn=lambda: _files_at_most(64 * 1024))
+    assert res.returncode == 128, res.stderr
+    assert f"fatal: cannot spool the source's pack in {spool_dir} after" in res.stderr, res.stderr
+    assert "set TMPDIR to a directory with room" in res.stderr and "Traceback" not in res.stderr
+    assert refs(target.path) == {}
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=HANG_GUARD)
+    assert res.returncode == 0, res.stderr
+    assert refs(target.path) == refs(source.path)
+    fsck(target.path)
+
+
+def test_a_local_io_failure_is_reported_as_such_not_as_a_bug() -> None:
+    import errno
+
+    from git_remote_relay.cli import _os_failure
+
+    message, hint = _os_failure(OSError(errno.ENOSPC, "No space left on device", "/repo/.git/objects/pack/tmp_pack_x"))
+    assert message == "cannot use '/repo/.git/objects/pack/tmp_pack_x': No space left on device"
+    assert hint.startswith("free some disk space")
+    message, hint = _os_failure(OSError(errno.EROFS, "Read-only file system"))
+    assert message == "cannot use: Read-only file system" and "permissions" in hint
