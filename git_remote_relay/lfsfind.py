@@ -140,19 +140,50 @@ def find_pointers(source: Session, wants: list[str], haves: list[str], reporter:
     when the tips show LFS, or always with ``history`` (``--lfs-history``)."""
     if not wants:
         return [], None
-    if not supports_filter(source.upload()[1]):  # (a fresh v0 stream stays fresh for the relay's own request)
+    looked = _filtering(source, reporter)
+    if looked is None:
         reporter.warn("the source allows no filtered fetch (uploadpack.allowFilter), so its LFS pointers were not looked for: "
                       "LFS objects are not copied (--no-lfs says that is intended)")
         return None, None
     try:
-        used, url = _lfs_at_tips(source, wants, reporter)
+        used, url = _lfs_at_tips(looked, wants, reporter)
         if history and not used:
             reporter.trace("lfs: --lfs-history: scanning every blob that moves all the same")
-        return (_scan(source, wants, haves, reporter) if used or history else []), url
+        return (_scan(looked, wants, haves, reporter) if used or history else []), url
     except RelayError as exc:
-        source.done_upload(aborted=True)
+        looked.done_upload(aborted=True)
         reporter.warn(f"looking for LFS pointers failed ({exc.message}): LFS objects are not copied")
         return None, None
+    finally:
+        if looked is not source:
+            looked.close()
+
+
+# the upload-pack that git relay runs itself for a local source's LFS look
+_LOCAL_FILTERING = "git -c uploadpack.allowFilter=true upload-pack"
+
+
+def _filtering(source: Session, reporter: Reporter) -> Session | None:
+    """A session of ``source`` that serves filtered fetches: the source itself when it allows them
+    (a fresh v0 stream stays fresh for the relay's own request); for a local repository that does
+    not, a second session whose upload-pack, which we run ourselves, allows them; else None."""
+    if supports_filter(source.upload()[1]):
+        return source
+    if not source.url.is_local or "upload-pack" in source.ctx.programs:
+        return None
+    import copy
+
+    ctx = copy.copy(source.ctx)
+    ctx.programs = {**source.ctx.programs, "upload-pack": _LOCAL_FILTERING}
+    local = Session(source.url, ctx)
+    try:
+        if supports_filter(local.upload()[1]):
+            reporter.trace("lfs: the local source allows no filtered fetch; its look runs with uploadpack.allowFilter")
+            return local
+    except RelayError:
+        pass
+    local.close()
+    return None
 
 
 def _lfs_at_tips(source: Session, wants: list[str], reporter: Reporter) -> tuple[bool, str | None]:

@@ -493,6 +493,13 @@ def test_sync_to_and_from_a_local_path_uses_its_own_lfs_store(lfs_hosts: tuple[s
     # and from the local repository to another server
     record = json.loads(relay("sync", "--json", f"file://{local}", bare(dst, "from-local"), env=env).stdout)
     assert record["lfs"]["copied"] == 3 and set(dst.stored("from-local")) == stored
+    # a local source that allows no filters: git relay runs that upload-pack itself, and may
+    git("config", "uploadpack.allowFilter", "false", cwd=local)
+    for source in (f"file://{local}", str(local)):
+        name = f"from-unfiltered-{len(source)}"
+        proc = relay("sync", "--json", source, bare(dst, name), env=env)
+        assert json.loads(proc.stdout)["lfs"]["copied"] == 3 and set(dst.stored(name)) == stored
+        assert "warning" not in proc.stderr, proc.stderr
 
 
 def test_sync_of_more_objects_than_one_batch_request_holds(lfs_hosts: tuple[servers.LfsHost, servers.LfsHost], tmp_path: Path,
