@@ -436,6 +436,8 @@ def exchange(
     text = unpack + " " + said.decode("utf-8", "replace")
     if unpack != "ok" and _size_refusal(text):
         raise PackTooLarge(f"the server refused the pack for its size: {unpack}", sent=sent, limit=stated_limit(text))
+    if unpack != "ok":
+        reporter.error(f"error: remote unpack failed: {unpack}")  # send-pack's own line, -q or not
     return sent, stream.objects if stream else None
 
 

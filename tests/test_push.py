@@ -152,6 +152,25 @@ def test_target_with_fsck_objects(transport: str, work: Path, make_remote) -> No
     fsck(remote.path)
 
 
+@pytest.mark.parametrize("transport", ["file", "http"])
+def test_an_unpack_failure_is_said_as_native_send_pack_says_it(transport: str, work: Path, make_remote) -> None:
+    """A pack the target cannot take (here: a commit its fsck refuses): the same lines as native
+    git, "error: remote unpack failed: ..." included, and no ref moves."""
+    tree = git("rev-parse", "main^{tree}", cwd=work).stdout.strip()
+    bad = git("hash-object", "-t", "commit", "-w", "--literally", "--stdin", cwd=work,
+              input=f"tree {tree}\ncommitter broken\n\nno author\n".encode()).stdout.strip()
+    said = {}
+    remote = make_remote(transport)
+    git("config", "receive.fsckObjects", "true", cwd=remote.path)
+    for kind in ("native", "relay"):  # the refused push changes nothing, so one target serves both
+        url = remote.relay_url if kind == "relay" else remote.url
+        res = git("push", url, f"{bad}:refs/heads/bad", cwd=work, check=False)
+        assert res.returncode == 1 and refs(remote.path) == {}, res.stderr
+        said[kind] = [line.replace("relay::", "") for line in res.stderr.splitlines() if line.startswith(("error:", " ! "))]
+    assert said["native"][0] == "error: remote unpack failed: unpack-objects abnormal exit", said
+    assert said["relay"] == said["native"], said
+
+
 @pytest.mark.parametrize("transport", ["file", "git", "http"])
 def test_max_pack_bytes_aborts_before_any_ref_moves(transport: str, tmp_path: Path, make_remote) -> None:
     work = make_source(tmp_path / "work", big=200_000)
