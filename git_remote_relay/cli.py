@@ -20,6 +20,8 @@ __all__ = ["helper_main", "relay_main"]
 
 
 def _fatal(stderr: BinaryIO, message: str, hint: str = "") -> None:
+    if not message and not hint:
+        return  # a child (git credential, say) already said why, as native git would have
     text = f"fatal: {redact(message)}\n"
     if hint:
         text += f"hint: {redact(hint)}\n"

@@ -152,7 +152,7 @@ def find_pointers(source: Session, wants: list[str], haves: list[str], reporter:
         return (_scan(looked, wants, haves, reporter) if used or history else []), url
     except RelayError as exc:
         looked.done_upload(aborted=True)
-        reporter.warn(f"looking for LFS pointers failed ({exc.message}): LFS objects are not copied")
+        reporter.warn(f"looking for LFS pointers failed ({exc.message or 'see above'}): LFS objects are not copied")
         return None, None
     finally:
         if looked is not source:

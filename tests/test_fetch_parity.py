@@ -114,6 +114,7 @@ def test_an_upload_pack_that_fails_after_its_pack_fails_the_clone(tmp_path: Path
         assert not (tmp_path / name).exists()
 
 
+@pytest.mark.usefixtures("workspace")  # (the helper on PATH, when this test runs alone)
 def test_git_url_with_a_newline_is_refused_in_gits_words(tmp_path: Path) -> None:
     res = git("clone", "relay::git://127.0.0.1:9/repo\n.git", str(tmp_path / "x"), check=False)
     assert res.returncode != 0 and "newline is forbidden" in res.stderr
@@ -197,3 +198,31 @@ def test_git_minus_v_tells_how_it_reached_a_git_daemon(tmp_path: Path, make_remo
     remote = make_remote("git", source=make_source(tmp_path / "src"))
     res = git("clone", "-v", remote.relay_url, str(tmp_path / "dest"))
     assert "Looking up 127.0.0.1 ... done." in res.stderr and "Connecting to 127.0.0.1 (port " in res.stderr
+
+
+def test_http_failures_are_said_in_gits_words(tmp_path: Path, make_remote, http_server: int) -> None:
+    """What git itself prints when an HTTP remote fails, the helper prints too (scripts grep for
+    these lines): a 403, no credentials where prompts are off, nothing listening on the port."""
+    import re
+    import socket
+
+    work = make_source(tmp_path / "work")
+    remote = make_remote("http", source=work)
+    git("config", "http.receivepack", "false", cwd=remote.path)  # pushes: 403
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ASKPASS="", SSH_ASKPASS="")
+    cases = [("push", remote.url, "main"),
+             ("ls-remote", remote.url.replace("/git/", "/auth/")),
+             ("ls-remote", f"http://127.0.0.1:{closed}/nothing.git")]
+    expected = ["The requested URL returned error: 403", "terminal prompts disabled", "Couldn't connect to server"]
+    for args, words in zip(cases, expected, strict=True):
+        said = {}
+        for prefix in ("", "relay::"):
+            res = git(args[0], prefix + args[1], *args[2:], cwd=work, env=env, check=False)
+            assert res.returncode == 128, res.stderr
+            lines = [line for line in res.stderr.replace(prefix, "").splitlines() if line.startswith(("fatal:", "error:"))]
+            said[prefix] = [re.sub(r"after \d+ ms", "after N ms", line) for line in lines]
+        assert said["relay::"] == said[""], (args, said)
+        assert words in said[""][0], said  # (native git says it: the case is what it claims to be)

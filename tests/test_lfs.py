@@ -443,7 +443,7 @@ def test_sync_asks_git_credential_for_lfs_and_shows_no_password(lfs_hosts: tuple
     assert servers.HTTP_PASSWORD not in proc.stdout + proc.stderr
     # without credentials: refused, clearly, and nothing moves
     proc = relay("sync", source, bare(dst, "secret2"), env=dict(env, GIT_TERMINAL_PROMPT="0"), check=False)
-    assert proc.returncode == 128 and "Authentication failed" in proc.stderr
+    assert proc.returncode == 128 and "fatal: could not read Username for" in proc.stderr, proc.stderr
     assert dst.stored("secret2") == {}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import AuthError
 from ..gitcmd import Git, run_command
 
 __all__ = ["Credential", "fill", "approve", "reject"]
@@ -35,7 +36,9 @@ def _run(git: Git, action: str, cred: Credential) -> bytes:
     # prompts and helper errors are the user's: stderr is passed through
     proc = run_command(["git", "credential", action], env=git.env, cwd=git.cwd, input=cred._describe(), stderr=None)
     if proc.returncode != 0 and action == "fill":
-        return b""
+        # git credential died, saying why ("could not read Username ...: terminal prompts
+        # disabled"): native git stops right there with that line, and so do we
+        raise AuthError("", "")
     return proc.stdout
 
 

@@ -127,7 +127,7 @@ class HttpTransport:
             except HttpTimeout as exc:
                 raise stalled(label, self.ctx.timeout or 0) from exc
             except TransportError as exc:
-                raise TransportError(f"unable to access '{redact(url)}': {exc.message}", exc.hint) from exc
+                raise TransportError(f"unable to access '{redact(self.base)}/': {exc.message}", exc.hint) from exc
             self.ctx.trace(f"http: {resp.status}")
             if resp.status in (429, 503) and replayable and waits < MAX_WAITS:
                 delay = _retry_after(resp.headers.get("retry-after"))
@@ -174,8 +174,9 @@ class HttpTransport:
         where = redact(url)
         if resp.status == 404:
             raise TransportError(f"repository '{redact(self.base)}/' not found", NOT_FOUND_HINT)
-        if resp.status == 403:
-            raise AuthError(f"access to '{where}' forbidden (HTTP 403)", "check that your account may read (or push to) this repository")
+        if resp.status == 403:  # git's (remote-curl's) words, which scripts look for
+            raise AuthError(f"unable to access '{redact(self.base)}/': The requested URL returned error: 403",
+                            f"the server refused '{where}': check that your account may read (or push to) this repository")
         if resp.status in (429, 503):
             raise TransportError(f"'{where}' is refusing requests for now (HTTP {resp.status})",
                                  "the server is rate-limiting or busy: try again later")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import time
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
@@ -374,10 +375,11 @@ class Client:
         where = (target.hostname or "", target.port or 80) if target else (self.options.resolve.get((host.lower(), port), host), port)
         if self.trace is not None:
             self.trace.info(f"  Trying {where[0]}:{where[1]}...")
+        began = time.monotonic()
         try:
             sock = socket.create_connection(where, timeout=self.connect_timeout)
         except OSError as exc:
-            raise TransportError(f"unable to connect to {where[0]}:{where[1]} ({exc.strerror or exc})") from exc
+            raise TransportError(_connect_failure(exc, where[0], where[1], time.monotonic() - began)) from exc
         if self.trace is not None:
             peer = sock.getpeername()
             self.trace.info(f"Connected to {where[0]} ({peer[0]}) port {where[1]}")
@@ -551,3 +553,12 @@ def _proxy_auth(proxy: object) -> str:
         return ""
     token = base64.b64encode(f"{unquote(user)}:{unquote(getattr(proxy, 'password', None) or '')}".encode()).decode()
     return f"Proxy-Authorization: Basic {token}\r\n"
+
+
+def _connect_failure(exc: OSError, host: str, port: int, took: float) -> str:
+    """Why a connection failed, in curl's words (git prints them after "unable to access")."""
+    if isinstance(exc, socket.gaierror):
+        return f"Could not resolve host: {host}"
+    if isinstance(exc, TimeoutError):
+        return f"Connection timed out after {int(took * 1000)} milliseconds"
+    return f"Failed to connect to {host} port {port} after {int(took * 1000)} ms: Couldn't connect to server"
