@@ -226,3 +226,20 @@ def test_http_failures_are_said_in_gits_words(tmp_path: Path, make_remote, http_
             said[prefix] = [re.sub(r"after \d+ ms", "after N ms", line) for line in lines]
         assert said["relay::"] == said[""], (args, said)
         assert words in said[""][0], said  # (native git says it: the case is what it claims to be)
+
+
+@pytest.mark.usefixtures("workspace")
+def test_a_git_daemon_that_is_not_there_is_said_in_gits_words(tmp_path: Path) -> None:
+    """connect.c's words for a git:// port where nothing listens: each address tried, and why."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    said = {}
+    for prefix in ("", "relay::"):
+        res = git("ls-remote", f"{prefix}git://127.0.0.1:{closed}/nothing.git", cwd=tmp_path, check=False)
+        assert res.returncode == 128, res.stderr
+        said[prefix] = [line for line in res.stderr.splitlines() if line and not line.startswith("hint:")]
+    assert said[""] == ["fatal: unable to connect to 127.0.0.1:", "127.0.0.1[0: 127.0.0.1]: errno=Connection refused"], said
+    assert said["relay::"] == said[""], said

@@ -25,10 +25,10 @@ def _connect(host: str, port: int, family: str | None, timeout: float, say: Call
     try:
         infos = socket.getaddrinfo(host, port, fam, socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise TransportError(f"unable to look up {host} ({exc.strerror})") from exc
+        raise TransportError(f"unable to look up {host} (port {port}) ({exc.strerror})") from exc  # connect.c's words
     if say:
         say(f"done.\nConnecting to {host} (port {port}) ... ")
-    last: OSError | None = None
+    tried: list[str] = []  # connect.c's account of each address: "<host>[<n>: <address>]: errno=<why>"
     for af, kind, proto, _name, addr in infos:
         sock = socket.socket(af, kind, proto)
         sock.settimeout(timeout)
@@ -36,14 +36,14 @@ def _connect(host: str, port: int, family: str | None, timeout: float, say: Call
             sock.connect(addr)
         except OSError as exc:
             sock.close()
-            last = exc
+            tried.append(f"{host}[{len(tried)}: {addr[0]}]: errno={exc.strerror or exc}\n")
             continue
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if say:
             say(f"{addr[0]} done.\n")
         return sock
-    raise TransportError(f"unable to connect to {host}:{port}: {last.strerror if last else 'no address'}", NOT_FOUND_HINT)
+    raise TransportError(f"unable to connect to {host}:\n{''.join(tried)}", NOT_FOUND_HINT)
 
 
 def daemon_request(url: InnerUrl, service: str, ctx: Context, want_v2: bool) -> bytes:
