@@ -223,6 +223,24 @@ def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: 
     return sent, objects
 
 
+def _already_there(target: Session, plans: list[RefUpdate], reporter: Reporter) -> None:
+    """A ref update the target refused that it has all the same (another run of this pair, a
+    retried shard, pushed the same value first): the goal is reached, so it is ``ok``."""
+    failed = [p for p in plans if p.action in PUSHED_ACTIONS and p.result != "ok"]
+    if not failed:
+        return
+    try:
+        service, adv = target.new_receive()
+        service.dismiss()
+    except RelayError:
+        return  # the refusal stands as reported
+    for p in failed:
+        now = adv.refs.get(p.dst, ZERO_OID)
+        if now == p.new:
+            reporter.say(f"relay: {p.dst}: the target has {p.new[:12]} already (another run pushed it first): ok")
+            p.result = "ok"
+
+
 def _lfs(source: Session, target: Session, plans: list[RefUpdate], reporter: Reporter, dry_run: bool,
          lfs_urls: tuple[str | None, str | None], history: bool = False) -> LfsReport | None:
     """Before any ref moves (as git-lfs's pre-push hook does): the LFS objects named by the blobs
@@ -318,6 +336,7 @@ def _run_sync(source: Session, target: Session, selection: Selection, *, force_w
         for p in plans:
             if p.action in ("up-to-date", "keep"):
                 p.result = "ok"
+        _already_there(target, plans, reporter)
         if any(p.result != "ok" for p in plans):
             status = "failed"
     from .ui import peak_rss

@@ -132,6 +132,25 @@ def test_lease_refuses_a_target_that_moved_during_the_run(tmp_path: Path, make_r
     assert refs(target.path)["refs/heads/main"] == moved_to, "the other writer's update is never overwritten"
 
 
+def test_two_runs_of_one_pair_at_once_both_end_ok(tmp_path: Path, make_remote) -> None:
+    """A retried job while the first still runs: both push; the target's hook holds both inside
+    receive-pack at once, so the one that updates second finds the ref made ('cannot lock ref').
+    The target has what that run wanted, so it is ok, not 'refused'."""
+    source = make_remote("file", source=make_source(tmp_path / "work"))
+    target = make_remote("file")
+    hook = target.path / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\ncat >/dev/null\nsleep 2\n")
+    hook.chmod(0o755)
+    argv = ["git", "relay", "sync", "--json", "--no-lfs", "--tags", source.url, target.url]
+    runs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    said = [run.communicate(timeout=120) for run in runs]
+    for run, (out, err) in zip(runs, said, strict=True):
+        assert run.returncode == 0, err
+        assert json.loads(out)["status"] == "ok"
+    assert heads_and_tags(target.path) == heads_and_tags(source.path)
+    assert any("another run pushed it first" in err for _, err in said), said
+
+
 def test_prune_and_keep(tmp_path: Path, make_remote) -> None:
     work = make_source(tmp_path / "work")
     source, target = make_remote("file", source=work), make_remote("git")
