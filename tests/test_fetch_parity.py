@@ -243,3 +243,20 @@ def test_a_git_daemon_that_is_not_there_is_said_in_gits_words(tmp_path: Path) ->
         said[prefix] = [line for line in res.stderr.splitlines() if line and not line.startswith("hint:")]
     assert said[""] == ["fatal: unable to connect to 127.0.0.1:", "127.0.0.1[0: 127.0.0.1]: errno=Connection refused"], said
     assert said["relay::"] == said[""], said
+
+
+def test_a_redirect_is_said_as_remote_curl_says_it(tmp_path: Path, make_remote, http_server: int) -> None:
+    """'warning: redirecting to <url>/' when the server sends the first request elsewhere, as
+    remote-curl says it; nothing under -q."""
+    work = make_source(tmp_path / "work")
+    remote = make_remote("http", source=work)
+    moved = remote.url.replace("/git/", "/moved/")
+    for quiet in ([], ["-q"]):
+        said = {}
+        for prefix in ("", "relay::"):
+            res = git("fetch", *quiet, prefix + moved, "main", cwd=work, check=False)
+            assert res.returncode == 0, res.stderr
+            said[prefix] = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+        assert said["relay::"] == said[""], said
+        expected = [] if quiet else [f"warning: redirecting to {remote.url}/"]
+        assert said[""] == expected, said

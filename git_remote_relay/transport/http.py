@@ -199,7 +199,7 @@ class HttpTransport:
         suffix = f"/info/refs?service=git-{service}"
         if final != url and final.endswith(suffix):
             self.base = final[: -len(suffix)]
-            self.ctx.trace(f"http: redirected to {redact(self.base)}")
+            self.ctx.say(f"warning: redirecting to {redact(self.base)}/")  # remote-curl's line (not under -q)
         ctype = (resp.headers.get("content-type") or "").split(";")[0].strip()
         if ctype != f"application/x-git-{service}-advertisement":
             resp.close()
