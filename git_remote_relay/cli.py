@@ -261,7 +261,9 @@ def _relay_command(args: "argparse.Namespace", env: dict[str, str], reporter: "R
     if getattr(args, "manifest", None) or getattr(args, "shard", None) or getattr(args, "jobs", None):
         sys.exit(_fleet(args, env, stderr))
     if not args.source or not args.target:
-        raise RelayError("git relay sync needs a SOURCE and a TARGET (or --manifest FILE)")
+        _fatal(stderr, f"git relay {args.command} needs a SOURCE and a TARGET (or --manifest FILE)",
+               f"git relay {args.command} SOURCE TARGET; see git relay {args.command} --help")
+        sys.exit(2)  # a usage error, as the exit-code table says
     branches = [b for spec in args.branch for b in spec.split(",") if b]
     selection = Selection(branches=branches, maps=args.map, tags=args.tags, all_refs=args.all_refs, excludes=args.exclude)
     limit = size_value(args.max_pack_bytes, "--max-pack-bytes") if args.max_pack_bytes else None
