@@ -312,6 +312,7 @@ def test_all_refs_skips_forge_namespaces_with_a_warning(tmp_path: Path, make_rem
     assert "refs/pull/1/head" not in got and got["refs/notes/commits"] == head and got["refs/heads/main"] == head
 
 
+@pytest.mark.usefixtures("workspace")
 def test_a_sync_without_source_and_target_is_a_usage_error() -> None:
     """Exit code 2, as the exit-code table says for usage errors (not 128, a failed transfer)."""
     proc = relay("sync", check=False)
