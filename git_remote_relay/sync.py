@@ -284,7 +284,7 @@ def probe(session: Session, push: bool) -> dict[str, Any]:
             tadv = session.receive()[1]
             info["push_capabilities"] = sorted(k if v is None else f"{k}={v}" for k, v in tadv.caps.items())
         except RelayError as exc:
-            info["push_capabilities"] = f"unavailable: {exc.message}"
+            info["push_capabilities"] = f"unavailable: {exc.message or 'see above'}"
         finally:
             session.release_receive(used=False)
     return info
