@@ -108,10 +108,10 @@ class _Spooled(PackStream):
             raise _spool_failure(exc, pack.sent) from exc
         try:
             for chunk in pack:  # the source's limit is enforced on the way in
-                self.file.write(chunk)
-        except OSError as exc:
-            self.file.close()
-            raise _spool_failure(exc, pack.sent) from exc
+                try:
+                    self.file.write(chunk)
+                except OSError as exc:  # (the spool's own write only: the source's failures say themselves)
+                    raise _spool_failure(exc, pack.sent) from exc
         except BaseException:
             self.file.close()
             raise
