@@ -11,6 +11,8 @@ server), as tests/servers.py starts them. The source holds a repository whose ``
   ``git lfs push --all``, one after another, into a fresh target;
 * relay: ``git relay sync`` into another fresh target (wall time, peak RSS of the relay
   process, LFS bytes it copied);
+* the floor: native's ``git lfs push --all`` step alone, the time the target takes to ingest
+  the objects (relay downloads and uploads at once, so it cannot finish before that);
 * the check: a native ``git clone`` of the relay's target plus ``git lfs pull`` gets every file;
 * a second sync (LFS bytes moved: 0 expected);
 * a sync killed when about half of the objects are at a third target, then run again: what the
@@ -129,7 +131,7 @@ def main() -> None:
             total = sum(src.stored("big").values())
             print(f"source: {args.files} LFS files, {total / MiB:.0f} MiB of LFS objects", flush=True)
 
-            natives, relays = [], []
+            natives, relays, uploads = [], [], []  # uploads: native's `git lfs push --all` alone
             for r in range(args.repeat):
                 # native: mirror clone, LFS fetch, mirror push, LFS push, into a fresh target
                 native_target = bare(dst, f"native{r}", env)
@@ -140,8 +142,10 @@ def main() -> None:
                 run(["git", "lfs", "fetch", "--all", "origin"], env, cwd=mirror)
                 run(["git", "remote", "add", "target", native_target], env, cwd=mirror)
                 run(["git", "push", "-q", "--mirror", "target"], env, cwd=mirror)
+                pushing = time.monotonic()
                 run(["git", "lfs", "push", "--all", "target"], env, cwd=mirror)
                 natives.append(time.monotonic() - started)
+                uploads.append(time.monotonic() - pushing)
                 shutil.rmtree(mirror)
                 assert sum(dst.stored(f"native{r}").values()) == total, "the native mirror did not copy every LFS object"
                 # relay, into another fresh target
@@ -180,6 +184,10 @@ def main() -> None:
             print(f"{'native: clone --mirror, lfs fetch --all,':<44}")
             print(f"{'        push --mirror, lfs push --all':<44} {native:>8.2f} {1.0:>7.2f}")
             print(f"{'relay: git relay sync':<44} {seconds:>8.2f} {seconds / native:>7.2f}")
+            upload = statistics.median(uploads)
+            print(f"{'  the floor: native lfs push --all alone':<44} {upload:>8.2f} {upload / native:>7.2f}")
+            print("  (every byte has to reach the target, so no copy beats the target's own ingest;\n"
+                  "   relay's wall time is that plus the look, the batch requests and the pack)")
             print(f"\nrelay copied {lfs['copied']} LFS objects, {lfs['copied_bytes'] / MiB:.1f} MiB; "
                   f"peak RSS of git relay: {rss / MiB:.1f} MiB")
             print(f"native clone + git lfs pull of the relay's target: {good}/{len(digests)} files with their content")
