@@ -37,6 +37,9 @@ def _os_failure(exc: OSError) -> tuple[str, str]:
     cause and the file, and what to do; no traceback, for it is no bug of ours."""
     import errno
 
+    if isinstance(exc, (ConnectionError, TimeoutError)) and not exc.filename:
+        # a connection the engine did not wrap in its own words: say it is the network's
+        return f"the connection to the remote broke ({exc.strerror or exc})", "check the network and run again; a re-run resumes"
     where = f" '{exc.filename}'" if exc.filename else ""
     message = f"cannot use{where}: {exc.strerror or exc}"
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):

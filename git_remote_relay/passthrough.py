@@ -49,7 +49,12 @@ def connect(remote: Remote, service: str, stdin: BinaryIO, stdout: BinaryIO) -> 
 
 
 def _copy_both(sock: socket.socket, stdin: BinaryIO, stdout: BinaryIO, timeout: float | None, label: str) -> None:
-    """Copy stdin -> socket and socket -> stdout until the socket closes (or nothing moves for ``timeout``)."""
+    """Copy stdin -> socket and socket -> stdout until the socket closes (or nothing moves for ``timeout``).
+
+    A server that resets the connection or stops reading ends the copy as a close does: git,
+    which reads the stream, then says what it says without ``relay::`` (a remote that sent
+    ``ERR`` and hung up has said its piece; a cut-off transfer is git's "hung up unexpectedly").
+    git's own side going away (a broken pipe on stdout) is the caller's to handle."""
     in_fd, out_fd = stdin.fileno(), stdout.fileno()
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, "sock")
@@ -61,17 +66,23 @@ def _copy_both(sock: socket.socket, stdin: BinaryIO, stdout: BinaryIO, timeout: 
                 raise stalled(label, timeout or 0)
             for key, _ in events:
                 if key.data == "sock":
-                    data = sock.recv(_CHUNK)
+                    try:
+                        data = sock.recv(_CHUNK)
+                    except ConnectionError:
+                        return
                     if not data:
                         return
                     _write_all(out_fd, data)
                 else:
                     data = os.read(in_fd, _CHUNK)
-                    if not data:
-                        sel.unregister(in_fd)
+                    try:
+                        if data:
+                            sock.sendall(data)
+                            continue
                         sock.shutdown(socket.SHUT_WR)
-                    else:
-                        sock.sendall(data)
+                    except ConnectionError:
+                        pass  # it reads no more; what it sent before it hung up is still read
+                    sel.unregister(in_fd)
     finally:
         sel.close()
         sock.close()

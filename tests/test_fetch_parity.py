@@ -260,3 +260,28 @@ def test_a_redirect_is_said_as_remote_curl_says_it(tmp_path: Path, make_remote, 
         assert said["relay::"] == said[""], said
         expected = [] if quiet else [f"warning: redirecting to {remote.url}/"]
         assert said[""] == expected, said
+
+
+@pytest.mark.parametrize("transport", STREAMS)
+def test_archive_from_the_remote_is_what_native_gets(transport: str, tmp_path: Path, make_remote) -> None:
+    """``git archive --remote`` (upload-archive over ``connect``): the same tar where the server
+    offers the service, the same one error where it does not (git daemon without
+    upload-archive answers ERR and hangs up: git says so, and the helper adds nothing)."""
+    src = make_source(tmp_path / "src", commits=3)
+    remote = make_remote(transport, source=src)
+    got = {}
+    for name, url in (("native", remote.url), ("relay", remote.relay_url)):
+        res = subprocess.run(["git", "archive", f"--remote={url}", "--format=tar", "main"], cwd=tmp_path, capture_output=True)
+        said = res.stderr.decode().replace(url, "URL")
+        got[name] = (res.returncode, res.stdout, said)
+    assert got["relay"] == got["native"], got
+    code, tar, said = got["native"]
+    if transport in ("git", "http"):  # the test daemon offers no upload-archive; smart HTTP has none
+        assert code != 0 and said.startswith("fatal:"), said
+    else:
+        import io
+        import tarfile
+
+        assert code == 0, said
+        names = tarfile.open(fileobj=io.BytesIO(tar)).getnames()
+        assert names == git("ls-tree", "-r", "--name-only", "main", cwd=src).stdout.split(), names

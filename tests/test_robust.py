@@ -254,3 +254,6 @@ def test_a_local_io_failure_is_reported_as_such_not_as_a_bug() -> None:
     assert hint.startswith("free some disk space")
     message, hint = _os_failure(OSError(errno.EROFS, "Read-only file system"))
     assert message == "cannot use: Read-only file system" and "permissions" in hint
+    # a broken connection is the network's, not a path's permissions or space
+    message, hint = _os_failure(ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"))
+    assert message == "the connection to the remote broke (Connection reset by peer)" and "network" in hint
