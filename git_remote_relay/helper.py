@@ -21,7 +21,7 @@ from .settings import Settings
 from .transport import Context
 from .transport.session import Session
 from .ui import Reporter
-from .url import InnerUrl, check_allowed, parse
+from .url import InnerUrl, check_allowed, credentials_in_url, parse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
 if TYPE_CHECKING:
@@ -64,6 +64,9 @@ class Helper:
         check_allowed(self.url.scheme, self.env, self.config.values)
         self.settings = Settings(self.env, self.config)
         self.reporter = Reporter(stderr, trace=self.settings.trace, term=self.env.get("TERM"))
+        plaintext = credentials_in_url(address, self.config.values, shown_by_git=True)
+        if plaintext:
+            self.reporter.warn(plaintext)
         name = None if remote_name.startswith("relay::") or remote_name == address else remote_name
         self.ctx = Context(
             env=self.env, git=self.git, config=self.config, remote_name=name, trace=self.reporter.trace, timeout=self.settings.timeout,

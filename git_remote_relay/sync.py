@@ -28,7 +28,7 @@ from .syncplan import PUSHED_ACTIONS, plan
 from .transport import Context, Service
 from .transport.session import Session
 from .ui import Reporter
-from .url import check_allowed, parse
+from .url import check_allowed, credentials_in_url, parse
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
 if TYPE_CHECKING:
@@ -43,8 +43,12 @@ EMPTY_PACK = bytes.fromhex("5041434b0000000200000000029d08823bd8a8eab510ad6ac75c
 
 def endpoint(address: str, env: Mapping[str, str], config: Config, settings: Settings, reporter: Reporter) -> Session:
     """A session on one side of the relay (``relay::`` prefix optional); no local repository involved."""
-    url = parse(address[len("relay::"):] if address.startswith("relay::") else address)
+    inner = address[len("relay::"):] if address.startswith("relay::") else address
+    url = parse(inner)
     check_allowed(url.scheme, env, config.values)
+    plaintext = credentials_in_url(inner, config.values)
+    if plaintext:
+        reporter.warn(plaintext)
     git = Git({k: v for k, v in env.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")})
     return Session(url, Context(env=env, git=git, config=config, trace=reporter.trace, timeout=settings.timeout, say=reporter.say))
 

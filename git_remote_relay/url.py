@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from .errors import PolicyError, UrlError
 
-__all__ = ["InnerUrl", "parse", "redact", "check_allowed", "split_relay_address"]
+__all__ = ["InnerUrl", "parse", "redact", "check_allowed", "credentials_in_url", "split_relay_address"]
 
 _SCHEMES = {
     "ssh": "ssh",
@@ -82,7 +82,10 @@ def _strip_userinfo(text: str, count: int = -1) -> str:
         end = authority
         while end < len(text) and text[end] not in "/@?#":
             end += 1
-        if begin < mark and _scheme_length(text, begin) and end < len(text) and text[end] == "@":
+        if text.endswith(REDACTED, authority, end):
+            out.append(text[pos:end])  # git's own form, user:<redacted>@, holds no secret
+            pos = end
+        elif begin < mark and _scheme_length(text, begin) and end < len(text) and text[end] == "@":
             out.append(text[pos:authority])
             pos = end + 1
             count -= 1
@@ -293,6 +296,55 @@ def parse(address: str) -> InnerUrl:
 
 def _truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() in ("", "1", "true", "yes", "on")
+
+
+REDACTED = ":<redacted>"
+
+
+def credentials_in_url(address: str, config: Mapping[str, list[str]], shown_by_git: bool = False) -> str | None:
+    """git's ``transfer.credentialsInUrl`` for the inner URL, which git cannot check behind
+    ``relay::`` (its URL parser does not take the prefix): the warning to print for ``warn``,
+    None for ``allow`` or no password; raises for ``die``, in git's words. The URL is shown as
+    git's url_normalize() shows it, the password replaced by ``<redacted>``.
+
+    ``shown_by_git``: git prints a ``relay::`` URL in its ``From``/``To`` lines as it is written
+    (its anonymizer does not take the prefix either), password included, where the same URL
+    without ``relay::`` shows none. Unset, the setting then still warns, and says so."""
+    values = config.get("transfer.credentialsinurl")
+    mode = values[-1] if values else None
+    if mode == "allow" or (mode is None and not shown_by_git):
+        return None
+    if mode not in (None, "warn", "die"):
+        raise PolicyError(f"unrecognized value transfer.credentialsInUrl: '{mode}'")
+    shown = _with_password_redacted(address)
+    if shown is None:
+        return None
+    said = f"URL '{shown}' uses plaintext credentials"
+    if mode == "die":
+        raise PolicyError(said)
+    if mode is None:
+        said += (", which git prints in full for a relay:: URL (its From and To lines)\n"
+                 "hint: let a credential helper give the password instead, or set transfer.credentialsInUrl=allow to accept that")
+    return said
+
+
+def _with_password_redacted(address: str) -> str | None:
+    """``scheme://user:<redacted>@host[:port]/path`` as url_normalize() shows it (scheme and
+    host lower-cased, a default port dropped), or None where there is no password."""
+    scheme, sep, rest = address.partition("://")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, path = rest[:end], rest[end:].removeprefix("/")
+    userinfo, at, hostport = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo or _scheme_length(address) != len(scheme):
+        return None
+    user = userinfo.partition(":")[0]
+    host, colon, port = hostport.rpartition(":")
+    if not colon or not port.isdigit() or host.endswith(":") or (host.startswith("[") and not host.endswith("]")):
+        host, port = hostport, ""
+    port = port.lstrip("0")
+    scheme = scheme.lower()
+    shown_port = "" if not port or (scheme, port) in (("http", "80"), ("https", "443")) else ":" + port
+    return f"{scheme}://{user}{REDACTED}@{host.lower()}{shown_port}/{path}"
 
 
 def check_allowed(scheme: str, env: Mapping[str, str], config: Mapping[str, list[str]], from_user: bool | None = None) -> None:

@@ -285,3 +285,30 @@ def test_archive_from_the_remote_is_what_native_gets(transport: str, tmp_path: P
         assert code == 0, said
         names = tarfile.open(fileobj=io.BytesIO(tar)).getnames()
         assert names == git("ls-tree", "-r", "--name-only", "main", cwd=src).stdout.split(), names
+
+
+def test_transfer_credentials_in_url_is_honoured_as_natively(tmp_path: Path, make_remote, http_server: int) -> None:
+    """git cannot check transfer.credentialsInUrl behind relay:: (its URL parser does not take the
+    prefix), so the helper does: 'die' and 'warn' say git's words; unset, the helper warns that
+    git prints a relay:: URL in full, password included; 'allow' is silent."""
+    from conftest import HTTP_PASSWORD, HTTP_USER
+
+    work = make_source(tmp_path / "work")
+    remote = make_remote("http", source=work)
+    url = remote.url.replace("/git/", "/auth/").replace("http://", f"http://{HTTP_USER}:{HTTP_PASSWORD}@")
+    shown = f"URL '{url.replace(HTTP_PASSWORD, '<redacted>')}' uses plaintext credentials"
+    said = {}
+    for mode in ("die", "warn"):
+        for prefix in ("", "relay::"):
+            res = git("-c", f"transfer.credentialsInUrl={mode}", "ls-remote", prefix + url, "main", cwd=work, check=False)
+            said[mode, prefix] = (res.returncode, sorted(set(res.stderr.splitlines())))
+            assert HTTP_PASSWORD not in res.stderr
+        assert said[mode, "relay::"] == said[mode, ""], said
+    assert said["die", ""] == (128, [f"fatal: {shown}"]) and said["warn", ""] == (0, [f"warning: {shown}"]), said
+    # unset: git prints the URL whole in its From/To lines, so the helper says so, once
+    clone = git("clone", "-q", "relay::" + url, str(tmp_path / "c"))
+    lines = clone.stderr.splitlines()
+    assert lines[0].startswith(f"warning: {shown}, which git prints in full") and lines[1].startswith("hint:"), lines
+    assert len(lines) == 2 and HTTP_PASSWORD not in clone.stderr
+    allowed = git("-c", "transfer.credentialsInUrl=allow", "fetch", "-q", "origin", cwd=tmp_path / "c")
+    assert allowed.stderr == ""

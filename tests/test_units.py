@@ -393,3 +393,22 @@ def test_lfs_endpoints_are_derived_as_git_lfs_derives_them() -> None:
     assert lfs_url_for("git://h/r", "git") == "git://h/r.git/info/lfs"
     assert lfs_url_for("git@h:org/r.git", "ssh") == "git@h:org/r.git"
     assert lfs_url_for("/srv/r.git", "file") == "/srv/r.git"
+
+
+def test_a_password_in_a_url_is_shown_as_gits_url_normalize_shows_it() -> None:
+    from git_remote_relay.errors import PolicyError
+    from git_remote_relay.url import credentials_in_url
+
+    warn = {"transfer.credentialsinurl": ["warn"]}
+    assert credentials_in_url("HTTP://bob:pw@Example.COM:80/r.git", warn) == \
+        "URL 'http://bob:<redacted>@example.com/r.git' uses plaintext credentials"
+    assert credentials_in_url("https://bob:pw@[::1]:0443", warn) == "URL 'https://bob:<redacted>@[::1]/' uses plaintext credentials"
+    assert credentials_in_url("ssh://bob:pw@h:2222/p", warn) == "URL 'ssh://bob:<redacted>@h:2222/p' uses plaintext credentials"
+    for no_password in ("https://bob@h/r.git", "git@h:r.git", "/srv/r.git", "https://h/r.git?x=a:b@c", "https://h?x=a:b@c"):
+        assert credentials_in_url(no_password, warn) is None, no_password
+    assert credentials_in_url("https://bob:pw@h/r", {}) is None  # unset, and nothing shows the URL
+    assert credentials_in_url("https://bob:pw@h/r", {"transfer.credentialsinurl": ["allow"]}, shown_by_git=True) is None
+    with pytest.raises(PolicyError, match=r"^URL 'https://bob:<redacted>@h/r' uses plaintext credentials$"):
+        credentials_in_url("https://bob:pw@h/r", {"transfer.credentialsinurl": ["die"]})
+    with pytest.raises(PolicyError, match="unrecognized value transfer.credentialsInUrl: 'maybe'"):
+        credentials_in_url("https://bob:pw@h/r", {"transfer.credentialsinurl": ["maybe"]})
