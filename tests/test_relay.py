@@ -318,3 +318,12 @@ def test_a_sync_without_source_and_target_is_a_usage_error() -> None:
     proc = relay("sync", check=False)
     assert proc.returncode == 2, proc.stderr
     assert "fatal: git relay sync needs a SOURCE and a TARGET (or --manifest FILE)" in proc.stderr
+
+
+@pytest.mark.usefixtures("workspace")
+def test_transfer_credentials_in_url_die_stops_git_relay_before_it_connects(tmp_path: Path) -> None:
+    """git relay takes git's transfer.credentialsInUrl for its SOURCE and TARGET, in git's words."""
+    res = git("-c", "transfer.credentialsInUrl=die", "relay", "plan", "http://u:s3cret@127.0.0.1:1/x.git", str(tmp_path / "t.git"),
+              check=False)
+    assert res.returncode == 128, res.stderr
+    assert res.stderr == "fatal: URL 'http://u:<redacted>@127.0.0.1:1/x.git' uses plaintext credentials\n"
