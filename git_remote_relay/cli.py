@@ -269,7 +269,11 @@ def _relay_command(args: "argparse.Namespace", env: dict[str, str], reporter: "R
         sys.exit(2)  # a usage error, as the exit-code table says
     branches = [b for spec in args.branch for b in spec.split(",") if b]
     selection = Selection(branches=branches, maps=args.map, tags=args.tags, all_refs=args.all_refs, excludes=args.exclude)
-    limit = size_value(args.max_pack_bytes, "--max-pack-bytes") if args.max_pack_bytes else None
+    limit: int | None
+    if args.max_pack_bytes:
+        limit, limit_name = size_value(args.max_pack_bytes, "--max-pack-bytes"), "--max-pack-bytes"
+    else:  # the helper's settings hold for git relay too
+        limit, limit_name = settings.max_pack_bytes, "relay.maxPackBytes"
     source = endpoint(args.source, env, config, settings, reporter)
     target = endpoint(args.target, env, config, settings, reporter)
     if source.url.redacted.rstrip("/") == target.url.redacted.rstrip("/"):
@@ -290,6 +294,8 @@ def _relay_command(args: "argparse.Namespace", env: dict[str, str], reporter: "R
         lfs=args.lfs and settings.lfs,
         lfs_history=args.lfs_history or settings.lfs_history,
         lfs_urls=(args.source_lfs_url, args.target_lfs_url),
+        max_push=settings.max_push_bytes,
+        limit_name=limit_name,
     )
     return record
 

@@ -204,7 +204,8 @@ def _as_json(u: RefUpdate) -> dict[str, Any]:
 
 
 def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: bool, limit: int | None,
-           reporter: Reporter, interval: float = 0.0, spool: bool = False) -> tuple[int, int | None]:
+           reporter: Reporter, interval: float = 0.0, spool: bool = False, max_push: int | None = None,
+           limit_name: str = "--max-pack-bytes") -> tuple[int, int | None]:
     """Push every create/update/force/delete in ``plans`` with the source's pack; set results."""
     todo = [p for p in plans if p.action in PUSHED_ACTIONS]
     if not todo:
@@ -218,7 +219,7 @@ def _relay(source: Session, target: Session, plans: list[RefUpdate], *, atomic: 
     try:
         learning = Learning(Limits(target.ctx.env), limit_key(target.url))
         sent, objects = push_or_split(RemoteHistory(source, reporter, spool), target.new_receive, first, todo, PushOptions(atomic=atomic),
-                                      reporter, max_pack=limit, max_push=None, max_pack_name="--max-pack-bytes", learning=learning,
+                                      reporter, max_pack=limit, max_push=max_push, max_pack_name=limit_name, learning=learning,
                                       interval=interval)
     finally:
         target.release_receive()
@@ -297,13 +298,16 @@ def probe(session: Session, push: bool) -> dict[str, Any]:
 def run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool = False, prune: bool = False,
              atomic: bool = False, limit: int | None = None, dry_run: bool = False, bootstrap_only: bool = False,
              reporter: Reporter, split_interval: float = 0.0, spool: bool = False, lfs: bool = True, lfs_history: bool = False,
-             lfs_urls: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
+             lfs_urls: tuple[str | None, str | None] = (None, None), max_push: int | None = None,
+             limit_name: str = "--max-pack-bytes") -> dict[str, Any]:
     """Plan, refuse what is blocked, copy the LFS objects the moving commits name (unless not
-    ``lfs``), relay the rest. Returns the run's record (see ``--json``)."""
+    ``lfs``), relay the rest. Returns the run's record (see ``--json``). ``limit`` aborts a pack
+    that grows past it (named ``limit_name`` when it does); ``max_push`` splits the push into
+    steps of about that size (relay.maxPushBytes), as the helper's pushes do."""
     try:
         return _run_sync(source, target, selection, force_with_lease=force_with_lease, prune=prune, atomic=atomic, limit=limit,
                          dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter, interval=split_interval, spool=spool,
-                         lfs=lfs, lfs_history=lfs_history, lfs_urls=lfs_urls)
+                         lfs=lfs, lfs_history=lfs_history, lfs_urls=lfs_urls, max_push=max_push, limit_name=limit_name)
     except ShallowRemoteError as exc:
         raise UnsupportedError(
             f"the source repository is shallow: its history stops at {len(exc.shallow)} commit(s) "
@@ -318,7 +322,8 @@ def run_sync(source: Session, target: Session, selection: Selection, *, force_wi
 def _run_sync(source: Session, target: Session, selection: Selection, *, force_with_lease: bool, prune: bool,
               atomic: bool, limit: int | None, dry_run: bool, bootstrap_only: bool, reporter: Reporter,
               interval: float, spool: bool = False, lfs: bool = True, lfs_history: bool = False,
-              lfs_urls: tuple[str | None, str | None] = (None, None)) -> dict[str, Any]:
+              lfs_urls: tuple[str | None, str | None] = (None, None), max_push: int | None = None,
+              limit_name: str = "--max-pack-bytes") -> dict[str, Any]:
     started = time.monotonic()
     plans, mode = plan(source, target, selection, force_with_lease=force_with_lease, prune=prune, reporter=reporter)
     if bootstrap_only and mode != "bootstrap":
@@ -336,7 +341,8 @@ def _run_sync(source: Session, target: Session, selection: Selection, *, force_w
     elif dry_run:
         status = "planned"
     else:
-        sent, objects = _relay(source, target, plans, atomic=atomic, limit=limit, reporter=reporter, interval=interval, spool=spool)
+        sent, objects = _relay(source, target, plans, atomic=atomic, limit=limit, reporter=reporter, interval=interval, spool=spool,
+                               max_push=max_push, limit_name=limit_name)
         for p in plans:
             if p.action in ("up-to-date", "keep"):
                 p.result = "ok"

@@ -327,3 +327,28 @@ def test_transfer_credentials_in_url_die_stops_git_relay_before_it_connects(tmp_
               check=False)
     assert res.returncode == 128, res.stderr
     assert res.stderr == "fatal: URL 'http://u:<redacted>@127.0.0.1:1/x.git' uses plaintext credentials\n"
+
+
+def test_relay_max_pack_and_push_bytes_settings_hold_for_git_relay(tmp_path: Path, make_remote) -> None:
+    """relay.maxPackBytes and relay.maxPushBytes (config or environment) apply to git relay as to
+    the helper's pushes: the first aborts before any ref moves, the second relays in steps."""
+    work = make_source(tmp_path / "work")
+    for i in range(6):
+        (work / f"chunk{i}.bin").write_bytes(os.urandom(90_000))
+        git("add", ".", cwd=work)
+        git("commit", "-q", "-m", f"chunk {i}", cwd=work)
+    source, target = make_remote("file", source=work), make_remote("file")
+    res = relay("sync", source.url, target.url, check=False, env=dict(os.environ, GIT_RELAY_MAX_PACK_BYTES="100k"))
+    assert res.returncode == 128 and "relay.maxPackBytes" in res.stderr, res.stderr
+    assert refs(target.path) == {}
+    pushes = tmp_path / "pushes"
+    hook = target.path / "hooks" / "pre-receive"
+    hook.write_text(f"#!/bin/sh\necho push >> {pushes}\n")
+    hook.chmod(0o755)
+    proc = subprocess.run(["git", "-c", "relay.maxPushBytes=200k", "relay", "sync", source.url, target.url],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert refs(target.path)["refs/heads/main"] == refs(work)["refs/heads/main"]
+    assert len(pushes.read_text().splitlines()) >= 3, "a 540 KB history in steps of about 200 KB"
+    assert not [r for r in refs(target.path) if r.startswith("refs/relay/")]
+    fsck(target.path)
