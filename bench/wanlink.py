@@ -91,9 +91,14 @@ class WanLink:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
+        me = asyncio.current_task()
+        if me is not None:  # held until it ends: asyncio drops its own reference when the peer hangs up
+            self._handlers.add(me)
+            me.add_done_callback(self._handlers.discard)
         try:
             up_r, up_w = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -127,8 +132,15 @@ class WanLink:
 
     def __enter__(self) -> "WanLink":
         def run() -> None:
-            self._loop = asyncio.new_event_loop()
-            self._loop.run_until_complete(self._serve())
+            loop = self._loop = asyncio.new_event_loop()
+            try:
+                loop.run_until_complete(self._serve())
+            finally:  # a connection that began while the link was closing: end it too, then the loop
+                pending = asyncio.all_tasks(loop)
+                for t in pending:
+                    t.cancel()
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
