@@ -12,6 +12,8 @@ Scenarios (``--scenarios``, default all):
 * ``trace``: ``GIT_TRACE_PACKET`` of a relay fetch shows the ``want`` lines.
 * ``clone``: bare clone per transport: seconds, helper peak RSS, bytes.
 * ``noop``: a fetch with nothing new: milliseconds added (median of 9).
+* ``v0noop``: the same from git.git served by a protocol v0 upload-pack (dulwich's), over file
+  and ssh: one upload-pack per fetch as natively, or a second one with a second advertisement.
 * ``resume``: a relay clone in steps of 100000 objects SIGKILLed after its first finished step,
   run again: what the second run received against a whole clone.
 
@@ -176,6 +178,25 @@ class FetchBench:
         n, r = statistics.median(times["native"]), statistics.median(times["relay"])
         self.row(f"no-op fetch ({transport})", f"{n * 1000:.0f} ms", f"{r * 1000:.0f} ms", f"+{(r - n) * 1000:.0f} ms")
 
+    def v0noop(self, transport: str) -> None:
+        """A fetch with nothing new from git.git served by a protocol v0 upload-pack (dulwich's,
+        as servers that never learnt v2 answer): what the helper adds to git's own cost."""
+        if transport not in ("file", "ssh"):
+            return  # remote.<name>.uploadpack reaches only the process transports
+        dul = shutil.which("dul-upload-pack") or str(Path(sys.executable).parent / "dul-upload-pack")
+        url = self.url(transport, "git.git")
+        times: dict[str, list[float]] = {"native": [], "relay": []}
+        for kind, u in (("native", url), ("relay", "relay::" + url)):
+            dest = self.fresh(f"v0-{kind}")
+            sh("git", "clone", "-q", "--mirror", "--local", str(self.root / "git.git"), str(dest), env=self.env)
+            sh("git", "remote", "set-url", "origin", u, cwd=dest, env=self.env)
+            for _ in range(5):
+                start = time.monotonic()
+                sh("git", "-c", f"remote.origin.uploadpack={dul}", "fetch", "-q", "origin", cwd=dest, env=self.env)
+                times[kind].append(time.monotonic() - start)
+        n, r = statistics.median(times["native"]), statistics.median(times["relay"])
+        self.row(f"no-op fetch, v0 server ({transport})", f"{n * 1000:.0f} ms", f"{r * 1000:.0f} ms", f"{r / n:.2f}x")
+
     def resume(self, transport: str) -> None:
         url = "relay::" + self.url(transport, "git.git")
         cache = self.base / "cache"
@@ -213,7 +234,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", required=True, help="a local clone of git.git (with master and v2.30.0)")
     ap.add_argument("--transports", default="file,git,http,ssh")
-    ap.add_argument("--scenarios", default="reference,negotiate,fsck,trace,clone,noop,resume")
+    ap.add_argument("--scenarios", default="reference,negotiate,fsck,trace,clone,noop,v0noop,resume")
     ap.add_argument("--bin", help="directory of the git-remote-relay to measure (an ./install.sh install)")
     args = ap.parse_args()
     if args.bin:
@@ -246,7 +267,7 @@ def main() -> int:
             if scenario in scenarios:
                 getattr(bench, scenario)()
         for transport in transports:
-            for scenario in ("clone", "noop"):
+            for scenario in ("clone", "noop", "v0noop"):
                 if scenario in scenarios:
                     getattr(bench, scenario)(transport)
         if "resume" in scenarios:

@@ -18,7 +18,7 @@ from .gitcmd import Git
 from .lfs import ensure_lfs_url
 from .quoting import c_quote, c_unquote
 from .settings import Settings
-from .transport import Context
+from .transport import Context, StreamService
 from .transport.session import Session
 from .ui import Reporter
 from .url import InnerUrl, check_allowed, credentials_in_url, parse
@@ -185,14 +185,17 @@ class Helper:
         except BrokenPipeError:
             pass  # it ended already: its exit status and its own message say why
 
+        from .passthrough import unbuffered
+
+        pending, read_more = unbuffered(self.stdin)
+
         def feed() -> None:
             try:
-                while True:
-                    chunk = self.stdin.read1(65536)  # type: ignore[attr-defined]
-                    if not chunk:
-                        break
+                chunk = pending or read_more()
+                while chunk:
                     to_child.write(chunk)
                     to_child.flush()
+                    chunk = read_more()
             except (OSError, ValueError):
                 pass
             finally:
@@ -433,14 +436,23 @@ class Helper:
         if service == "git-upload-pack" and self.settings.mode != "passthrough" and remote.fetch_v2:
             # Every fetch is git's own fetch-pack; we keep the connection (and step big fetches).
             self.close()
+            tape = bytearray()
             try:
-                upload, adv = remote.connect("upload-pack", traced=False)  # git traces what it reads and writes
+                upload, adv = remote.connect("upload-pack", traced=False, tape=tape)  # git traces what it reads and writes
             except ObjectFormatError as exc:
                 self.reporter.trace(f"{exc.message}: git's own fetch-pack on a plain pipe")
             else:
                 if adv.version == 2:
                     return self._relay_v2(upload, adv, lambda: remote.connect("upload-pack", traced=False))
-                upload.dismiss()  # a server that answers v0: git's fetch-pack talks to it directly
+                if isinstance(upload, StreamService) and upload.fds is not None:
+                    # a server that answers v0: git's fetch-pack carries on on this connection,
+                    # from its advertisement on (one connection, as git's own transport makes)
+                    self.reporter.trace("the server speaks protocol v0: git's fetch-pack carries on on this connection")
+                    self._reply("\n")
+                    from .passthrough import carry_on
+
+                    return carry_on(upload, bytes(tape), self.stdin, self.stdout, self.ctx.timeout)
+                upload.dismiss()
             return self._pass_through(service)
         wanted = self.settings.mode == "passthrough" or service != "git-receive-pack"
         if not wanted:

@@ -85,6 +85,25 @@ class PktReader:
         self._pushed: list[bytes | Special] = []
         self.started = False
         self.trace: Callable[[bytes], None] | None = None  # GIT_TRACE_PACKET: each packet read (gittrace)
+        self._untaped: Callable[[int], bytes] | None = None
+
+    def record(self) -> bytearray:
+        """From now on keep a copy of every byte read (until ``stop_recording``): a reply as it
+        came, to hand on whole (a v0 advertisement, to git's own fetch-pack)."""
+        tape = bytearray()
+        read = self._untaped = self._untaped or self._read
+
+        def taped(n: int) -> bytes:
+            data = read(n)
+            tape.extend(data)
+            return data
+
+        self._read = taped
+        return tape
+
+    def stop_recording(self) -> None:
+        if self._untaped is not None:
+            self._read, self._untaped = self._untaped, None
 
     def read_pkt(self) -> bytes | Special:
         """The next payload (bytes) or control packet."""

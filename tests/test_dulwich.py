@@ -156,3 +156,45 @@ def test_git_relay_sync_between_dulwich_servers(source_kind: str, target_kind: s
     assert again.returncode == 0, again.stderr
     assert refs(target) == refs(source)
     fsck(target)
+
+
+@pytest.mark.parametrize("transport", ["file", "ssh"])
+def test_a_v0_upload_pack_is_run_once_per_fetch_as_natively(transport: str, tmp_path: Path, make_remote) -> None:  # type: ignore[no-untyped-def]
+    """dulwich's upload-pack speaks protocol v0 only. The helper learns that from the
+    advertisement it asked for, and git's fetch-pack carries on on that same connection: one
+    upload-pack per clone or fetch, as natively, not a second one (and a second advertisement)."""
+    import shutil
+
+    dul = shutil.which("dul-upload-pack")
+    assert dul, "dulwich's dul-upload-pack is installed with the test dependencies"
+    src = make_source(tmp_path / "src", commits=3)
+    remote = make_remote(transport, source=src)
+    runs = tmp_path / "runs"
+    counting = tmp_path / "counting-upload-pack"
+    counting.write_text(f"#!/bin/sh\necho run >> {runs}\nexec {dul} \"$@\"\n")
+    counting.chmod(0o755)
+    counted = {}
+    for name, url in (("native", remote.url), ("relay", remote.relay_url)):
+        runs.write_text("")
+        git("clone", "-q", "-u", str(counting), url, str(tmp_path / name))
+        commit(src, f"more-{name}.txt")
+        git("push", "-q", str(remote.path), "main", cwd=src)
+        res = git("-c", f"remote.origin.uploadpack={counting}", "fetch", "origin", cwd=tmp_path / name)
+        counted[name] = len(runs.read_text().splitlines())
+        assert refs(tmp_path / name)["refs/remotes/origin/main"] == refs(src)["refs/heads/main"], res.stderr
+        fsck(tmp_path / name)
+    assert counted == {"native": 2, "relay": 2}, counted
+
+
+def test_a_hand_over_that_git_ends_does_not_crash_the_helper(tmp_path: Path, dulwich) -> None:  # type: ignore[no-untyped-def]
+    """A v0 HTTP server is handed to git's remote-http; when git's fetch fails there (dulwich has
+    no --deepen), git says so and the helper ends with it, not with "died of signal 6"."""
+    src = make_source(tmp_path / "src", commits=4)
+    _path, url = dulwich("http", "deepen-http", source=src)
+    said = {}
+    for name, address in (("native", url), ("relay", "relay::" + url)):
+        git("clone", "-q", "--depth", "1", address, str(tmp_path / name))
+        res = git("fetch", "-q", "--deepen", "2", cwd=tmp_path / name, check=False)
+        said[name] = (res.returncode, res.stderr)
+    assert said["relay"] == said["native"], said
+    assert said["native"][0] == 128 and "does not support --deepen" in said["native"][1]

@@ -85,13 +85,21 @@ class Remote:
             svc.traced(self.ctx.packets)
         return svc
 
-    def connect(self, service: str, traced: bool = True) -> "tuple[Service, Advertisement]":
-        """Open ``service`` and read its advertisement; nothing is left open on failure."""
+    def connect(self, service: str, traced: bool = True, tape: bytearray | None = None) -> "tuple[Service, Advertisement]":
+        """Open ``service`` and read its advertisement; nothing is left open on failure.
+        ``tape``: gets the advertisement's bytes as they came."""
         from ..protocol import read_advertisement
 
         svc = self.open(service, traced)
         try:
-            return svc, read_advertisement(svc.reader)
+            if tape is None:
+                return svc, read_advertisement(svc.reader)
+            taped = svc.reader.record()
+            try:
+                return svc, read_advertisement(svc.reader)
+            finally:
+                svc.reader.stop_recording()
+                tape += taped
         except ObjectFormatError:
             svc.dismiss()  # a well-formed advertisement, just not ours to serve: end it quietly
             raise

@@ -194,8 +194,10 @@ class StreamService(Service):
         label: str,
         readinto: Callable[[memoryview], int | None] | None = None,
         activity: Activity | None = None,
+        fds: tuple[int, int] | None = None,
     ) -> None:
         self.reader = PktReader(read, label, readinto)
+        self.fds = fds  # (read, write) file descriptors of the stream, to pass it on as it is
         self.activity = activity or Activity()
         self._write = write
         self._close_write = close_write
@@ -248,6 +250,10 @@ class StreamService(Service):
             if isinstance(exc, OSError):
                 raise SendError(f"the {self.label} hung up while we were sending ({exc.strerror or exc})") from exc
             raise exc
+
+    def close_write(self) -> None:
+        """Tell the remote nothing more comes (its stdin closed, or the socket's write side shut)."""
+        self._close_write()
 
     def close(self) -> None:
         try:

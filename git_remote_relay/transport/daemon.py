@@ -89,7 +89,8 @@ def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool
         reader.close()
         sock.close()
 
-    return StreamService(reader.read, sock.sendall, close_write, close, label, reader.readinto, activity)
+    return StreamService(reader.read, sock.sendall, close_write, close, label, reader.readinto, activity,
+                         fds=(sock.fileno(), sock.fileno()))
 
 
 class DaemonTransport:

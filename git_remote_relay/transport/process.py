@@ -200,7 +200,8 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
             kill_tree(proc)
         return status
 
-    return StreamService(reader.read, write_all, close_write, close, label, reader.readinto, activity)
+    return StreamService(reader.read, write_all, close_write, close, label, reader.readinto, activity,
+                         fds=(stdout.fileno(), stdin.fileno()))
 
 
 class ProcessTransport:
