@@ -479,9 +479,15 @@ class Helper:
         if service != "git-upload-pack":
             self._reply("fallback\n")
             return None
+        from .v0http import V0Memory
+
+        memory, url = V0Memory(self.env), self.url.http_base
+        if memory.speaks_v0(url):  # its own info/refs request is then the only one, as natively
+            return self._hand_over(f"stateless-connect {service}", UnsupportedError("the server answered protocol v0 over HTTP before"))
         adv = self.session.upload()[1]
         if adv.version != 2:
             # the server speaks v0: git's own remote-http answers (with its "fallback") and fetches
+            memory.remember(url)
             return self._hand_over(f"stateless-connect {service}", UnsupportedError("the server speaks protocol v0 over HTTP"))
         upload, adv = self.session.hand_over_upload()
         upload.traced(None)  # from here on git's requests and the answers: git traces them

@@ -198,3 +198,25 @@ def test_a_hand_over_that_git_ends_does_not_crash_the_helper(tmp_path: Path, dul
         said[name] = (res.returncode, res.stderr)
     assert said["relay"] == said["native"], said
     assert said["native"][0] == 128 and "does not support --deepen" in said["native"][1]
+
+
+def test_a_v0_http_server_is_asked_for_its_refs_once_per_fetch_from_the_second_on(tmp_path: Path, dulwich) -> None:  # type: ignore[no-untyped-def]
+    """dulwich's smart HTTP speaks v0 only. The first fetch learns it from the helper's own
+    info/refs request and hands the session to git's remote-http, which asks again; the helper
+    remembers, so every later fetch makes the one request git alone makes."""
+    src = make_source(tmp_path / "src", commits=3)
+    _path, url = dulwich("http", "v0-memory-http", source=src)
+    env = dict(os.environ, GIT_TRACE_CURL="1", GIT_TRACE_CURL_NO_DATA="1")
+
+    def gets(args: list[str], cwd: Path) -> int:
+        res = git(*args, cwd=cwd, env=env)
+        return sum("=> Send header: GET " in line for line in res.stderr.splitlines())
+
+    git("init", "-q", str(tmp_path / "n"))
+    git("init", "-q", str(tmp_path / "r"))
+    native = gets(["fetch", url], tmp_path / "n")
+    first = gets(["fetch", "relay::" + url], tmp_path / "r")
+    later = [gets(["fetch", "relay::" + url], tmp_path / "r") for _ in range(2)]
+    assert native == 1 and first == 2 and later == [1, 1], (native, first, later)
+    remembered = (Path(os.environ["GIT_RELAY_STATE_DIR"]) / "http-v0").read_text()
+    assert url.rstrip("/") + " " in remembered

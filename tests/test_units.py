@@ -412,3 +412,21 @@ def test_a_password_in_a_url_is_shown_as_gits_url_normalize_shows_it() -> None:
         credentials_in_url("https://bob:pw@h/r", {"transfer.credentialsinurl": ["die"]})
     with pytest.raises(PolicyError, match="unrecognized value transfer.credentialsInUrl: 'maybe'"):
         credentials_in_url("https://bob:pw@h/r", {"transfer.credentialsinurl": ["maybe"]})
+
+
+def test_the_v0_http_memory_holds_for_a_week_and_survives_a_bad_file(tmp_path: Path) -> None:
+    import time
+
+    from git_remote_relay.v0http import DAYS, V0Memory
+
+    memory = V0Memory({"GIT_RELAY_STATE_DIR": str(tmp_path)})
+    assert not memory.speaks_v0("https://h/r.git")
+    memory.remember("https://h/r.git")
+    assert memory.speaks_v0("https://h/r.git"), "remembered at once (a timestamp is never ahead of now)"
+    assert not memory.speaks_v0("https://h/other.git")
+    old = int(time.time()) - DAYS * 86400 - 5
+    (tmp_path / "http-v0").write_text(f"https://h/old.git {old}\nno-time-here\nhttps://h/r.git {int(time.time())}\n")
+    assert not memory.speaks_v0("https://h/old.git") and memory.speaks_v0("https://h/r.git")
+    memory.remember("https://h/new.git")
+    kept = (tmp_path / "http-v0").read_text()
+    assert "old.git" not in kept and "https://h/new.git " in kept and "https://h/r.git " in kept
