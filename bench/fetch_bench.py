@@ -13,7 +13,7 @@ Scenarios (``--scenarios``, default all):
 * ``clone``: bare clone per transport: seconds, helper peak RSS, bytes.
 * ``noop``: a fetch with nothing new: milliseconds added (median of 9).
 * ``v0noop``: the same from git.git served by a protocol v0 upload-pack (dulwich's), over file
-  and ssh: one upload-pack per fetch as natively, or a second one with a second advertisement.
+  and ssh, and by dulwich's smart HTTP server: one advertisement per fetch as natively, or two.
 * ``resume``: a relay clone in steps of 100000 objects SIGKILLed after its first finished step,
   run again: what the second run received against a whole clone.
 
@@ -49,8 +49,9 @@ def du(path: Path) -> int:
 
 
 class FetchBench:
-    def __init__(self, base: Path, env: dict[str, str], args: argparse.Namespace) -> None:
+    def __init__(self, base: Path, env: dict[str, str], args: argparse.Namespace, stack: ExitStack) -> None:
         self.base = base
+        self.stack = stack
         self.env = env
         self.args = args
         self.root = base / "srv"
@@ -181,10 +182,15 @@ class FetchBench:
     def v0noop(self, transport: str) -> None:
         """A fetch with nothing new from git.git served by a protocol v0 upload-pack (dulwich's,
         as servers that never learnt v2 answer): what the helper adds to git's own cost."""
-        if transport not in ("file", "ssh"):
-            return  # remote.<name>.uploadpack reaches only the process transports
+        if transport == "git":
+            return  # git daemon runs git's own upload-pack
         dul = shutil.which("dul-upload-pack") or str(Path(sys.executable).parent / "dul-upload-pack")
-        url = self.url(transport, "git.git")
+        if transport == "http":  # dulwich's own smart HTTP server over the same repositories
+            if "dulwich-http" not in self.ports:
+                self.ports["dulwich-http"] = self.stack.enter_context(servers.dulwich_server("http", self.root, self.base))
+            url = f"http://127.0.0.1:{self.ports['dulwich-http']}/git.git"
+        else:
+            url = self.url(transport, "git.git")
         times: dict[str, list[float]] = {"native": [], "relay": []}
         for kind, u in (("native", url), ("relay", "relay::" + url)):
             dest = self.fresh(f"v0-{kind}")
@@ -251,7 +257,7 @@ def main() -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "SSH_"))}
         env.update(GIT_CONFIG_GLOBAL=str(gitconfig), GIT_CONFIG_NOSYSTEM="1", HOME=str(base))
         os.environ.update(GIT_CONFIG_GLOBAL=str(gitconfig), HOME=str(base))
-        bench = FetchBench(base, env, args)
+        bench = FetchBench(base, env, args, stack)
         print("copying the source ...", file=sys.stderr)
         sh("git", "clone", "-q", "--bare", args.source, str(bench.root / "git.git"))
         sh("git", "clone", "-q", "--bare", "--depth", "3", f"file://{bench.root / 'git.git'}", str(bench.root / "small.git"))
