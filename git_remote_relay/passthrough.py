@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import selectors
-import socket
 from collections.abc import Callable
 
 from .gitcmd import spawn
@@ -35,16 +34,10 @@ def connect(remote: Remote, service: str, stdin: BinaryIO, stdout: BinaryIO) -> 
     """Run ``service`` with the helper's stdio as its stream; return its exit status."""
     url: InnerUrl = remote.url
     want_v2 = service == "upload-pack" and remote.fetch_v2
-    if url.scheme == "git":
-        from .transport.daemon import DEFAULT_PORT, _connect, daemon_request
+    if url.scheme == "git":  # a socket, or core.gitProxy's command: the kernel moves the bytes
+        from .transport.daemon import open_daemon_service
 
-        sock = _connect(url.host, url.port or DEFAULT_PORT, remote.ctx.family, 30.0, say=remote.ctx.verbose)
-        sock.sendall(daemon_request(url, service, remote.ctx, want_v2))
-        try:
-            copy_both(stdin, stdout, (sock.fileno(), sock.fileno()), lambda: sock.shutdown(socket.SHUT_WR),
-                      remote.ctx.timeout, f"remote end ({url.redacted})")
-        finally:
-            sock.close()
+        carry_on(open_daemon_service(url, service, remote.ctx, want_v2), b"", stdin, stdout, remote.ctx.timeout)
         return 0
     from .transport.process import service_command
 
@@ -78,7 +71,7 @@ def copy_both(stdin: BinaryIO, stdout: BinaryIO, remote: tuple[int, int], close_
     A server that resets the connection or stops reading ends the copy as a close does: git,
     which reads the stream, then says what it says without ``relay::`` (a remote that sent
     ``ERR`` and hung up has said its piece; a cut-off transfer is git's "hung up unexpectedly").
-    git's own side going away (a broken pipe on stdout) is the caller's to handle."""
+    git going away (a broken pipe towards it) ends the copy the same way: nobody is left to tell."""
     held, _ = unbuffered(stdin)
     in_fd, out_fd = stdin.fileno(), stdout.fileno()
     r_fd, w_fd = remote

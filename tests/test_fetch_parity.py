@@ -312,3 +312,64 @@ def test_transfer_credentials_in_url_is_honoured_as_natively(tmp_path: Path, mak
     assert len(lines) == 2 and HTTP_PASSWORD not in clone.stderr
     allowed = git("-c", "transfer.credentialsInUrl=allow", "fetch", "-q", "origin", cwd=tmp_path / "c")
     assert allowed.stderr == ""
+
+
+PROXY = """#!{python}
+import os, socket, sys, threading
+with open({log!r}, "a") as fh:
+    fh.write(" ".join(sys.argv[1:]) + "\\n")
+s = socket.create_connection(("127.0.0.1", int(sys.argv[2])))
+def up():
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            s.shutdown(socket.SHUT_WR)
+            return
+        s.sendall(data)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    os.write(1, data)
+"""
+
+
+def test_git_urls_go_through_core_gitproxy_as_natively(tmp_path: Path, make_remote) -> None:
+    """git:// honours GIT_PROXY_COMMAND and core.gitProxy (first matching 'for <domain>', 'none'),
+    running '<command> <host> <port>' as connect.c does, with the same words when it cannot."""
+    import sys
+
+    src = make_source(tmp_path / "src", commits=2)
+    remote = make_remote("git", source=src)
+    log = tmp_path / "proxy.log"
+    proxy = tmp_path / "proxy"
+    proxy.write_text(PROXY.format(python=sys.executable, log=str(log)))
+    proxy.chmod(0o755)
+    port = remote.url.split(":")[2].split("/")[0]
+    cases = [
+        ({"GIT_PROXY_COMMAND": str(proxy)}, [], 1),
+        ({}, ["-c", f"core.gitProxy={proxy} for 0.0.1:{port}"], 1),  # ends with the URL's host:port
+        ({}, ["-c", f"core.gitProxy=none for 127.0.0.1:{port}", "-c", f"core.gitProxy={proxy}"], 0),  # first match wins
+        ({}, ["-c", f"core.gitProxy={proxy} for example.org"], 0),
+        ({"GIT_PROXY_COMMAND": ""}, ["-c", f"core.gitProxy={proxy}"], 0),  # the variable, even empty, comes first
+    ]
+    for extra_env, config, runs in cases:
+        seen = {}
+        for prefix in ("", "relay::"):
+            log.write_text("")
+            res = git(*config, "ls-remote", prefix + remote.url, "main", cwd=tmp_path, env=dict(os.environ, **extra_env))
+            seen[prefix] = (res.stdout, log.read_text().splitlines())
+        assert seen["relay::"] == seen[""], (config, extra_env, seen)
+        assert seen[""][1] == [f"127.0.0.1 {port}"] * runs, (config, extra_env, seen)
+        assert seen[""][0].split()[0] == refs(src)["refs/heads/main"]
+    # a clone through it, and a proxy that cannot start
+    env = dict(os.environ, GIT_PROXY_COMMAND=str(proxy))
+    git("clone", "-q", remote.relay_url, str(tmp_path / "c"), env=env)
+    assert refs(tmp_path / "c")["refs/remotes/origin/main"] == refs(src)["refs/heads/main"]
+    said = {}
+    for prefix in ("", "relay::"):
+        res = git("-c", "core.gitProxy=/nonexistent/proxy", "ls-remote", prefix + remote.url, cwd=tmp_path, check=False)
+        said[prefix] = (res.returncode, res.stderr)
+    assert said["relay::"] == said[""] == (128, "fatal: cannot run /nonexistent/proxy: No such file or directory\n"
+                                                "fatal: cannot start proxy /nonexistent/proxy\n"), said

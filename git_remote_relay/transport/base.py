@@ -255,9 +255,61 @@ class StreamService(Service):
         """Tell the remote nothing more comes (its stdin closed, or the socket's write side shut)."""
         self._close_write()
 
+    def send(self, data: bytes) -> None:
+        """Write ``data`` now, before any request (a git:// request line)."""
+        self._write(data)
+
     def close(self) -> None:
         try:
             self._close_write()
         except OSError:
             pass
         self.exit_status = self._close()
+
+
+_PIPE_BUFFER = 1 << 18  # big reads: a 64 KiB pkt-line is read in one go
+
+
+def child_stream(argv: list[str], env: Mapping[str, str], ctx: Context, label: str) -> StreamService:
+    """Start ``argv`` and speak to it over its stdin and stdout (ssh, a local upload-pack, a
+    git:// proxy command): the stream of one service."""
+    from ..gitcmd import PIPE, kill_tree, spawn, wait_for, widen_pipe
+
+    try:
+        proc = spawn(argv, env=dict(env), cwd=ctx.git.cwd, stdin=PIPE, stdout=PIPE, bufsize=0)
+    except OSError as exc:
+        raise TransportError(f"cannot run {argv[0]}: {exc.strerror}", "check that it is installed and on PATH") from exc
+    assert proc.stdin is not None and proc.stdout is not None
+    widen_pipe(proc.stdout.fileno())
+    widen_pipe(proc.stdin.fileno())
+    activity = Activity()
+    raw = IdleReader(proc.stdout.fileno(), ctx.timeout, label, activity)
+    reader = io.BufferedReader(raw, buffer_size=_PIPE_BUFFER)
+    stdin = proc.stdin
+    stdout = proc.stdout
+
+    def write_all(data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = stdin.write(view)
+            view = view[n or 0 :]
+
+    def close_write() -> None:
+        if not stdin.closed:
+            stdin.close()
+
+    def close() -> int | None:
+        if raw.timed_out:
+            kill_tree(proc)  # a stalled ssh would wait for its server as long as we let it
+        close_write()
+        # Stop reading first: a child still writing a reply we abandoned gets EPIPE and ends,
+        # instead of blocking on a full pipe until the wait below runs out.
+        reader.close()
+        stdout.close()
+        status = wait_for(proc, 10)
+        if status is None:
+            kill_tree(proc)
+        return status
+
+    return StreamService(reader.read, write_all, close_write, close, label, reader.readinto, activity,
+                         fds=(stdout.fileno(), stdin.fileno()))

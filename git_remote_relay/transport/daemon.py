@@ -9,9 +9,9 @@ from collections.abc import Callable
 from ..errors import TransportError
 from ..pktline import pkt
 from ..url import InnerUrl
-from .base import NOT_FOUND_HINT, Activity, Context, IdleReader, StreamService
+from .base import NOT_FOUND_HINT, Activity, Context, IdleReader, StreamService, child_stream
 
-__all__ = ["DaemonTransport", "open_daemon_service", "daemon_request", "DEFAULT_PORT"]
+__all__ = ["DaemonTransport", "open_daemon_service", "daemon_request", "proxy_command", "DEFAULT_PORT"]
 
 DEFAULT_PORT = 9418
 
@@ -61,7 +61,43 @@ def daemon_request(url: InnerUrl, service: str, ctx: Context, want_v2: bool) -> 
     return pkt(request)
 
 
+def proxy_command(url: InnerUrl, ctx: Context) -> str | None:
+    """git's proxy for git:// (connect.c): ``GIT_PROXY_COMMAND``, else the first ``core.gitProxy``
+    whose ``for <domain>`` matches the end of the URL's host[:port] (a value without ``for``
+    matches every host; ``none`` means a direct connection); None for a direct connection."""
+    command = ctx.env.get("GIT_PROXY_COMMAND")
+    if command is None:
+        host = f"[{url.host}]" if ":" in url.host else url.host
+        target = host + (f":{url.port}" if url.port else "")
+        for value in ctx.config.values.get("core.gitproxy", []):
+            what, sep, domain = value.partition(" for ")
+            if sep and not (target.endswith(domain) and (len(target) == len(domain) or target[-len(domain) - 1] == ".")):
+                continue
+            command = "" if what == "none" else what
+            break
+    return command or None
+
+
+def _through_proxy(command: str, url: InnerUrl, ctx: Context) -> StreamService:
+    """``<command> <host> <port>``, run as git runs it (no shell), as the connection."""
+    port = str(url.port or DEFAULT_PORT)
+    ctx.trace(f"git:// through the proxy command {command}")
+    try:
+        return child_stream([command, url.host, port], ctx.env, ctx, f"remote end ({url.redacted})")
+    except TransportError as exc:  # git's words: run-command's, then connect.c's
+        raise TransportError(f"{exc.message}\nfatal: cannot start proxy {command}") from None
+
+
 def open_daemon_service(url: InnerUrl, service: str, ctx: Context, want_v2: bool) -> StreamService:
+    proxy = proxy_command(url, ctx)
+    if proxy:
+        svc = _through_proxy(proxy, url, ctx)
+        try:
+            svc.send(daemon_request(url, service, ctx, want_v2))
+        except OSError as exc:
+            svc.close()
+            raise TransportError(f"unable to send the request to {url.redacted} through {proxy}: {exc.strerror}") from exc
+        return svc
     port = url.port or DEFAULT_PORT
     sock = _connect(url.host, port, ctx.family, timeout=min(30.0, ctx.timeout or 30.0), say=ctx.verbose)
     request = daemon_request(url, service, ctx, want_v2)

@@ -9,18 +9,16 @@ child's stderr is the user's (ssh prompts and server errors show as with native 
 
 from __future__ import annotations
 
-import io
 import os
 import shlex
 
-from ..errors import TransportError, UnsupportedError, UrlError
-from ..gitcmd import PIPE, kill_tree, run_command, scrubbed_env, spawn, wait_for, widen_pipe
+from ..errors import UnsupportedError, UrlError
+from ..gitcmd import run_command, scrubbed_env
 from ..url import InnerUrl
-from .base import Activity, Context, IdleReader, StreamService
+from .base import Context, StreamService, child_stream
 
 __all__ = ["ProcessTransport", "open_process_service", "service_command", "sq_quote", "ssh_command"]
 
-_PIPE_BUFFER = 1 << 18  # big reads: a 64 KiB pkt-line is read in one go
 
 
 def sq_quote(text: str) -> str:
@@ -164,44 +162,7 @@ def open_process_service(url: InnerUrl, service: str, ctx: Context, want_v2: boo
     """Start the child that speaks ``service`` for ``url`` and return its stream."""
     argv, env, label = service_command(url, service, ctx, want_v2)
     ctx.trace(f"run: {' '.join(shlex.quote(a) for a in argv)}")
-    try:
-        proc = spawn(argv, env=env, cwd=ctx.git.cwd, stdin=PIPE, stdout=PIPE, bufsize=0)
-    except OSError as exc:
-        raise TransportError(f"cannot run {argv[0]}: {exc.strerror}", "check that it is installed and on PATH") from exc
-    assert proc.stdin is not None and proc.stdout is not None
-    widen_pipe(proc.stdout.fileno())
-    widen_pipe(proc.stdin.fileno())
-    activity = Activity()
-    raw = IdleReader(proc.stdout.fileno(), ctx.timeout, label, activity)
-    reader = io.BufferedReader(raw, buffer_size=_PIPE_BUFFER)
-    stdin = proc.stdin
-    stdout = proc.stdout
-
-    def write_all(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = stdin.write(view)
-            view = view[n or 0 :]
-
-    def close_write() -> None:
-        if not stdin.closed:
-            stdin.close()
-
-    def close() -> int | None:
-        if raw.timed_out:
-            kill_tree(proc)  # a stalled ssh would wait for its server as long as we let it
-        close_write()
-        # Stop reading first: a child still writing a reply we abandoned gets EPIPE and ends,
-        # instead of blocking on a full pipe until the wait below runs out.
-        reader.close()
-        stdout.close()
-        status = wait_for(proc, 10)
-        if status is None:
-            kill_tree(proc)
-        return status
-
-    return StreamService(reader.read, write_all, close_write, close, label, reader.readinto, activity,
-                         fds=(stdout.fileno(), stdin.fileno()))
+    return child_stream(argv, env, ctx, label)
 
 
 class ProcessTransport:
