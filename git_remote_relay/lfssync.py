@@ -26,7 +26,7 @@ from .gitcmd import PIPE, run_command
 from .lfs import Pointer, http_endpoint
 from .lfslocal import LocalLfs, LocalUpload, is_local, open_object
 from .transport.base import Context
-from .transport.http import HttpTransport
+from .transport.http import HttpTransport, cert_passphrase
 from .transport.httpclient import Client, HttpOptions, Response
 from .transport.process import sq_quote, ssh_argv
 from .transport.session import Session
@@ -197,6 +197,7 @@ class Copier:
         self.lock = threading.Lock()
         self.done = 0
         self.done_bytes = 0
+        self.passphrases: dict[str, str | None] = {}
 
     def client(self, url: str) -> Client:
         from urllib.parse import urlsplit
@@ -206,8 +207,9 @@ class Copier:
         client = self.local.by_origin.get(origin)
         if client is None:
             wait = self.ctx.timeout if self.ctx.timeout and self.ctx.timeout > 0 else None
-            client = Client(HttpOptions(self.ctx.config, self.ctx.env, url), connect_timeout=min(30.0, wait or 30.0),
-                            read_timeout=wait, trace=self.ctx.curl)
+            options = HttpOptions(self.ctx.config, self.ctx.env, url)
+            options.cert_password = self._cert_passphrase
+            client = Client(options, connect_timeout=min(30.0, wait or 30.0), read_timeout=wait, trace=self.ctx.curl)
             self.local.by_origin[origin] = client
             with self.lock:
                 self.clients.append(client)
@@ -216,6 +218,13 @@ class Copier:
     def close(self) -> None:
         for client in self.clients:
             client.close()
+
+    def _cert_passphrase(self, cert: str) -> str | None:
+        """Asked once for all transfer threads (a terminal prompt, too, comes once)."""
+        with self.lock:
+            if cert not in self.passphrases:
+                self.passphrases[cert] = cert_passphrase(self.ctx.git, cert)
+            return self.passphrases[cert]
 
     def copy(self, pointer: Pointer, down: dict[str, object], up: dict[str, object], verify: dict[str, object] | None) -> None:
         delay = 1.0

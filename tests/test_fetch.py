@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -275,5 +276,60 @@ def test_https_verifies_the_server_and_honours_ssl_settings(source: Path, make_r
         git("commit", "-q", "-m", "https", cwd=source)
         git("-c", f"http.sslCAInfo={ca}", "push", "-q", url, "main", cwd=source)
         assert refs(remote.path)["refs/heads/main"] == refs(source)["refs/heads/main"]
+    finally:
+        proxy.__exit__(None, None, None)
+
+
+def test_https_client_certificates_as_natively(source: Path, make_remote, tmp_path: Path, http_server: int, workspace: Path) -> None:
+    """TLS client authentication: http.sslCert / http.sslKey (and GIT_SSL_CERT / GIT_SSL_KEY); an
+    encrypted key's passphrase from git credential under http.sslCertPasswordProtected, as git
+    asks for it (cert:///<path>); no certificate, no access."""
+    import servers
+    from conftest import unavailable
+
+    def openssl(*args: str) -> None:
+        made = subprocess.run(["openssl", *args], capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(keys / "ca.key"), "-out", str(keys / "ca.pem"),
+            "-days", "2", "-subj", "/CN=relay test client CA")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(keys / "client.key"), "-out", str(keys / "client.csr"),
+            "-subj", "/CN=relay test client")
+    openssl("x509", "-req", "-in", str(keys / "client.csr"), "-CA", str(keys / "ca.pem"), "-CAkey", str(keys / "ca.key"),
+            "-CAcreateserial", "-out", str(keys / "client.pem"), "-days", "2")
+    openssl("pkey", "-in", str(keys / "client.key"), "-aes256", "-passout", "pass:Key-Phrase-7", "-out", str(keys / "locked.key"))
+    remote = make_remote("http", source=source)
+    try:
+        proxy = servers.tls_proxy(http_server, workspace / "tls-client-auth", client_ca=keys / "ca.pem")
+        port, ca = proxy.__enter__()
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        url = f"https://127.0.0.1:{port}/git/{remote.path.name}"
+        trust = ["-c", f"http.sslCAInfo={ca}"]
+        cert = ["-c", f"http.sslCert={keys / 'client.pem'}"]
+        for prefix in ("", "relay::"):
+            name = prefix.rstrip(":") or "native"
+            refused = git(*trust, "ls-remote", prefix + url, cwd=tmp_path, check=False)
+            assert refused.returncode == 128, (name, refused.stderr)
+            git(*trust, *cert, "-c", f"http.sslKey={keys / 'client.key'}", "clone", "-q", prefix + url, str(tmp_path / f"{name}-config"))
+            env = dict(os.environ, GIT_SSL_CERT=str(keys / "client.pem"), GIT_SSL_KEY=str(keys / "client.key"))
+            git(*trust, "clone", "-q", prefix + url, str(tmp_path / f"{name}-env"), env=env)
+            # an encrypted key: its passphrase from a credential helper, asked for cert:///<path>
+            asked = tmp_path / f"{name}-asked"
+            helper = tmp_path / f"{name}-helper.sh"
+            helper.write_text(f"#!/bin/sh\ncat > {asked}\necho password=Key-Phrase-7\n")
+            helper.chmod(0o755)
+            locked = [*trust, *cert, "-c", f"http.sslKey={keys / 'locked.key'}", "-c", "http.sslCertPasswordProtected=true",
+                      "-c", f"credential.helper={helper}"]
+            git(*locked, "clone", "-q", prefix + url, str(tmp_path / f"{name}-locked"))
+            assert f"path={keys / 'client.pem'}" in asked.read_text() and "protocol=cert" in asked.read_text(), asked.read_text()
+            for made in ("config", "env", "locked"):
+                assert refs(tmp_path / f"{name}-{made}")["refs/remotes/origin/main"] == refs(source)["refs/heads/main"]
+        # an encrypted key without being told: refused, and the hint says what to set
+        res = git(*trust, *cert, "-c", f"http.sslKey={keys / 'locked.key'}", "ls-remote", "relay::" + url, cwd=tmp_path, check=False)
+        assert res.returncode == 128 and "sslCertPasswordProtected" in res.stderr, res.stderr
     finally:
         proxy.__exit__(None, None, None)

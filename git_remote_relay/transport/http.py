@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import AuthError, DumbHttpError, ProtocolError, TooLargeError, TransportError
+from ..gitcmd import Git
 from ..pktline import FLUSH, PktReader
 from ..url import InnerUrl, check_allowed, redact
 from . import credential
@@ -37,6 +38,12 @@ MAX_WAIT = 120
 _TAIL = 1 << 16
 
 
+def cert_passphrase(git: Git, cert: str) -> str | None:
+    """A client key's passphrase, asked as git asks for it (http.c): ``cert:///<path>``."""
+    got = credential.fill(git, credential.Credential("cert", "", path=cert, username=""))
+    return got.password if got is not None else None
+
+
 class HttpTransport:
     """One repository URL over smart HTTP, shared by the services opened on it."""
 
@@ -46,8 +53,9 @@ class HttpTransport:
         self.base = url.http_base
         # relay.timeout bounds each wait for the server; connecting gets at most 30 s, like git:// here
         wait = ctx.timeout if ctx.timeout and ctx.timeout > 0 else None
-        self.client = Client(HttpOptions(ctx.config, ctx.env, self.base), connect_timeout=min(30.0, wait or 30.0), read_timeout=wait,
-                             trace=ctx.curl)
+        options = HttpOptions(ctx.config, ctx.env, self.base)
+        options.cert_password = self._cert_passphrase
+        self.client = Client(options, connect_timeout=min(30.0, wait or 30.0), read_timeout=wait, trace=ctx.curl)
         follow = (ctx.config.get("http.followredirects") or "initial").strip().lower()
         self.follow = "initial" if follow == "initial" else "false" if follow in ("false", "no", "off", "0") else "true"
         # http.postBuffer (at least one maximal packet, as in git): remote-curl sends a request
@@ -64,6 +72,9 @@ class HttpTransport:
             self.cred = credential.Credential(split.scheme, split.netloc, username=url.user, password=url.password)
 
     # -- authentication -------------------------------------------------------------------------
+    def _cert_passphrase(self, cert: str) -> str | None:
+        return cert_passphrase(self.ctx.git, cert)
+
     def _auth(self) -> str | None:
         if self.cred is None or self.cred.password is None:
             return None

@@ -18,9 +18,10 @@ also as ``http.<url>.<key>``, the longest matching URL winning) and git's enviro
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
 from ..errors import TransportError
@@ -72,8 +73,16 @@ class HttpOptions:
 
         verify = last("sslverify")
         self.verify = not (env.get("GIT_SSL_NO_VERIFY") or (verify is not None and verify.strip().lower() in ("false", "no", "off", "0")))
-        self.ca_file = env.get("GIT_SSL_CAINFO") or last("sslcainfo")
-        self.user_agent = last("useragent") or "git/2.39 git-remote-relay"
+        self.ca_file = _path(env.get("GIT_SSL_CAINFO") or last("sslcainfo"))
+        self.ca_path = _path(env.get("GIT_SSL_CAPATH") or last("sslcapath"))
+        # a client certificate (TLS client authentication), its key, and whether to ask
+        # `git credential` for the key's passphrase (git asks only when told the key has one)
+        self.cert_file = _path(env.get("GIT_SSL_CERT") or last("sslcert"))
+        self.key_file = _path(env.get("GIT_SSL_KEY") or last("sslkey"))
+        protected = env.get("GIT_SSL_CERT_PASSWORD_PROTECTED") or last("sslcertpasswordprotected")
+        self.cert_password_protected = (protected or "").strip().lower() in ("true", "yes", "on", "1")
+        self.cert_password: Callable[[str], str | None] | None = None  # set by who can ask git credential
+        self.user_agent = last("useragent") or env.get("GIT_USER_AGENT") or "git/2.39 git-remote-relay"
         self.extra_headers: list[tuple[str, str]] = []
         for value in _config_for(config, url, "extraheader"):
             if not value:
@@ -115,6 +124,11 @@ class HttpOptions:
             if entry == "*" or host == entry.lstrip(".") or host.endswith("." + entry.lstrip(".")):
                 return None
         return self.proxy if "://" in self.proxy else "http://" + self.proxy
+
+
+def _path(value: str | None) -> str | None:
+    """A path setting as git reads one (``~/`` and ``~user/`` expanded)."""
+    return os.path.expanduser(value) if value else None
 
 
 def accept_language(env: Mapping[str, str]) -> str | None:
@@ -361,12 +375,34 @@ class Client:
         if self._ssl is None:
             import ssl
 
-            ctx = ssl.create_default_context(cafile=self.options.ca_file or None)
-            if not self.options.verify:
+            options = self.options
+            try:
+                ctx = ssl.create_default_context(cafile=options.ca_file, capath=options.ca_path)
+            except OSError as exc:
+                raise TransportError(f"cannot read the CA certificates '{options.ca_file or options.ca_path}' ({exc.strerror or exc})",
+                                     "check http.sslCAInfo / http.sslCAPath") from exc
+            if not options.verify:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
+            if options.cert_file:
+                self._client_certificate(ctx, options.cert_file)
             self._ssl = ctx
         return self._ssl
+
+    def _client_certificate(self, ctx: "ssl.SSLContext", cert: str) -> None:
+        """Load the client certificate and key; an encrypted key's passphrase comes from
+        ``git credential`` (``cert:///<path>``), asked only under http.sslCertPasswordProtected."""
+        import ssl
+
+        options = self.options
+        asked = options.cert_password if options.cert_password_protected else None
+        try:
+            ctx.load_cert_chain(cert, options.key_file, password=(lambda: asked(cert) or "") if asked else "")
+        except (OSError, ssl.SSLError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            hint = ("give the key's passphrase (http.sslCertPasswordProtected=true asks git credential for it)"
+                    if not options.cert_password_protected else "check http.sslCert / http.sslKey and the passphrase")
+            raise TransportError(f"could not load the client certificate '{cert}' ({why})", hint) from exc
 
     def _open(self, scheme: str, host: str, port: int) -> _Connection:
         origin = f"{scheme}://{host}:{port}"
