@@ -82,6 +82,11 @@ class DumbHttpError(UnsupportedError):
     the session to git's own ``remote-http``, which reads dumb servers and names anything else."""
 
 
+class AuthSchemeError(DumbHttpError):
+    """The HTTP server asks only for an authentication scheme the helper does not speak
+    (Negotiate/Kerberos, NTLM, Digest): git's own ``remote-http`` (curl) serves the session."""
+
+
 class ObjectFormatError(UnsupportedError):
     """The remote repository's object format is not sha1 (the engine's): git's own transport serves it."""
 

@@ -373,3 +373,41 @@ def test_git_urls_go_through_core_gitproxy_as_natively(tmp_path: Path, make_remo
         said[prefix] = (res.returncode, res.stderr)
     assert said["relay::"] == said[""] == (128, "fatal: cannot run /nonexistent/proxy: No such file or directory\n"
                                                 "fatal: cannot start proxy /nonexistent/proxy\n"), said
+
+
+@pytest.mark.usefixtures("workspace")
+def test_an_http_server_that_asks_only_for_negotiate_is_served_by_gits_own_http(tmp_path: Path) -> None:
+    """A 401 offering Negotiate (Kerberos) or NTLM, not Basic: the helper cannot speak it, so the
+    session goes to git's own remote-http (curl), which does, and the user gets exactly what git
+    alone gives (here, with no Kerberos ticket: the same refusal). Not a Basic password prompt."""
+    import http.server
+    import threading
+
+    class Negotiate(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", "Negotiate")
+            self.send_header("WWW-Authenticate", "NTLM")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Negotiate)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/repo.git"
+        said = {}
+        for prefix in ("", "relay::"):
+            env = dict(os.environ, GIT_RELAY_TRACE="1")
+            res = git("ls-remote", prefix + url, cwd=tmp_path, check=False, env=env)
+            said[prefix] = (res.returncode, [line for line in res.stderr.splitlines() if not line.startswith("relay: ")])
+            if prefix:
+                assert "asks for Negotiate authentication" in res.stderr and "git remote-http takes over" in res.stderr, res.stderr
+        assert said["relay::"] == said[""], said
+        assert said[""][0] == 128, said
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import AuthError, DumbHttpError, ProtocolError, TooLargeError, TransportError
+from ..errors import AuthError, AuthSchemeError, DumbHttpError, ProtocolError, TooLargeError, TransportError
 from ..gitcmd import Git
 from ..pktline import FLUSH, PktReader
 from ..url import InnerUrl, check_allowed, redact
@@ -36,6 +36,11 @@ MAX_WAIT = 120
 # A finished reply's last bytes (the chunked terminator) are read before the next request, so
 # its connection can serve that request; anything longer than this was abandoned, not finished.
 _TAIL = 1 << 16
+
+
+def _offers_basic(challenges: str) -> bool:
+    """A ``Basic`` challenge among those of WWW-Authenticate (joined by ", ")."""
+    return any(part.strip().lower().split(" ", 1)[0] == "basic" for part in challenges.split(","))
 
 
 def cert_passphrase(git: Git, cert: str) -> str | None:
@@ -155,6 +160,13 @@ class HttpTransport:
             attempt += 1
             resp.drain()
             resp.release()
+            offered = resp.headers.get("www-authenticate")
+            if offered is not None and not _offers_basic(offered):
+                scheme = offered.split(None, 1)[0].rstrip(",") if offered.strip() else "another"
+                why = f"'{redact(self.base)}/' asks for {scheme} authentication, which relay:: does not speak (only Basic)"
+                if method == "GET":  # a discovery: nothing was answered yet, git's own curl can take the session
+                    raise AuthSchemeError(why, "use the URL without relay:: (git's own HTTP code speaks it)")
+                raise AuthError(why, "use the URL without relay:: (git's own HTTP code speaks it)")
             if method == "GET" and resp.url != url and url.startswith(self.base):
                 # A redirect ended in the 401: like git, ask for (and send) credentials for the
                 # place we were sent to, and retry there.
