@@ -333,3 +333,22 @@ def test_https_client_certificates_as_natively(source: Path, make_remote, tmp_pa
         assert res.returncode == 128 and "sslCertPasswordProtected" in res.stderr, res.stderr
     finally:
         proxy.__exit__(None, None, None)
+
+
+def test_http_proxy_precedence_is_gits(source: Path, make_remote, tmp_path: Path, http_server: int) -> None:
+    """remote.<name>.proxy comes before http.proxy, which comes before the environment; an empty
+    value turns proxying off (http.c): relay:: goes through the same proxy as native, or none."""
+    import servers
+
+    remote = make_remote("http", source=source)
+    with servers.forward_proxy() as used, servers.forward_proxy() as unused:
+        for prefix in ("", "relay::"):
+            work = tmp_path / f"work-{prefix.rstrip(':') or 'native'}"
+            git("clone", "-q", "-c", f"http.proxy=http://127.0.0.1:{unused.port}", "-c", f"remote.origin.proxy=http://127.0.0.1:{used.port}",
+                prefix + remote.url, str(work))
+            env = dict(os.environ, http_proxy=f"http://127.0.0.1:{unused.port}")
+            git("-c", "http.proxy=", "fetch", "-q", "origin", cwd=work, env=env)  # empty: no proxy, not the environment's
+            git("config", "remote.origin.proxy", "", cwd=work)
+            git("-c", f"http.proxy=http://127.0.0.1:{unused.port}", "fetch", "-q", "origin", cwd=work)  # empty per remote wins
+        assert used.requests and not unused.requests, (used.requests, unused.requests)
+    assert refs(tmp_path / "work-relay") == refs(tmp_path / "work-native")

@@ -58,7 +58,7 @@ class HttpTransport:
         self.base = url.http_base
         # relay.timeout bounds each wait for the server; connecting gets at most 30 s, like git:// here
         wait = ctx.timeout if ctx.timeout and ctx.timeout > 0 else None
-        options = HttpOptions(ctx.config, ctx.env, self.base)
+        options = HttpOptions(ctx.config, ctx.env, self.base, ctx.remote_name)
         options.cert_password = self._cert_passphrase
         self.client = Client(options, connect_timeout=min(30.0, wait or 30.0), read_timeout=wait, trace=ctx.curl)
         follow = (ctx.config.get("http.followredirects") or "initial").strip().lower()

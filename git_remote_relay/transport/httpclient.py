@@ -66,7 +66,7 @@ def _config_for(config: Config, url: str, key: str) -> list[str]:
 class HttpOptions:
     """The connection settings for one repository URL."""
 
-    def __init__(self, config: Config, env: Mapping[str, str], url: str) -> None:
+    def __init__(self, config: Config, env: Mapping[str, str], url: str, remote: str | None = None) -> None:
         def last(key: str) -> str | None:
             values = _config_for(config, url, key)
             return values[-1] if values else None
@@ -110,9 +110,16 @@ class HttpOptions:
 
             saved = (last("savecookies") or "").strip().lower() in ("true", "yes", "on", "1")
             self.cookies = CookieJar(cookie_file, save=saved)
+        # as http.c: remote.<name>.proxy, else http[.<url>].proxy, else the environment (lower
+        # case first; http_proxy only in lower case, as curl); an empty value turns proxies off
         scheme = urlsplit(url).scheme
-        self.proxy = last("proxy") or env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY") or env.get("all_proxy") \
-            or env.get("ALL_PROXY")
+        proxy = config.get(f"remote.{remote}.proxy") if remote else None
+        if proxy is None:
+            proxy = last("proxy")
+        if proxy is None:
+            names = ("https_proxy", "HTTPS_PROXY") if scheme == "https" else ("http_proxy",)
+            proxy = next((env[n] for n in (*names, "all_proxy", "ALL_PROXY") if env.get(n) is not None), None)
+        self.proxy = proxy or None
         self.no_proxy = [h.strip().lower() for h in (env.get("no_proxy") or env.get("NO_PROXY") or "").split(",") if h.strip()]
         self.accept_language = accept_language(env)
 
