@@ -326,8 +326,9 @@ def _reset(*socks: socket.socket) -> None:
 
 
 def _pipe(src: socket.socket, dst: socket.socket, stall: int | None, cut: int | None, was_reset: threading.Event,
-          done: threading.Event, count: Callable[[int], None] | None = None) -> None:
-    """Copy ``src`` to ``dst``, stalling after ``stall`` bytes or resetting both after ``cut``."""
+          done: threading.Event, count: Callable[[int], None] | None = None, trickle: int | None = None) -> None:
+    """Copy ``src`` to ``dst``, stalling after ``stall`` bytes or resetting both after ``cut``;
+    after ``trickle`` bytes, only 50 bytes every quarter second (200 bytes/s)."""
     moved = 0
     try:
         while not done.is_set():
@@ -347,7 +348,14 @@ def _pipe(src: socket.socket, dst: socket.socket, stall: int | None, cut: int | 
                 return
             if stall is not None:
                 data = data[: max(0, stall - moved)]
-            if data:
+            if data and trickle is not None and moved + len(data) > trickle:
+                head = max(0, trickle - moved)
+                dst.sendall(data[:head])
+                for at in range(head, len(data), 50):
+                    if done.wait(0.25):
+                        return
+                    dst.sendall(data[at:at + 50])
+            elif data:
                 dst.sendall(data)
                 if count is not None:
                     count(len(data))
@@ -388,13 +396,15 @@ class _Server:
             self.held.append(client)
             threading.Thread(target=self.handle, args=(client, self.proxy.connections), daemon=True).start()
 
-    def relay(self, client: socket.socket, up: socket.socket, stall_after: int | None = None, reset_after: int | None = None) -> None:
+    def relay(self, client: socket.socket, up: socket.socket, stall_after: int | None = None, reset_after: int | None = None,
+              trickle_after: int | None = None) -> None:
         """Copy both ways until either side ends (misbehaving as asked)."""
         self.held.append(up)
         client.settimeout(0.2)
         up.settimeout(0.2)
         was_reset = threading.Event()
-        threading.Thread(target=_pipe, args=(up, client, stall_after, None, was_reset, self.done), daemon=True).start()
+        threading.Thread(target=_pipe, args=(up, client, stall_after, None, was_reset, self.done, None, trickle_after),
+                         daemon=True).start()
         _pipe(client, up, None, reset_after, was_reset, self.done, self._count_up)
 
     def _count_up(self, n: int) -> None:
@@ -417,13 +427,15 @@ class _Server:
 
 @contextlib.contextmanager
 def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, reset_after: int | None = None,
-              busy_first: int = 0, redirect_storage_to: int | None = None) -> Iterator[Proxy]:
+              busy_first: int = 0, redirect_storage_to: int | None = None, trickle_after: int | None = None) -> Iterator[Proxy]:
     """A loopback TCP proxy that misbehaves on purpose, per connection:
 
     * ``stall_after``: after that many bytes came back from upstream, pass nothing more back but
       keep the connection open (a server that hung, a link that died without a reset);
     * ``reset_after``: after that many bytes from the client, close both ends with a TCP reset
       (what git daemon does when receive.maxInputSize stops a pack, or a proxy's body limit);
+    * ``trickle_after``: after that many bytes from upstream, pass on 200 bytes a second (a
+      link that has not died, only crawls);
     * ``busy_first``: answer the first that many connections ``HTTP 429`` with ``Retry-After: 1``
       (a rate-limiting front end);
     * ``redirect_storage_to``: a connection whose first request is a GET of an LFS object
@@ -448,7 +460,7 @@ def tcp_proxy(upstream_port: int | None, *, stall_after: int | None = None, rese
             up = socket.create_connection(("127.0.0.1", upstream_port))
         except OSError:
             return
-        server.relay(client, up, stall_after=stall_after, reset_after=reset_after)
+        server.relay(client, up, stall_after=stall_after, reset_after=reset_after, trickle_after=trickle_after)
 
     with _Server(handle) as server:
         yield server.proxy

@@ -352,3 +352,24 @@ def test_http_proxy_precedence_is_gits(source: Path, make_remote, tmp_path: Path
             git("-c", f"http.proxy=http://127.0.0.1:{unused.port}", "fetch", "-q", "origin", cwd=work)  # empty per remote wins
         assert used.requests and not unused.requests, (used.requests, unused.requests)
     assert refs(tmp_path / "work-relay") == refs(tmp_path / "work-native")
+
+
+def test_http_low_speed_limit_aborts_a_crawling_transfer_as_natively(make_remote, tmp_path: Path, http_server: int) -> None:
+    """http.lowSpeedLimit / http.lowSpeedTime (and GIT_HTTP_LOW_SPEED_*): a reply that crawls
+    below the limit for that long is given up, with curl's words, where relay.timeout alone
+    would wait for minutes."""
+    import servers
+
+    src = make_source(tmp_path / "src", big=300_000)
+    remote = make_remote("http", source=src)
+    with servers.tcp_proxy(http_server, trickle_after=20_000) as proxy:
+        url = remote.url.replace(f":{http_server}/", f":{proxy.port}/")
+        for prefix in ("", "relay::"):
+            dest = tmp_path / f"clone-{prefix.rstrip(':') or 'native'}"
+            res = subprocess.run(["git", "-c", "http.lowSpeedLimit=1000", "-c", "http.lowSpeedTime=2", "clone", prefix + url, str(dest)],
+                                 capture_output=True, text=True, timeout=120)
+            assert res.returncode != 0 and not dest.exists(), res.stderr
+            assert "Operation too slow. Less than 1000 bytes/sec transferred the last 2 seconds" in res.stderr, res.stderr
+        env = dict(os.environ, GIT_HTTP_LOW_SPEED_LIMIT="1000", GIT_HTTP_LOW_SPEED_TIME="2")
+        res = subprocess.run(["git", "ls-remote", "relay::" + url], capture_output=True, text=True, timeout=60, env=env)
+        assert res.returncode == 0, res.stderr  # a small reply that comes at once is no trouble

@@ -22,7 +22,7 @@ from ..pktline import FLUSH, PktReader
 from ..url import InnerUrl, check_allowed, redact
 from . import credential
 from .base import NOT_FOUND_HINT, Context, Service, stalled
-from .httpclient import Client, HttpOptions, HttpTimeout, Response
+from .httpclient import Client, HttpOptions, HttpTimeout, Response, TooSlow
 
 __all__ = ["HttpTransport", "HttpService", "SMALL_BODY"]
 
@@ -259,6 +259,8 @@ def _safe_read(resp: Response, label: str, timeout: float | None) -> Callable[[i
             return resp.read(n)
         except HttpTimeout as exc:
             raise stalled(label, timeout or 0) from exc
+        except TooSlow as exc:  # remote-curl's words for curl's error 28 in the middle of a reply
+            raise TransportError(f"RPC failed; curl 28 {exc.message}", exc.hint) from exc
         except TransportError as exc:
             raise TransportError(f"the {label} hung up unexpectedly ({exc.message})") from exc
 

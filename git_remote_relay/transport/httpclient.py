@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from .cookies import CookieJar
 
-__all__ = ["HttpOptions", "Client", "Response", "HttpTimeout"]
+__all__ = ["HttpOptions", "Client", "Response", "HttpTimeout", "TooSlow"]
 
 _MAX_LINE = 65536
 _CHUNK = 1 << 16
@@ -45,6 +45,10 @@ _CHUNK = 1 << 16
 
 class HttpTimeout(TransportError):
     """The server did not answer within the read timeout."""
+
+
+class TooSlow(TransportError):
+    """http.lowSpeedLimit / http.lowSpeedTime: slower than the limit for that long (curl's error 28)."""
 
 
 def _config_for(config: Config, url: str, key: str) -> list[str]:
@@ -83,6 +87,10 @@ class HttpOptions:
         self.cert_password_protected = (protected or "").strip().lower() in ("true", "yes", "on", "1")
         self.cert_password: Callable[[str], str | None] | None = None  # set by who can ask git credential
         self.user_agent = last("useragent") or env.get("GIT_USER_AGENT") or "git/2.39 git-remote-relay"
+        # curl's low-speed limit as git sets it: both numbers, environment first, or none
+        limit = _number(env.get("GIT_HTTP_LOW_SPEED_LIMIT") or last("lowspeedlimit"))
+        seconds = _number(env.get("GIT_HTTP_LOW_SPEED_TIME") or last("lowspeedtime"))
+        self.low_speed: tuple[int, int] | None = (limit, seconds) if limit > 0 and seconds > 0 else None
         self.extra_headers: list[tuple[str, str]] = []
         for value in _config_for(config, url, "extraheader"):
             if not value:
@@ -133,9 +141,58 @@ class HttpOptions:
         return self.proxy if "://" in self.proxy else "http://" + self.proxy
 
 
+def _number(value: str | None) -> int:
+    """An integer setting as strtol reads it (leading digits; 0 for none)."""
+    text = (value or "").strip()
+    digits = text[1:] if text[:1] in "+-" else text
+    end = next((i for i, c in enumerate(digits) if not c.isdigit()), len(digits))
+    return int(text[: len(text) - len(digits) + end]) if end else 0
+
+
 def _path(value: str | None) -> str | None:
     """A path setting as git reads one (``~/`` and ``~user/`` expanded)."""
     return os.path.expanduser(value) if value else None
+
+
+def _wait(read_timeout: float | None, low_speed: tuple[int, int] | None) -> float | None:
+    """How long one read may wait: a low-speed window with no byte at all is already too slow."""
+    if low_speed is None:
+        return read_timeout
+    return low_speed[1] if read_timeout is None else min(read_timeout, low_speed[1])
+
+
+class _Speed:
+    """curl's low-speed check for one reply: abort when fewer than ``limit`` bytes per second
+    arrived over ``seconds`` seconds (the window restarts whenever the pace was good)."""
+
+    def __init__(self, low_speed: tuple[int, int] | None) -> None:
+        self.low_speed = low_speed
+        self.start = time.monotonic()
+        self.bytes = 0
+
+    def moved(self, n: int) -> None:
+        if self.low_speed is None:
+            return
+        self.bytes += n
+        elapsed = time.monotonic() - self.start
+        limit, seconds = self.low_speed
+        if elapsed < seconds:
+            return
+        if self.bytes < limit * elapsed:
+            self._fail()
+        self.start, self.bytes = time.monotonic(), 0
+
+    def waited_out(self, read_timeout: float | None) -> None:
+        """A read timed out. When it waited the low-speed time (see ``_wait``), no byte came for
+        that long: slower than any limit, as curl says it; else it is the stall it seems."""
+        if self.low_speed is not None and (read_timeout is None or self.low_speed[1] <= read_timeout):
+            self._fail()
+
+    def _fail(self) -> None:
+        assert self.low_speed is not None
+        limit, seconds = self.low_speed
+        raise TooSlow(f"Operation too slow. Less than {limit} bytes/sec transferred the last {seconds} seconds",
+                      "the link is slower than http.lowSpeedLimit for http.lowSpeedTime: raise them, or try again")
 
 
 def accept_language(env: Mapping[str, str]) -> str | None:
@@ -193,9 +250,14 @@ class Response:
         self.conn: _Connection | None = conn
         self.url = url
         self.trace = client.trace
-        self.version, self.status, self.reason, self.headers = _read_head(conn, client.read_timeout, self.trace)
-        while 100 <= self.status < 200 and self.status != 101:
+        self._speed = _Speed(client.options.low_speed)
+        try:
             self.version, self.status, self.reason, self.headers = _read_head(conn, client.read_timeout, self.trace)
+            while 100 <= self.status < 200 and self.status != 101:
+                self.version, self.status, self.reason, self.headers = _read_head(conn, client.read_timeout, self.trace)
+        except HttpTimeout:
+            self._speed.waited_out(client.read_timeout)
+            raise
         self._chunked = "chunked" in self.headers.get("transfer-encoding", "").lower()
         length = self.headers.get("content-length")
         self._left: int | None = int(length) if length and length.isdigit() and not self._chunked else None
@@ -260,7 +322,9 @@ class Response:
             else:
                 got = self.conn.file.readinto1(into[:want]) if want else 0
             self._took(got, want)
+            self._speed.moved(got)
         except socket.timeout as exc:
+            self._speed.waited_out(self.client.read_timeout)
             raise HttpTimeout(f"no answer from {redact(self.url)}") from exc
         except OSError as exc:
             raise TransportError(f"the connection to {redact(self.url)} broke ({exc.strerror or exc})") from exc
@@ -427,7 +491,7 @@ class Client:
             peer = sock.getpeername()
             self.trace.info(f"Connected to {where[0]} ({peer[0]}) port {where[1]}")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.read_timeout)
+        sock.settimeout(_wait(self.read_timeout, self.options.low_speed))
         if scheme != "https":
             return _Connection(sock, origin)
         if target is not None:
@@ -543,6 +607,7 @@ class Client:
             return Response(self, conn, url, method)
         except socket.timeout as exc:
             conn.close()
+            _Speed(self.options.low_speed).waited_out(self.read_timeout)  # a send that waited the low-speed time
             raise HttpTimeout(f"no answer from {redact(url)}") from exc
         except ConnectionError:
             conn.close()
