@@ -14,7 +14,7 @@ import pytest
 from conftest import HTTP_PASSWORD, HTTP_USER, git, make_source
 
 from git_remote_relay.gittrace import _command_of, _redact_header
-from git_remote_relay.transport.httpclient import accept_language
+from git_remote_relay.transport.httpoptions import accept_language
 
 _STAMP = re.compile(r"^\d\d:\d\d:\d\d\.\d{6} \S+:\d+ +")
 
