@@ -373,3 +373,40 @@ def test_http_low_speed_limit_aborts_a_crawling_transfer_as_natively(make_remote
         env = dict(os.environ, GIT_HTTP_LOW_SPEED_LIMIT="1000", GIT_HTTP_LOW_SPEED_TIME="2")
         res = subprocess.run(["git", "ls-remote", "relay::" + url], capture_output=True, text=True, timeout=60, env=env)
         assert res.returncode == 0, res.stderr  # a small reply that comes at once is no trouble
+
+
+def test_https_pinned_public_key_as_natively(source: Path, make_remote, tmp_path: Path, http_server: int, workspace: Path) -> None:
+    """http.pinnedPubkey: the server's key must be the pinned one (sha256//<base64>, or a public
+    key file); a wrong pin is refused with curl's words, by relay:: as natively."""
+    import base64
+    import hashlib
+
+    import servers
+    from conftest import unavailable
+
+    remote = make_remote("http", source=source)
+    try:
+        proxy = servers.tls_proxy(http_server, workspace / "tls")
+        port, ca = proxy.__enter__()
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        pem = subprocess.run(["openssl", "x509", "-in", str(ca), "-pubkey", "-noout"], capture_output=True, check=True).stdout
+        (tmp_path / "key.pem").write_bytes(pem)
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=pem, capture_output=True, check=True).stdout
+        right = "sha256//" + base64.b64encode(hashlib.sha256(der).digest()).decode()
+        wrong = "sha256//" + base64.b64encode(hashlib.sha256(b"another key").digest()).decode()
+        url = f"https://127.0.0.1:{port}/git/{remote.path.name}"
+        for pin in (right, f"{wrong};{right}", str(tmp_path / "key.pem")):
+            for prefix in ("", "relay::"):
+                res = git("-c", f"http.sslCAInfo={ca}", "-c", f"http.pinnedPubkey={pin}", "ls-remote", prefix + url, "main", cwd=tmp_path)
+                assert res.stdout.split()[0] == refs(source)["refs/heads/main"]
+        said = {}
+        for prefix in ("", "relay::"):
+            res = git("-c", f"http.sslCAInfo={ca}", "-c", f"http.pinnedPubkey={wrong}", "ls-remote", prefix + url, cwd=tmp_path,
+                      check=False)
+            said[prefix] = (res.returncode, res.stderr.splitlines()[0] if res.stderr else "")
+        assert said["relay::"] == said[""] == (128, f"fatal: unable to access '{url}/' with http.pinnedPubkey configuration: "
+                                                    "SSL: public key does not match pinned public key"), said
+    finally:
+        proxy.__exit__(None, None, None)

@@ -22,7 +22,7 @@ from ..pktline import FLUSH, PktReader
 from ..url import InnerUrl, check_allowed, redact
 from . import credential
 from .base import NOT_FOUND_HINT, Context, Service, stalled
-from .httpclient import Client, HttpOptions, HttpTimeout, Response, TooSlow
+from .httpclient import Client, HttpOptions, HttpTimeout, PinMismatch, Response, TooSlow
 
 __all__ = ["HttpTransport", "HttpService", "SMALL_BODY"]
 
@@ -143,7 +143,7 @@ class HttpTransport:
             except HttpTimeout as exc:
                 raise stalled(label, self.ctx.timeout or 0) from exc
             except TransportError as exc:
-                raise TransportError(f"unable to access '{redact(self.base)}/': {exc.message}", exc.hint) from exc
+                raise self._unreachable(exc) from exc
             self.ctx.trace(f"http: {resp.status}")
             if resp.status in (429, 503) and replayable and waits < MAX_WAITS:
                 delay = _retry_after(resp.headers.get("retry-after"))
@@ -160,13 +160,7 @@ class HttpTransport:
             attempt += 1
             resp.drain()
             resp.release()
-            offered = resp.headers.get("www-authenticate")
-            if offered is not None and not _offers_basic(offered):
-                scheme = offered.split(None, 1)[0].rstrip(",") if offered.strip() else "another"
-                why = f"'{redact(self.base)}/' asks for {scheme} authentication, which relay:: does not speak (only Basic)"
-                if method == "GET":  # a discovery: nothing was answered yet, git's own curl can take the session
-                    raise AuthSchemeError(why, "use the URL without relay:: (git's own HTTP code speaks it)")
-                raise AuthError(why, "use the URL without relay:: (git's own HTTP code speaks it)")
+            self._check_scheme(resp, method)
             if method == "GET" and resp.url != url and url.startswith(self.base):
                 # A redirect ended in the 401: like git, ask for (and send) credentials for the
                 # place we were sent to, and retry there.
@@ -184,6 +178,24 @@ class HttpTransport:
                 )
             raise self._refused()
         raise AssertionError("unreachable")
+
+    def _unreachable(self, exc: TransportError) -> TransportError:
+        """remote-curl's words for a request that got no answer."""
+        if isinstance(exc, PinMismatch):
+            return TransportError(f"unable to access '{redact(self.base)}/' with http.pinnedPubkey configuration: {exc.message}", exc.hint)
+        return TransportError(f"unable to access '{redact(self.base)}/': {exc.message}", exc.hint)
+
+    def _check_scheme(self, resp: Response, method: str) -> None:
+        """A 401 that offers no Basic challenge (Negotiate, NTLM, Digest): at a discovery, before
+        anything was answered to git, git's own curl can take the session; else say so."""
+        offered = resp.headers.get("www-authenticate")
+        if offered is None or _offers_basic(offered):
+            return
+        scheme = offered.split(None, 1)[0].rstrip(",") if offered.strip() else "another"
+        why = f"'{redact(self.base)}/' asks for {scheme} authentication, which relay:: does not speak (only Basic)"
+        if method == "GET":
+            raise AuthSchemeError(why, "use the URL without relay:: (git's own HTTP code speaks it)")
+        raise AuthError(why, "use the URL without relay:: (git's own HTTP code speaks it)")
 
     def language(self) -> dict[str, str]:
         """The Accept-Language header git sends (from ``LANGUAGE`` / the locale), if any."""

@@ -25,6 +25,7 @@ from ..errors import TransportError
 from ..gittrace import CurlTrace
 from ..url import redact
 from .httpoptions import HttpOptions
+from .pinning import pinned
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
     from .cookies import CookieJar
 
-__all__ = ["HttpOptions", "Client", "Response", "HttpTimeout", "TooSlow"]
+__all__ = ["HttpOptions", "Client", "Response", "HttpTimeout", "PinMismatch", "TooSlow"]
 
 _MAX_LINE = 65536
 _CHUNK = 1 << 16
@@ -42,6 +43,10 @@ _CHUNK = 1 << 16
 
 class HttpTimeout(TransportError):
     """The server did not answer within the read timeout."""
+
+
+class PinMismatch(TransportError):
+    """http.pinnedPubkey names another key than the server's (curl's error 90)."""
 
 
 class TooSlow(TransportError):
@@ -374,6 +379,10 @@ class Client:
         except OSError as exc:
             sock.close()
             raise TransportError(f"TLS with {host}:{port} failed ({exc})", "check http.sslVerify / http.sslCAInfo") from exc
+        if self.options.pinned_key and not pinned(self.options.pinned_key, tls.getpeercert(binary_form=True) or b""):
+            tls.close()
+            raise PinMismatch("SSL: public key does not match pinned public key",  # curl's words
+                              "the server's key is not the one http.pinnedPubkey names: check which server this is")
         return _Connection(tls, origin)
 
     def _tunnel(self, conn: _Connection, host: str, port: int, proxy: "object") -> None:
@@ -541,3 +550,4 @@ def _connect_failure(exc: OSError, host: str, port: int, took: float) -> str:
     if isinstance(exc, TimeoutError):
         return f"Connection timed out after {int(took * 1000)} milliseconds"
     return f"Failed to connect to {host} port {port} after {int(took * 1000)} ms: Couldn't connect to server"
+
