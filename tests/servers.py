@@ -515,10 +515,11 @@ def forward_proxy() -> Iterator[Proxy]:
 
 
 @contextlib.contextmanager
-def tls_proxy(upstream_port: int, base: Path, client_ca: Path | None = None) -> Iterator[tuple[int, Path]]:
+def tls_proxy(upstream_port: int, base: Path, client_ca: Path | None = None, tls_1_2_only: bool = False) -> Iterator[tuple[int, Path]]:
     """HTTPS in front of a plain HTTP server: a self-signed certificate for 127.0.0.1 (made with
     the openssl command), TLS terminated here, bytes relayed both ways. Yields (port, CA file).
-    ``client_ca``: clients must show a certificate signed by it (TLS client authentication)."""
+    ``client_ca``: clients must show a certificate signed by it (TLS client authentication).
+    ``tls_1_2_only``: a server that has not learnt TLS 1.3."""
     import ssl
 
     base.mkdir(parents=True, exist_ok=True)
@@ -531,6 +532,8 @@ def tls_proxy(upstream_port: int, base: Path, client_ca: Path | None = None) -> 
             raise ServerUnavailable(f"openssl could not make a test certificate: {made.stderr[-500:]}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(cert), str(key))
+    if tls_1_2_only:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
     if client_ca is not None:
         context.verify_mode = ssl.CERT_REQUIRED
         context.load_verify_locations(str(client_ca))

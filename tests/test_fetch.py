@@ -410,3 +410,38 @@ def test_https_pinned_public_key_as_natively(source: Path, make_remote, tmp_path
                                                     "SSL: public key does not match pinned public key"), said
     finally:
         proxy.__exit__(None, None, None)
+
+
+def test_https_tls_version_and_ciphers_as_natively(source: Path, make_remote, tmp_path: Path, http_server: int, workspace: Path) -> None:
+    """http.sslVersion is the lowest TLS version accepted (as curl takes it), http.sslCipherList
+    OpenSSL's list; an unknown version is warned about in git's words and the default kept."""
+    import servers
+    from conftest import unavailable
+
+    remote = make_remote("http", source=source)
+    try:
+        proxy = servers.tls_proxy(http_server, workspace / "tls")
+        port, ca = proxy.__enter__()
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        url = f"https://127.0.0.1:{port}/git/{remote.path.name}"
+        trust = ["-c", f"http.sslCAInfo={ca}"]
+        for settings in (["-c", "http.sslVersion=tlsv1.2"], ["-c", "http.sslCipherList=ECDHE+AESGCM"], ["-c", "http.sslVersion=tlsv1.3"]):
+            for prefix in ("", "relay::"):
+                res = git(*trust, *settings, "ls-remote", prefix + url, "main", cwd=tmp_path)
+                assert res.stdout.split()[0] == refs(source)["refs/heads/main"], (settings, prefix)
+        said = {}
+        for prefix in ("", "relay::"):
+            res = git(*trust, "-c", "http.sslVersion=tlsv9", "ls-remote", prefix + url, "main", cwd=tmp_path)
+            said[prefix] = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+        assert said["relay::"][:1] == said[""][:1] == ["warning: unsupported ssl version tlsv9: using default"], said
+    finally:
+        proxy.__exit__(None, None, None)
+    with servers.tls_proxy(http_server, workspace / "tls", tls_1_2_only=True) as (port, ca):
+        url = f"https://127.0.0.1:{port}/git/{remote.path.name}"
+        for prefix in ("", "relay::"):
+            git("-c", f"http.sslCAInfo={ca}", "-c", "http.sslVersion=tlsv1.2", "ls-remote", prefix + url, cwd=tmp_path)
+            refused = git("-c", f"http.sslCAInfo={ca}", "-c", "http.sslVersion=tlsv1.3", "ls-remote", prefix + url, cwd=tmp_path,
+                          check=False)
+            assert refused.returncode == 128 and "unable to access" in refused.stderr, (prefix, refused.stderr)

@@ -53,6 +53,25 @@ class TooSlow(TransportError):
     """http.lowSpeedLimit / http.lowSpeedTime: slower than the limit for that long (curl's error 28)."""
 
 
+_TLS_VERSIONS = {"sslv2": "TLSv1", "sslv3": "TLSv1", "tlsv1": "TLSv1", "tlsv1.0": "TLSv1", "tlsv1.1": "TLSv1_1",
+                 "tlsv1.2": "TLSv1_2", "tlsv1.3": "TLSv1_3"}  # git's names; SSL 2 and 3 no TLS library offers now
+
+
+def _tls_version(ctx: "ssl.SSLContext", name: str | None) -> None:
+    """http.sslVersion as curl takes it under git: the lowest version to accept; an unknown name
+    is warned about and the default kept, in git's words."""
+    import ssl
+    import sys
+
+    if not name:
+        return
+    version = _TLS_VERSIONS.get(name)
+    if version is None:
+        sys.stderr.write(f"warning: unsupported ssl version {name}: using default\n")
+        return
+    ctx.minimum_version = getattr(ssl.TLSVersion, version)
+
+
 def _wait(read_timeout: float | None, low_speed: tuple[int, int] | None) -> float | None:
     """How long one read may wait: a low-speed window with no byte at all is already too slow."""
     if low_speed is None:
@@ -331,6 +350,13 @@ class Client:
             if not options.verify:
                 ctx.check_hostname = False
                 ctx.verify_mode = ssl.CERT_NONE
+            _tls_version(ctx, options.ssl_version)
+            if options.ssl_ciphers:
+                try:
+                    ctx.set_ciphers(options.ssl_ciphers)
+                except ssl.SSLError as exc:
+                    raise TransportError(f"http.sslCipherList '{options.ssl_ciphers}' names no cipher this TLS library has",
+                                         str(exc)) from exc
             if options.cert_file:
                 self._client_certificate(ctx, options.cert_file)
             self._ssl = ctx

@@ -50,6 +50,9 @@ class HttpOptions:
         protected = env.get("GIT_SSL_CERT_PASSWORD_PROTECTED") or last("sslcertpasswordprotected")
         self.cert_password_protected = (protected or "").strip().lower() in ("true", "yes", "on", "1")
         self.cert_password: Callable[[str], str | None] | None = None  # set by who can ask git credential
+        # the lowest TLS version (curl's CURLOPT_SSLVERSION is a minimum) and OpenSSL's cipher list
+        self.ssl_version = env.get("GIT_SSL_VERSION") or last("sslversion") or None
+        self.ssl_ciphers = env.get("GIT_SSL_CIPHER_LIST") or last("sslcipherlist") or None
         # http.pinnedPubkey, as curl takes it: "sha256//<base64>[;sha256//...]" or a public key file
         self.pinned_key = last("pinnedpubkey") or None
         self.user_agent = last("useragent") or env.get("GIT_USER_AGENT") or "git/2.39 git-remote-relay"
