@@ -411,3 +411,43 @@ def test_an_http_server_that_asks_only_for_negotiate_is_served_by_gits_own_http(
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.usefixtures("workspace")
+def test_a_proxy_that_asks_only_for_ntlm_is_served_by_gits_own_http(tmp_path: Path) -> None:
+    """A proxy whose 407 offers NTLM or Negotiate, not Basic (corporate proxies): for http:// (the
+    request itself) and https:// (CONNECT) the session goes to git's own curl, which speaks them:
+    relay:: then says exactly what git alone says."""
+    import http.server
+    import threading
+
+    class NtlmProxy(http.server.BaseHTTPRequestHandler):
+        def refuse(self) -> None:
+            self.send_response(407)
+            self.send_header("Proxy-Authenticate", "NTLM")
+            self.send_header("Proxy-Authenticate", "Negotiate")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_POST = do_CONNECT = refuse  # noqa: N815 - http.server's names
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NtlmProxy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proxy = f"http://127.0.0.1:{server.server_address[1]}"
+        for url in ("http://127.0.0.1:9/repo.git", "https://127.0.0.1:9/repo.git"):  # (nothing there: only the proxy answers)
+            said = {}
+            for prefix in ("", "relay::"):
+                res = git("-c", f"http.proxy={proxy}", "ls-remote", prefix + url, cwd=tmp_path, check=False,
+                          env=dict(os.environ, GIT_RELAY_TRACE="1"))
+                said[prefix] = (res.returncode, [line for line in res.stderr.splitlines() if not line.startswith("relay: ")])
+                if prefix:
+                    assert "the proxy asks for NTLM authentication" in res.stderr and "takes over" in res.stderr, res.stderr
+            assert said["relay::"] == said[""], (url, said)
+            assert said[""][0] == 128, said
+    finally:
+        server.shutdown()
+        server.server_close()

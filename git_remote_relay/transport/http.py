@@ -22,7 +22,7 @@ from ..pktline import FLUSH, PktReader
 from ..url import InnerUrl, check_allowed, redact
 from . import credential
 from .base import NOT_FOUND_HINT, Context, Service, stalled
-from .httpclient import Client, HttpOptions, HttpTimeout, PinMismatch, Response, TooSlow
+from .httpclient import Client, HttpOptions, HttpTimeout, PinMismatch, Response, TooSlow, offers_basic
 
 __all__ = ["HttpTransport", "HttpService", "SMALL_BODY"]
 
@@ -36,11 +36,6 @@ MAX_WAIT = 120
 # A finished reply's last bytes (the chunked terminator) are read before the next request, so
 # its connection can serve that request; anything longer than this was abandoned, not finished.
 _TAIL = 1 << 16
-
-
-def _offers_basic(challenges: str) -> bool:
-    """A ``Basic`` challenge among those of WWW-Authenticate (joined by ", ")."""
-    return any(part.strip().lower().split(" ", 1)[0] == "basic" for part in challenges.split(","))
 
 
 def cert_passphrase(git: Git, cert: str) -> str | None:
@@ -155,6 +150,8 @@ class HttpTransport:
                     self.ctx.throttled.add(urlsplit(url).hostname or "")
                     time.sleep(delay)
                     continue
+            if resp.status == 407:  # a plain-HTTP proxy's refusal (an https one answers CONNECT)
+                self._check_scheme(resp, method, "proxy-authenticate", "the proxy")
             if resp.status != 401:
                 return resp
             attempt += 1
@@ -185,14 +182,15 @@ class HttpTransport:
             return TransportError(f"unable to access '{redact(self.base)}/' with http.pinnedPubkey configuration: {exc.message}", exc.hint)
         return TransportError(f"unable to access '{redact(self.base)}/': {exc.message}", exc.hint)
 
-    def _check_scheme(self, resp: Response, method: str) -> None:
-        """A 401 that offers no Basic challenge (Negotiate, NTLM, Digest): at a discovery, before
-        anything was answered to git, git's own curl can take the session; else say so."""
-        offered = resp.headers.get("www-authenticate")
-        if offered is None or _offers_basic(offered):
+    def _check_scheme(self, resp: Response, method: str, header: str = "www-authenticate", who: str = "") -> None:
+        """A 401 (or a proxy's 407) that offers no Basic challenge (Negotiate, NTLM, Digest): at a
+        discovery, before anything was answered to git, git's own curl can take the session;
+        else say so."""
+        offered = resp.headers.get(header)
+        if offered is None or offers_basic(offered):
             return
         scheme = offered.split(None, 1)[0].rstrip(",") if offered.strip() else "another"
-        why = f"'{redact(self.base)}/' asks for {scheme} authentication, which relay:: does not speak (only Basic)"
+        why = f"{who or repr(redact(self.base) + '/')} asks for {scheme} authentication, which relay:: does not speak (only Basic)"
         if method == "GET":
             raise AuthSchemeError(why, "use the URL without relay:: (git's own HTTP code speaks it)")
         raise AuthError(why, "use the URL without relay:: (git's own HTTP code speaks it)")

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Mapping
 from urllib.parse import unquote, urlsplit
 
-from ..errors import TransportError
+from ..errors import AuthSchemeError, TransportError
 from ..gittrace import CurlTrace
 from ..url import redact
 from .httpoptions import HttpOptions
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from .cookies import CookieJar
 
-__all__ = ["HttpOptions", "Client", "Response", "HttpTimeout", "PinMismatch", "TooSlow"]
+__all__ = ["HttpOptions", "Client", "Response", "HttpTimeout", "PinMismatch", "TooSlow", "offers_basic"]
 
 _MAX_LINE = 65536
 _CHUNK = 1 << 16
@@ -414,10 +414,15 @@ class Client:
     def _tunnel(self, conn: _Connection, host: str, port: int, proxy: "object") -> None:
         head = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{_proxy_auth(proxy)}\r\n"
         conn.sock.sendall(head.encode("latin-1"))
-        _, status, reason, _ = _read_head(conn, self.read_timeout)
+        _, status, _reason, headers = _read_head(conn, self.read_timeout)
         if status != 200:
             conn.close()
-            raise TransportError(f"the proxy refused to connect to {host}:{port} (HTTP {status} {reason})")
+            offered = headers.get("proxy-authenticate")
+            if status == 407 and offered is not None and not offers_basic(offered):
+                scheme = offered.split(None, 1)[0].rstrip(",") if offered.strip() else "another"
+                raise AuthSchemeError(f"the proxy asks for {scheme} authentication, which relay:: does not speak (only Basic)",
+                                      "use the URL without relay:: (git's own HTTP code speaks it)")
+            raise TransportError(f"Received HTTP code {status} from proxy after CONNECT")  # curl's words
 
     def request(self, method: str, url: str, headers: Mapping[str, str], body: bytes | Iterable[bytes] | None = None,
                 auth: str | None = None, length: int | None = None) -> Response:
@@ -558,6 +563,11 @@ def _answered(conn: _Connection) -> bool:
         return bool(select.select([conn.sock], [], [], 0)[0])
     except (OSError, ValueError):
         return False
+
+
+def offers_basic(challenges: str) -> bool:
+    """A ``Basic`` challenge among those of (Proxy-)WWW-Authenticate (joined by ", ")."""
+    return any(part.strip().lower().split(" ", 1)[0] == "basic" for part in challenges.split(","))
 
 
 def _proxy_auth(proxy: object) -> str:
