@@ -83,8 +83,9 @@ class DumbHttpError(UnsupportedError):
 
 
 class AuthSchemeError(DumbHttpError):
-    """The HTTP server asks only for an authentication scheme the helper does not speak
-    (Negotiate/Kerberos, NTLM, Digest): git's own ``remote-http`` (curl) serves the session."""
+    """The HTTP server or its proxy asks only for an authentication scheme the helper does not
+    speak (Negotiate/Kerberos, NTLM, Digest), or the proxy is one it cannot use (SOCKS, HTTPS):
+    git's own ``remote-http`` (curl) serves the session."""
 
 
 class ObjectFormatError(UnsupportedError):

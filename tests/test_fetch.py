@@ -445,3 +445,68 @@ def test_https_tls_version_and_ciphers_as_natively(source: Path, make_remote, tm
             refused = git("-c", f"http.sslCAInfo={ca}", "-c", "http.sslVersion=tlsv1.3", "ls-remote", prefix + url, cwd=tmp_path,
                           check=False)
             assert refused.returncode == 128 and "unable to access" in refused.stderr, (prefix, refused.stderr)
+
+
+def test_a_socks_proxy_is_used_through_gits_own_http(source: Path, make_remote, tmp_path: Path, http_server: int) -> None:
+    """http.proxy=socks5://…: the helper's client speaks only HTTP proxies, so the session goes to
+    git's own remote-http (curl speaks SOCKS) at the first request, and the clone works as natively."""
+    import socket
+    import struct
+    import threading
+
+    remote = make_remote("http", source=source)
+    listener = socket.create_server(("127.0.0.1", 0))
+    seen: list[int] = []
+
+    def pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve(client: socket.socket) -> None:  # SOCKS5, no authentication, CONNECT to an IPv4 address
+        try:
+            client.recv(262)
+            client.sendall(b"\x05\x00")
+            head = client.recv(4)
+            if head[3] == 1:
+                host = socket.inet_ntoa(client.recv(4))
+            else:
+                host = client.recv(client.recv(1)[0]).decode()
+            port = struct.unpack(">H", client.recv(2))[0]
+            seen.append(port)
+            if host not in ("127.0.0.1", "localhost"):
+                raise OSError("loopback only")
+            upstream = socket.create_connection(("127.0.0.1", port))
+            client.sendall(b"\x05\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack(">H", port))
+        except (OSError, IndexError):
+            client.close()
+            return
+        threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+        pipe(client, upstream)
+
+    def accept() -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(client,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        proxy = f"socks5://127.0.0.1:{listener.getsockname()[1]}"
+        for prefix in ("", "relay::"):
+            name = prefix.rstrip(":") or "native"
+            git("-c", f"http.proxy={proxy}", "clone", "-q", prefix + remote.url, str(tmp_path / name))
+            assert refs(tmp_path / name)["refs/remotes/origin/main"] == refs(source)["refs/heads/main"]
+        assert seen and set(seen) == {http_server}, seen
+    finally:
+        listener.close()

@@ -381,6 +381,10 @@ class Client:
         origin = f"{scheme}://{host}:{port}"
         proxy = self.options.proxy_for(host)
         target = urlsplit(proxy) if proxy else None
+        if target is not None and target.scheme.lower() != "http":
+            # SOCKS and HTTPS proxies are curl's: at the first request git's own remote-http takes over
+            raise AuthSchemeError(f"the proxy {redact(proxy or '')} is a {target.scheme} proxy, which relay:: does not speak (only http://)",
+                                  "use the URL without relay:: (git's own HTTP code speaks it)")
         where = (target.hostname or "", target.port or 80) if target else (self.options.resolve.get((host.lower(), port), host), port)
         if self.trace is not None:
             self.trace.info(f"  Trying {where[0]}:{where[1]}...")
