@@ -487,20 +487,31 @@ def _redirected(client: socket.socket, port: int) -> bool:
 
 
 @contextlib.contextmanager
-def forward_proxy() -> Iterator[Proxy]:
+def forward_proxy(login: str | None = None) -> Iterator[Proxy]:
     """An HTTP forward proxy on loopback (like a corporate one): takes absolute-URI requests,
     connects to the origin they name (loopback only) and relays both ways. ``connections`` counts
-    what it accepted; ``requests`` keeps the first request line of each connection."""
+    what it accepted; ``requests`` keeps the first request line of each connection. ``login``
+    ("user:password"): a connection whose first request lacks it as Basic Proxy-Authorization
+    gets 407 and is closed."""
+    import base64
 
     def handle(client: socket.socket, _number: int) -> None:
         head = b""
-        while b"\r\n" not in head:
+        while b"\r\n\r\n" not in head:
             data = client.recv(65536)
             if not data:
                 return
             head += data
         line = head.split(b"\r\n", 1)[0].decode("latin-1")
         server.proxy.requests.append(line)
+        if login is not None:
+            given = [h.split(b":", 1)[1].strip() for h in head.split(b"\r\n") if h.lower().startswith(b"proxy-authorization:")]
+            if given != [b"Basic " + base64.b64encode(login.encode())]:
+                with contextlib.suppress(OSError):
+                    client.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"proxy\"\r\n"
+                                   b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                    client.close()
+                return
         hostport = line.split(" ")[1].split("://", 1)[1].split("/", 1)[0]
         host, _, port = hostport.rpartition(":")
         if host != "127.0.0.1":

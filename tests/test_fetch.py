@@ -510,3 +510,27 @@ def test_a_socks_proxy_is_used_through_gits_own_http(source: Path, make_remote, 
         assert seen and set(seen) == {http_server}, seen
     finally:
         listener.close()
+
+
+def test_a_proxy_user_without_password_is_asked_through_git_credential(source: Path, make_remote, tmp_path: Path,
+                                                                      http_server: int) -> None:
+    """http.proxy=http://user@host:port (no password): git asks git credential for it (http.c),
+    and so does the helper, once; without it the proxy refuses, as natively."""
+    import servers
+
+    remote = make_remote("http", source=source)
+    with servers.forward_proxy(login="carol:Proxy-Pass-3") as proxy:
+        url = f"http://carol@127.0.0.1:{proxy.port}"
+        for prefix in ("", "relay::"):
+            name = prefix.rstrip(":") or "native"
+            asked = tmp_path / f"{name}-asked"
+            helper = tmp_path / f"{name}-helper.sh"
+            helper.write_text(f"#!/bin/sh\ncat >> {asked}\necho password=Proxy-Pass-3\n")
+            helper.chmod(0o755)
+            git("-c", f"http.proxy={url}", "-c", f"credential.helper={helper}", "clone", "-q", prefix + remote.url, str(tmp_path / name))
+            assert refs(tmp_path / name)["refs/remotes/origin/main"] == refs(source)["refs/heads/main"]
+            told = asked.read_text()
+            assert "username=carol" in told and f"host=127.0.0.1:{proxy.port}" in told, told
+            refused = git("-c", f"http.proxy={url}", "ls-remote", prefix + remote.url, cwd=tmp_path, check=False)
+            assert refused.returncode == 128, refused.stderr
+        assert "Proxy-Pass-3" not in str(proxy.requests)

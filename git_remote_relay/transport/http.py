@@ -55,6 +55,7 @@ class HttpTransport:
         wait = ctx.timeout if ctx.timeout and ctx.timeout > 0 else None
         options = HttpOptions(ctx.config, ctx.env, self.base, ctx.remote_name)
         options.cert_password = self._cert_passphrase
+        options.proxy_password = self._proxy_password
         self.client = Client(options, connect_timeout=min(30.0, wait or 30.0), read_timeout=wait, trace=ctx.curl)
         follow = (ctx.config.get("http.followredirects") or "initial").strip().lower()
         self.follow = "initial" if follow == "initial" else "false" if follow in ("false", "no", "off", "0") else "true"
@@ -74,6 +75,11 @@ class HttpTransport:
     # -- authentication -------------------------------------------------------------------------
     def _cert_passphrase(self, cert: str) -> str | None:
         return cert_passphrase(self.ctx.git, cert)
+
+    def _proxy_password(self, scheme: str, host: str, user: str) -> str | None:
+        """The password of a proxy URL that names only its user, as http.c asks for it."""
+        got = credential.fill(self.ctx.git, credential.Credential(scheme, host, username=user))
+        return got.password if got is not None else None
 
     def _auth(self) -> str | None:
         if self.cred is None or self.cred.password is None:

@@ -317,6 +317,7 @@ class Client:
         self._idle: dict[str, _Connection] = {}
         self._ssl: "ssl.SSLContext | None" = None
         self._jar: "CookieJar | None" = None
+        self._proxy_passwords: dict[tuple[str, str], str] = {}
 
     def _cookies(self) -> "CookieJar | None":
         """http.cookieFile's jar, read at the first request that can use it."""
@@ -415,8 +416,26 @@ class Client:
                               "the server's key is not the one http.pinnedPubkey names: check which server this is")
         return _Connection(tls, origin)
 
+    def _proxy_auth(self, proxy: "object") -> str:
+        """``Proxy-Authorization`` for a proxy URL with a user name (a header line, or empty).
+        A user without a password gets it from ``git credential``, once, as http.c asks for it."""
+        user = getattr(proxy, "username", None)
+        if not user:
+            return ""
+        given: str | None = getattr(proxy, "password", None)
+        if given is not None:
+            password = unquote(given)
+        else:
+            key = (getattr(proxy, "netloc", "").rpartition("@")[2], user)
+            if key not in self._proxy_passwords:
+                ask = self.options.proxy_password
+                self._proxy_passwords[key] = (ask(getattr(proxy, "scheme", "http"), key[0], unquote(user)) if ask else None) or ""
+            password = self._proxy_passwords[key]
+        token = base64.b64encode(f"{unquote(user)}:{password}".encode()).decode()
+        return f"Proxy-Authorization: Basic {token}\r\n"
+
     def _tunnel(self, conn: _Connection, host: str, port: int, proxy: "object") -> None:
-        head = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{_proxy_auth(proxy)}\r\n"
+        head = f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{self._proxy_auth(proxy)}\r\n"
         conn.sock.sendall(head.encode("latin-1"))
         _, status, _reason, headers = _read_head(conn, self.read_timeout)
         if status != 200:
@@ -447,7 +466,7 @@ class Client:
         path = url if proxy else (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         lines = [f"{method} {path} HTTP/1.1", f"Host: {parts.netloc.rpartition('@')[2]}"]
         if proxy:
-            proxy_auth = _proxy_auth(urlsplit(proxy)).rstrip("\r\n")
+            proxy_auth = self._proxy_auth(urlsplit(proxy)).rstrip("\r\n")
             if proxy_auth:
                 lines.append(proxy_auth)
         if auth:
@@ -574,13 +593,6 @@ def offers_basic(challenges: str) -> bool:
     return any(part.strip().lower().split(" ", 1)[0] == "basic" for part in challenges.split(","))
 
 
-def _proxy_auth(proxy: object) -> str:
-    """``Proxy-Authorization`` for a proxy URL with credentials (as a header line, or empty)."""
-    user = getattr(proxy, "username", None)
-    if not user:
-        return ""
-    token = base64.b64encode(f"{unquote(user)}:{unquote(getattr(proxy, 'password', None) or '')}".encode()).decode()
-    return f"Proxy-Authorization: Basic {token}\r\n"
 
 
 def _connect_failure(exc: OSError, host: str, port: int, took: float) -> str:

@@ -50,6 +50,7 @@ class HttpOptions:
         protected = env.get("GIT_SSL_CERT_PASSWORD_PROTECTED") or last("sslcertpasswordprotected")
         self.cert_password_protected = (protected or "").strip().lower() in ("true", "yes", "on", "1")
         self.cert_password: Callable[[str], str | None] | None = None  # set by who can ask git credential
+        self.proxy_password: Callable[[str, str, str], str | None] | None = None  # (scheme, host[:port], user): the same
         # the lowest TLS version (curl's CURLOPT_SSLVERSION is a minimum) and OpenSSL's cipher list
         self.ssl_version = env.get("GIT_SSL_VERSION") or last("sslversion") or None
         self.ssl_ciphers = env.get("GIT_SSL_CIPHER_LIST") or last("sslcipherlist") or None
