@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Mapping
 
-from .errors import RelayError, ShallowRemoteError, UnsupportedError
+from .errors import DumbHttpError, RelayError, ShallowRemoteError, UnsupportedError
 from .fetch import fetch_pack
 from .gitcmd import Config, Git
 from .history import Scratch, first_parent_chain
@@ -308,6 +308,9 @@ def run_sync(source: Session, target: Session, selection: Selection, *, force_wi
         return _run_sync(source, target, selection, force_with_lease=force_with_lease, prune=prune, atomic=atomic, limit=limit,
                          dry_run=dry_run, bootstrap_only=bootstrap_only, reporter=reporter, interval=split_interval, spool=spool,
                          lfs=lfs, lfs_history=lfs_history, lfs_urls=lfs_urls, max_push=max_push, limit_name=limit_name)
+    except DumbHttpError as exc:  # what the helper hands to git's remote-http, git relay has no one to hand to
+        raise UnsupportedError(exc.message, "git relay cannot use it; mirror this repository with git itself "
+                               "(git clone --mirror, then git push --mirror)") from exc
     except ShallowRemoteError as exc:
         raise UnsupportedError(
             f"the source repository is shallow: its history stops at {len(exc.shallow)} commit(s) "

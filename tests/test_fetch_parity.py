@@ -375,13 +375,9 @@ def test_git_urls_go_through_core_gitproxy_as_natively(tmp_path: Path, make_remo
                                                 "fatal: cannot start proxy /nonexistent/proxy\n"), said
 
 
-@pytest.mark.usefixtures("workspace")
-def test_an_http_server_that_asks_only_for_negotiate_is_served_by_gits_own_http(tmp_path: Path) -> None:
-    """A 401 offering Negotiate (Kerberos) or NTLM, not Basic: the helper cannot speak it, so the
-    session goes to git's own remote-http (curl), which does, and the user gets exactly what git
-    alone gives (here, with no Kerberos ticket: the same refusal). Not a Basic password prompt."""
+def _negotiate_only_server():  # type: ignore[no-untyped-def]
+    """An HTTP server whose every answer is a 401 offering Negotiate and NTLM, not Basic."""
     import http.server
-    import threading
 
     class Negotiate(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -394,9 +390,19 @@ def test_an_http_server_that_asks_only_for_negotiate_is_served_by_gits_own_http(
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Negotiate)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    return http.server.ThreadingHTTPServer(("127.0.0.1", 0), Negotiate)
+
+
+@pytest.mark.usefixtures("workspace")
+def test_an_http_server_that_asks_only_for_negotiate_is_served_by_gits_own_http(tmp_path: Path) -> None:
+    """A 401 offering Negotiate (Kerberos) or NTLM, not Basic: the helper cannot speak it, so the
+    session goes to git's own remote-http (curl), which does, and the user gets exactly what git
+    alone gives (here, with no Kerberos ticket: the same refusal). Not a Basic password prompt.
+    git relay has no git code to hand it to: it says so, and what to do instead."""
+    import threading
+
+    server = _negotiate_only_server()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/repo.git"
         said = {}
@@ -408,6 +414,9 @@ def test_an_http_server_that_asks_only_for_negotiate_is_served_by_gits_own_http(
                 assert "asks for Negotiate authentication" in res.stderr and "git remote-http takes over" in res.stderr, res.stderr
         assert said["relay::"] == said[""], said
         assert said[""][0] == 128, said
+        res = git("relay", "plan", url, str(tmp_path / "target.git"), cwd=tmp_path, check=False)
+        assert res.returncode == 128 and "asks for Negotiate authentication" in res.stderr, res.stderr
+        assert "hint: git relay cannot use it; mirror this repository with git itself" in res.stderr, res.stderr
     finally:
         server.shutdown()
         server.server_close()
