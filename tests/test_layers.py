@@ -20,7 +20,7 @@ LAYERS = {
     "url": 1, "pktline": 1, "gitcmd": 1, "selection": 1, "stepcache": 1, "gittrace": 1,
     "lfs": 2, "lfslocal": 3,
     "ui": 2, "settings": 2, "protocol": 2, "limits": 2, "v0http": 3,
-    "transport.cookies": 2, "transport.httpoptions": 2, "transport.pinning": 2,
+    "transport.cookies": 2, "transport.httpoptions": 2, "transport.pinning": 2, "transport.pace": 2,
     "transport.base": 3, "transport.credential": 3, "transport.httpclient": 3,
     "transport": 4, "transport.process": 4, "transport.daemon": 4, "transport.http": 4, "transport.memory": 4,
     "transport.session": 5,

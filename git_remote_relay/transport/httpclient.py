@@ -25,6 +25,7 @@ from ..errors import AuthSchemeError, TransportError
 from ..gittrace import CurlTrace
 from ..url import redact
 from .httpoptions import HttpOptions
+from .pace import Pace, TooSlow, read_wait
 from .pinning import pinned
 
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; mypy reads this as typing.TYPE_CHECKING
@@ -49,10 +50,6 @@ class PinMismatch(TransportError):
     """http.pinnedPubkey names another key than the server's (curl's error 90)."""
 
 
-class TooSlow(TransportError):
-    """http.lowSpeedLimit / http.lowSpeedTime: slower than the limit for that long (curl's error 28)."""
-
-
 _TLS_VERSIONS = {"sslv2": "TLSv1", "sslv3": "TLSv1", "tlsv1": "TLSv1", "tlsv1.0": "TLSv1", "tlsv1.1": "TLSv1_1",
                  "tlsv1.2": "TLSv1_2", "tlsv1.3": "TLSv1_3"}  # git's names; SSL 2 and 3 no TLS library offers now
 
@@ -70,47 +67,6 @@ def _tls_version(ctx: "ssl.SSLContext", name: str | None) -> None:
         sys.stderr.write(f"warning: unsupported ssl version {name}: using default\n")
         return
     ctx.minimum_version = getattr(ssl.TLSVersion, version)
-
-
-def _wait(read_timeout: float | None, low_speed: tuple[int, int] | None) -> float | None:
-    """How long one read may wait: a low-speed window with no byte at all is already too slow."""
-    if low_speed is None:
-        return read_timeout
-    return low_speed[1] if read_timeout is None else min(read_timeout, low_speed[1])
-
-
-class _Speed:
-    """curl's low-speed check for one reply: abort when fewer than ``limit`` bytes per second
-    arrived over ``seconds`` seconds (the window restarts whenever the pace was good)."""
-
-    def __init__(self, low_speed: tuple[int, int] | None) -> None:
-        self.low_speed = low_speed
-        self.start = time.monotonic()
-        self.bytes = 0
-
-    def moved(self, n: int) -> None:
-        if self.low_speed is None:
-            return
-        self.bytes += n
-        elapsed = time.monotonic() - self.start
-        limit, seconds = self.low_speed
-        if elapsed < seconds:
-            return
-        if self.bytes < limit * elapsed:
-            self._fail()
-        self.start, self.bytes = time.monotonic(), 0
-
-    def waited_out(self, read_timeout: float | None) -> None:
-        """A read timed out. When it waited the low-speed time (see ``_wait``), no byte came for
-        that long: slower than any limit, as curl says it; else it is the stall it seems."""
-        if self.low_speed is not None and (read_timeout is None or self.low_speed[1] <= read_timeout):
-            self._fail()
-
-    def _fail(self) -> None:
-        assert self.low_speed is not None
-        limit, seconds = self.low_speed
-        raise TooSlow(f"Operation too slow. Less than {limit} bytes/sec transferred the last {seconds} seconds",
-                      "the link is slower than http.lowSpeedLimit for http.lowSpeedTime: raise them, or try again")
 
 
 class _Connection:
@@ -136,7 +92,7 @@ class Response:
         self.conn: _Connection | None = conn
         self.url = url
         self.trace = client.trace
-        self._speed = _Speed(client.options.low_speed)
+        self._speed = Pace(client.options.low_speed)
         try:
             self.version, self.status, self.reason, self.headers = _read_head(conn, client.read_timeout, self.trace)
             while 100 <= self.status < 200 and self.status != 101:
@@ -398,7 +354,7 @@ class Client:
             peer = sock.getpeername()
             self.trace.info(f"Connected to {where[0]} ({peer[0]}) port {where[1]}")
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(_wait(self.read_timeout, self.options.low_speed))
+        sock.settimeout(read_wait(self.read_timeout, self.options.low_speed))
         if scheme != "https":
             return _Connection(sock, origin)
         if target is not None:
@@ -541,7 +497,7 @@ class Client:
             return Response(self, conn, url, method)
         except socket.timeout as exc:
             conn.close()
-            _Speed(self.options.low_speed).waited_out(self.read_timeout)  # a send that waited the low-speed time
+            Pace(self.options.low_speed).waited_out(self.read_timeout)  # a send that waited the low-speed time
             raise HttpTimeout(f"no answer from {redact(url)}") from exc
         except ConnectionError:
             conn.close()
