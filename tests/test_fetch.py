@@ -2,15 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import HTTP_PASSWORD, HTTP_USER, TRANSPORTS, fsck, git, make_source, objects, refs
 
 pytestmark = pytest.mark.integration
+
+
+@contextlib.contextmanager
+def https_front(http_server: int, base: Path, **options: object) -> Iterator[tuple[int, Path]]:
+    """``servers.tls_proxy`` before the test server: (port, CA file); a skip (a failure under CI)
+    when it cannot start."""
+    import servers
+    from conftest import unavailable
+
+    try:
+        proxy = servers.tls_proxy(http_server, base, **options)  # type: ignore[arg-type]
+        front = proxy.__enter__()
+    except servers.ServerUnavailable as exc:
+        unavailable(str(exc))
+        raise
+    try:
+        yield front
+    finally:
+        proxy.__exit__(None, None, None)
+
 
 
 @pytest.fixture
@@ -255,16 +277,8 @@ def test_http_proxy_from_git_config(source: Path, make_remote, tmp_path: Path, h
 
 def test_https_verifies_the_server_and_honours_ssl_settings(source: Path, make_remote, tmp_path: Path, http_server: int,
                                                              workspace: Path) -> None:
-    import servers
-    from conftest import unavailable
-
     remote = make_remote("http", source=source)
-    try:
-        proxy = servers.tls_proxy(http_server, workspace / "tls")
-        port, ca = proxy.__enter__()
-    except servers.ServerUnavailable as exc:
-        unavailable(str(exc))
-    try:
+    with https_front(http_server, workspace / "tls") as (port, ca):
         url = f"relay::https://127.0.0.1:{port}/git/{remote.path.name}"
         untrusted = git("clone", url, str(tmp_path / "untrusted"), check=False)
         assert untrusted.returncode != 0 and "TLS" in untrusted.stderr and "sslCAInfo" in untrusted.stderr, untrusted.stderr
@@ -276,16 +290,12 @@ def test_https_verifies_the_server_and_honours_ssl_settings(source: Path, make_r
         git("commit", "-q", "-m", "https", cwd=source)
         git("-c", f"http.sslCAInfo={ca}", "push", "-q", url, "main", cwd=source)
         assert refs(remote.path)["refs/heads/main"] == refs(source)["refs/heads/main"]
-    finally:
-        proxy.__exit__(None, None, None)
 
 
 def test_https_client_certificates_as_natively(source: Path, make_remote, tmp_path: Path, http_server: int, workspace: Path) -> None:
     """TLS client authentication: http.sslCert / http.sslKey (and GIT_SSL_CERT / GIT_SSL_KEY); an
     encrypted key's passphrase from git credential under http.sslCertPasswordProtected, as git
     asks for it (cert:///<path>); no certificate, no access."""
-    import servers
-    from conftest import unavailable
 
     def openssl(*args: str) -> None:
         made = subprocess.run(["openssl", *args], capture_output=True, text=True)
@@ -301,12 +311,7 @@ def test_https_client_certificates_as_natively(source: Path, make_remote, tmp_pa
             "-CAcreateserial", "-out", str(keys / "client.pem"), "-days", "2")
     openssl("pkey", "-in", str(keys / "client.key"), "-aes256", "-passout", "pass:Key-Phrase-7", "-out", str(keys / "locked.key"))
     remote = make_remote("http", source=source)
-    try:
-        proxy = servers.tls_proxy(http_server, workspace / "tls-client-auth", client_ca=keys / "ca.pem")
-        port, ca = proxy.__enter__()
-    except servers.ServerUnavailable as exc:
-        unavailable(str(exc))
-    try:
+    with https_front(http_server, workspace / "tls-client-auth", client_ca=keys / "ca.pem") as (port, ca):
         url = f"https://127.0.0.1:{port}/git/{remote.path.name}"
         trust = ["-c", f"http.sslCAInfo={ca}"]
         cert = ["-c", f"http.sslCert={keys / 'client.pem'}"]
@@ -331,8 +336,6 @@ def test_https_client_certificates_as_natively(source: Path, make_remote, tmp_pa
         # an encrypted key without being told: refused, and the hint says what to set
         res = git(*trust, *cert, "-c", f"http.sslKey={keys / 'locked.key'}", "ls-remote", "relay::" + url, cwd=tmp_path, check=False)
         assert res.returncode == 128 and "sslCertPasswordProtected" in res.stderr, res.stderr
-    finally:
-        proxy.__exit__(None, None, None)
 
 
 def test_http_proxy_precedence_is_gits(source: Path, make_remote, tmp_path: Path, http_server: int) -> None:
@@ -381,16 +384,9 @@ def test_https_pinned_public_key_as_natively(source: Path, make_remote, tmp_path
     import base64
     import hashlib
 
-    import servers
-    from conftest import unavailable
 
     remote = make_remote("http", source=source)
-    try:
-        proxy = servers.tls_proxy(http_server, workspace / "tls")
-        port, ca = proxy.__enter__()
-    except servers.ServerUnavailable as exc:
-        unavailable(str(exc))
-    try:
+    with https_front(http_server, workspace / "tls") as (port, ca):
         pem = subprocess.run(["openssl", "x509", "-in", str(ca), "-pubkey", "-noout"], capture_output=True, check=True).stdout
         (tmp_path / "key.pem").write_bytes(pem)
         der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "der"], input=pem, capture_output=True, check=True).stdout
@@ -408,23 +404,13 @@ def test_https_pinned_public_key_as_natively(source: Path, make_remote, tmp_path
             said[prefix] = (res.returncode, res.stderr.splitlines()[0] if res.stderr else "")
         assert said["relay::"] == said[""] == (128, f"fatal: unable to access '{url}/' with http.pinnedPubkey configuration: "
                                                     "SSL: public key does not match pinned public key"), said
-    finally:
-        proxy.__exit__(None, None, None)
 
 
 def test_https_tls_version_and_ciphers_as_natively(source: Path, make_remote, tmp_path: Path, http_server: int, workspace: Path) -> None:
     """http.sslVersion is the lowest TLS version accepted (as curl takes it), http.sslCipherList
     OpenSSL's list; an unknown version is warned about in git's words and the default kept."""
-    import servers
-    from conftest import unavailable
-
     remote = make_remote("http", source=source)
-    try:
-        proxy = servers.tls_proxy(http_server, workspace / "tls")
-        port, ca = proxy.__enter__()
-    except servers.ServerUnavailable as exc:
-        unavailable(str(exc))
-    try:
+    with https_front(http_server, workspace / "tls") as (port, ca):
         url = f"https://127.0.0.1:{port}/git/{remote.path.name}"
         trust = ["-c", f"http.sslCAInfo={ca}"]
         for settings in (["-c", "http.sslVersion=tlsv1.2"], ["-c", "http.sslCipherList=ECDHE+AESGCM"], ["-c", "http.sslVersion=tlsv1.3"]):
@@ -436,9 +422,7 @@ def test_https_tls_version_and_ciphers_as_natively(source: Path, make_remote, tm
             res = git(*trust, "-c", "http.sslVersion=tlsv9", "ls-remote", prefix + url, "main", cwd=tmp_path)
             said[prefix] = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
         assert said["relay::"][:1] == said[""][:1] == ["warning: unsupported ssl version tlsv9: using default"], said
-    finally:
-        proxy.__exit__(None, None, None)
-    with servers.tls_proxy(http_server, workspace / "tls", tls_1_2_only=True) as (port, ca):
+    with https_front(http_server, workspace / "tls", tls_1_2_only=True) as (port, ca):
         url = f"https://127.0.0.1:{port}/git/{remote.path.name}"
         for prefix in ("", "relay::"):
             git("-c", f"http.sslCAInfo={ca}", "-c", "http.sslVersion=tlsv1.2", "ls-remote", prefix + url, cwd=tmp_path)
